@@ -1,0 +1,180 @@
+"""Phase Two end to end: feedback -> task-relevance reward -> pairs -> DPO on the vector -> gate -> registry.
+
+Owns `run_adapt`, the one function `edge-agent adapt` calls, and the default prompt builder. It runs in its
+own process beside capture; the writer notices the newly active adapter through the store.
+
+Order of work (each stage reports through `progress(stage, info)`):
+  frames   delete kept keyframes past their expiry
+  reward   judge candidate pairs not compared before (both orderings), store kept pairs with their split
+  prepare  rebuild each stored pair's prompt (pairs whose frames are gone are skipped), cache layer-L inputs
+  train    DPO on the vector (init: the active adapter's trained vector if it fits, else zeros)
+  gate     held-out preference accuracy and format compliance vs the active adapter (or the base model)
+  register write the adapter files and row: active if the gate accepts, else rejected with the reason
+  cleanup  delete the kept keyframes of the windows used (they are only kept for training)
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from edge_agent.adapt.dpo import DPOVectorConfig, evaluate, prepare_pairs, train_vector
+from edge_agent.adapt.gate import ComplianceFn, GateConfig, decide
+from edge_agent.adapt.pairs import PromptFn, judge_new_pairs, preference_pairs, store_pairs
+from edge_agent.adapt.registry import AdapterRegistry
+from edge_agent.adapt.reward import RelevanceReward, RewardConfig, task_distribution
+from edge_agent.config import Config
+from edge_agent.types import ImagePart, Message, SteeringVector
+from edge_agent.vlm.base import Backend
+
+Progress = Callable[[str, dict[str, Any]], None]
+
+DEFAULT_SYSTEM = (
+    "You are the memory of a wearable camera. Write one short memory of the new segment that will later be the "
+    'only record used to answer the wearer\'s questions. Reply with JSON {"description": "..."}.'
+)
+
+
+def default_prompt_fn(store: Any, segment_id: int) -> list[Message] | None:
+    """A generic prompt from the segment's kept keyframes; None when they are gone.
+
+    The trained vector fits the writer best when training sees the writer's own prompt: callers with the
+    writer at hand should pass a prompt function built from `memory.prompts.writer_messages` instead.
+    """
+    from PIL import Image
+
+    rows = store.kept_frames(segment_id)
+    if not rows or not all(Path(r["path"]).is_file() for r in rows):
+        return None
+    parts: list[Any] = ["New segment:"]
+    for r in rows:
+        with Image.open(r["path"]) as im:
+            parts.append(ImagePart(f"kept/{r['id']}", np.asarray(im.convert("RGB"))))
+    parts.append("\nWrite the memory for the new segment.")
+    return [Message("system", [DEFAULT_SYSTEM]), Message("user", parts)]
+
+
+def _fits(row: dict[str, Any] | None, vec: SteeringVector | None, layer: int, hidden: int, model_hash: str) -> bool:
+    return (row is not None and vec is not None and vec.layer == layer and vec.hidden_size == hidden
+            and (not model_hash or vec.base_model_hash == model_hash))
+
+
+def run_adapt(store: Any, cfg: Config, hf_dir: str | Path, backend_for_judge: Backend | None, embedder: Any,
+              compliance_fn: ComplianceFn | None, progress: Progress | None = None, *,
+              prompt_fn: PromptFn | None = None, reward_cfg: RewardConfig | None = None,
+              dpo_cfg: DPOVectorConfig | None = None, gate_cfg: GateConfig | None = None,
+              base_model_hash: str | None = None, init_from_active: bool = True,
+              delete_used_frames: bool = True, now: float | None = None) -> dict[str, Any]:
+    """Run Phase Two once. Returns a summary dict (JSON-serialisable) with `status` one of
+    "activated", "rejected", "skipped" and a one-line `reason`.
+
+    backend_for_judge: the deployed model through the Backend protocol (judge of "which memory is more
+      useful"), ideally with no steering applied; None only with reward rule "embedding".
+    embedder: `.embed(texts)` or `.encode(texts)` -> (n, d), e.g. `qa.embed.MiniLM`.
+    compliance_fn: `f(SteeringVector | None) -> float`, share of held-out windows where the writer's reply
+      passes format validation with that vector (None = base model).
+    base_model_hash: hash of the full-precision checkpoint the deployed GGUF came from; defaults to
+      `backend_for_judge.model_hash`. Stored on the adapter; backends refuse adapters of another model.
+    """
+    start = time.perf_counter()
+    say = progress or (lambda stage, info: None)
+    rcfg = reward_cfg or RewardConfig()
+    dcfg = dpo_cfg or DPOVectorConfig.from_adapt(cfg.adapt)
+    gcfg = gate_cfg or GateConfig()
+    pf = prompt_fn or default_prompt_fn
+    model_hash = base_model_hash if base_model_hash is not None else getattr(backend_for_judge, "model_hash", "")
+    registry = AdapterRegistry(store, cfg.adapters_dir)
+    summary: dict[str, Any] = {"status": "skipped", "reason": "", "adapter_id": None,
+                               "active_adapter_id": (store.active_adapter() or {}).get("id")}
+
+    # frames: expired keyframes go first (privacy: they are kept only for a bounded time)
+    expired = store.expired_frames(now)
+    summary["expired_frames_deleted"] = store.delete_kept_frames(ids=[r["id"] for r in expired]) if expired else 0
+    say("frames", {"deleted": summary["expired_frames_deleted"]})
+
+    # reward -> pairs
+    task = task_distribution(store, rcfg)
+    reward = RelevanceReward(task, embedder, rcfg, judge=backend_for_judge if rcfg.rule != "embedding" else None)
+    judged = judge_new_pairs(store, reward, progress=say)
+    new_ids = store_pairs(store, judged, holdout_share=cfg.adapt.holdout_share, seed=cfg.adapt.seed,
+                          window_segments=cfg.writer.window_segments)
+    summary["questions"] = len(task.questions)
+    summary["reward"] = reward.stats.as_dict()
+    summary["new_pairs"] = len(new_ids)
+
+    train_rows, hold_rows = store.pairs(split="train"), store.pairs(split="holdout")
+    train, train_skipped = preference_pairs(store, "train", pf, train_rows)
+    hold, hold_skipped = preference_pairs(store, "holdout", pf, hold_rows)
+    summary["pairs"] = {"train": len(train), "holdout": len(hold),
+                        "skipped_no_frames": len(train_skipped) + len(hold_skipped)}
+    n = len(train) + len(hold)
+    if n < cfg.adapt.min_pairs or not train or not hold:
+        summary["reason"] = (f"{len(train)} train + {len(hold)} held-out pairs with frames: need at least "
+                             f"{cfg.adapt.min_pairs} in all and one on each side")
+        summary["seconds"] = time.perf_counter() - start
+        say("done", summary)
+        return summary
+
+    # train
+    from edge_agent.adapt.hf import FrozenQwen3VL
+
+    policy = FrozenQwen3VL(hf_dir, dcfg.layer)
+    active_row = store.active_adapter()
+    active_vec = registry.active_vector() if active_row else None
+    baseline_fits = _fits(active_row, active_vec, dcfg.layer, policy.hidden_size, model_hash)
+    init = None
+    if init_from_active and baseline_fits:
+        assert active_vec is not None and active_row is not None
+        # adapters store the deployed vector (x scale_after_training); continue from the trained one
+        init = active_vec.applied() / float(active_row.get("scale_after_training") or 1.0)
+    prep_train = prepare_pairs(policy, train, progress=say)
+    prep_hold = prepare_pairs(policy, hold, progress=say)
+    result = train_vector(policy, prep_train, dcfg, init=init, base_model_hash=model_hash, progress=say)
+
+    # gate
+    new_eval = evaluate(policy, prep_hold, result.vector.applied(), dcfg.beta)
+    base_vec = active_vec if baseline_fits else None
+    base_eval = evaluate(policy, prep_hold, None if base_vec is None else base_vec.applied(), dcfg.beta)
+    baseline = f"adapter {active_row['id']}" if base_vec is not None and active_row else "base model"
+    new_c = base_c = None
+    if compliance_fn is not None:
+        say("gate", {"measuring": "compliance"})
+        new_c = float(compliance_fn(result.vector))
+        base_c = float(compliance_fn(base_vec))
+    decision = decide(new_accuracy=new_eval.accuracy, base_accuracy=base_eval.accuracy, n_holdout=new_eval.n,
+                      new_compliance=new_c, base_compliance=base_c, cfg=gcfg, baseline=baseline)
+    say("gate", {"accepted": decision.accepted, "reason": decision.reason})
+
+    # register
+    used_rows = [r for r in train_rows + hold_rows if r["id"] in {p.pair_id for p in train + hold}]
+    feedback_ids = sorted({f for r in used_rows for f in r["feedback_ids"]})
+    metrics = {"holdout": new_eval.as_dict(), "holdout_baseline": base_eval.as_dict(),
+               "train_final": evaluate(policy, prep_train, result.vector.applied(), dcfg.beta).as_dict(),
+               "gate": decision.metrics, "training": result.metrics()}
+    row = registry.register(
+        result.vector, status="active" if decision.accepted else "rejected", reason=decision.reason,
+        pair_ids=[r["id"] for r in used_rows], feedback_ids=feedback_ids, metrics=metrics,
+        extra={"scale_after_training": dcfg.scale_after_training, "trained_from": active_row["id"] if init is not None
+               and active_row else None, "train_pair_ids": [p.pair_id for p in train],
+               "holdout_pair_ids": [p.pair_id for p in hold], "hf_dir": str(hf_dir)})
+    say("register", {"adapter_id": row["id"], "status": row["status"]})
+
+    if delete_used_frames:
+        segs = sorted({int(r["segment_id"]) for r in used_rows})
+        summary["used_frames_deleted"] = store.delete_kept_frames(segment_ids=segs) if segs else 0
+
+    summary.update(status="activated" if decision.accepted else "rejected", reason=decision.reason,
+                   adapter_id=row["id"], active_adapter_id=(store.active_adapter() or {}).get("id"),
+                   metrics={"holdout_accuracy": new_eval.accuracy, "baseline_accuracy": base_eval.accuracy,
+                            "holdout_mean_margin": new_eval.mean_margin,
+                            "holdout_logratio_before": base_eval.mean_logratio,
+                            "holdout_logratio_after": new_eval.mean_logratio,
+                            "loss_first": result.losses[0], "loss_last": result.losses[-1],
+                            "compliance": new_c, "baseline_compliance": base_c,
+                            "vector_norm": float(np.linalg.norm(result.vector.vector))},
+                   seconds=time.perf_counter() - start)
+    say("done", summary)
+    return summary

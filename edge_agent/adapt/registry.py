@@ -1,0 +1,105 @@
+"""Adapter registry: steering vectors on disk under <home>/adapters/<id>/ and their rows in the store.
+
+Owns: naming adapters, writing each as safetensors (`adapter.safetensors`, the project's format) and as a
+llama.cpp control vector (`control_vector.gguf`, loadable by stock `llama-cli --control-vector`), recording
+provenance (pair ids, feedback ids), metrics and the base model hash, and list / activate / rollback / export.
+Activation state lives in the store (one active adapter, enforced by the database), so a writer in another
+process sees a change on its next `active()` check.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+import time
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+
+from edge_agent.errors import AdapterError, StoreError
+from edge_agent.types import SteeringVector
+from edge_agent.vlm import steering
+
+SAFETENSORS_NAME = "adapter.safetensors"
+GGUF_NAME = "control_vector.gguf"
+
+
+def new_adapter_id(vector: np.ndarray, now: float | None = None) -> str:
+    """`YYYYmmdd-HHMMSS-<6 hex of the vector>`: sorts by time, distinct for distinct vectors."""
+    now = time.time() if now is None else now
+    digest = hashlib.sha256(np.ascontiguousarray(vector, np.float32).tobytes()).hexdigest()[:6]
+    return time.strftime("%Y%m%d-%H%M%S", time.gmtime(now)) + f"-{digest}"
+
+
+class AdapterRegistry:
+    def __init__(self, store: Any, adapters_dir: str | Path):
+        self.store = store
+        self.dir = Path(adapters_dir)
+
+    def register(self, vector: SteeringVector, *, status: str = "candidate", reason: str | None = None,
+                 pair_ids: Iterable[int] = (), feedback_ids: Iterable[int] = (),
+                 metrics: dict[str, Any] | None = None, extra: dict[str, Any] | None = None,
+                 adapter_id: str | None = None) -> dict[str, Any]:
+        """Write the files and the row; status "active" activates it (the previous one stays for rollback)."""
+        steering.validate(vector)
+        aid = adapter_id or new_adapter_id(vector.vector)
+        while (self.dir / aid).exists() and adapter_id is None:
+            aid = new_adapter_id(vector.vector, time.time() + 1)
+        vec = SteeringVector(np.asarray(vector.vector, np.float32), vector.layer, vector.scale,
+                             vector.base_model_hash, aid)
+        folder = self.dir / aid
+        folder.mkdir(parents=True, exist_ok=False)
+        st = steering.save_safetensors(vec, folder / SAFETENSORS_NAME)
+        gg = steering.save_control_vector(vec, folder / GGUF_NAME)
+        row = {"id": aid, "status": status, "reason": reason, "path": str(st), "gguf_path": str(gg),
+               "layer": vec.layer, "scale": vec.scale, "hidden_size": vec.hidden_size,
+               "base_model_hash": vec.base_model_hash, "pair_ids": sorted({int(i) for i in pair_ids}),
+               "feedback_ids": sorted({int(i) for i in feedback_ids}), "metrics": metrics or {}}
+        row.update(extra or {})
+        try:
+            self.store.add_adapter(row)
+        except BaseException:
+            shutil.rmtree(folder, ignore_errors=True)  # no orphan files for a row that was not written
+            raise
+        return self.store.get_adapter(aid)
+
+    def list(self) -> list[dict[str, Any]]:
+        return self.store.adapters()
+
+    def get(self, adapter_id: str) -> dict[str, Any]:
+        try:
+            return self.store.get_adapter(adapter_id)
+        except StoreError:
+            raise AdapterError(f"adapter {adapter_id}: no such adapter") from None
+
+    def vector(self, adapter_id: str) -> SteeringVector:
+        row = self.get(adapter_id)
+        return steering.load_safetensors(row["path"])
+
+    def active(self) -> dict[str, Any] | None:
+        return self.store.active_adapter()
+
+    def active_vector(self) -> SteeringVector | None:
+        row = self.active()
+        return None if row is None else steering.load_safetensors(row["path"])
+
+    def activate(self, adapter_id: str) -> dict[str, Any]:
+        """Make an adapter active (its files must load). Works for rejected adapters too: the wearer decides."""
+        self.vector(adapter_id)
+        return self.store.activate(adapter_id)
+
+    def reject(self, adapter_id: str, reason: str) -> None:
+        self.store.set_adapter_status(adapter_id, "rejected", reason)
+
+    def rollback(self) -> dict[str, Any] | None:
+        """Back to the adapter active before the current one; None = base model. AdapterError if none active."""
+        try:
+            return self.store.rollback_adapter()
+        except StoreError as e:
+            raise AdapterError(str(e)) from None
+
+    def export(self, adapter_id: str, out: str | Path) -> Path:
+        """Copy an adapter out: `.gguf` -> llama.cpp control vector, anything else -> safetensors."""
+        vec = self.vector(adapter_id)
+        return steering.save(vec, Path(out))

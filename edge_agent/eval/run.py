@@ -1,0 +1,74 @@
+"""`edge-agent eval`: load a benchmark, replay it through the runtime for each config, score it, write the report."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+from edge_agent.config import Config
+from edge_agent.errors import ConfigError
+from edge_agent.eval.grading import BackendJudge, CachedJudge, OpenAIJudge
+from edge_agent.eval.loaders import load_benchmark, load_synthetic
+from edge_agent.eval.replay import parse_config_spec, replay
+from edge_agent.eval.report import results_json, write_report
+from edge_agent.eval.runner import RuntimeRunner
+
+
+def synthetic_data(cfg: Config, seed: int, minutes: float) -> Path:
+    """The synthetic clip for a seed, rendered once into the data folder and reused."""
+    from edge_agent.synth import generate
+
+    out = cfg.home / "eval" / "data" / f"synthetic-seed{seed}-{minutes:g}min"
+    if not (out / "questions.json").is_file() or not (out / "video.mp4").is_file():
+        generate(seed=seed, minutes=minutes, out_dir=out)
+    return out
+
+
+def _adapter_vector(cfg: Config, adapter_id: str | None):
+    if adapter_id is None:
+        return None
+    from edge_agent.store import Store
+    from edge_agent.vlm.steering import load_steering_vector
+
+    row = Store.open(cfg.db_path).get_adapter(adapter_id)  # StoreError names an unknown id
+    return load_steering_vector(row["path"])
+
+
+def run_eval(cfg: Config, bench: str, *, data: Path | None = None, seed: int = 0, minutes: float = 2.0,
+             configs: Sequence[str] = ("baseline",), max_questions: int | None = None,
+             judge_url: str | None = None, judge_model: str | None = None, judge_key_env: str | None = None,
+             report_dir: Path | None = None, console: Any = None, progress: bool = True) -> list[dict]:
+    """Replay `bench` for every config (\"baseline\", an adapter id, or NAME=ADAPTER_ID) and return the scores."""
+    from edge_agent.runtime import open_backend, open_embedder
+
+    if bench == "synthetic" and data is None:
+        benchmark = load_synthetic(synthetic_data(cfg, seed, minutes))
+    elif data is None:
+        raise ConfigError(f"--bench {bench}: needs --data DIR with the benchmark's files")
+    else:
+        benchmark = load_benchmark(bench, data)
+    if max_questions is not None:
+        benchmark = benchmark.limit(max_questions=max_questions)
+    specs = [parse_config_spec(c) for c in configs]
+
+    backend = open_backend(cfg)
+    work = cfg.home / "eval" / "runs" / f"{bench}-{time.strftime('%Y%m%d-%H%M%S')}"
+    embedder = open_embedder(cfg)
+    runners = [RuntimeRunner(s.name, s.adapter_id, _adapter_vector(cfg, s.adapter_id), backend, cfg, work, embedder)
+               for s in specs]
+    judge = None
+    if benchmark.has_open_ended:
+        inner = (OpenAIJudge(judge_url, judge_model or "gpt-4o", judge_key_env) if judge_url
+                 else BackendJudge(backend))
+        judge = CachedJudge(inner, cfg.cache_dir / "judge.sqlite")
+    try:
+        run = replay(benchmark, runners, judge=judge, progress=progress, console=console)
+    finally:
+        if judge is not None:
+            judge.close()
+        backend.close()
+    results = results_json(run, seed=seed)
+    if report_dir is not None:
+        write_report(results, report_dir, outcomes=run.outcomes)
+    return results

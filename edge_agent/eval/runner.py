@@ -1,0 +1,91 @@
+"""The runtime-backed EvalRunner: replays a benchmark stream through the same Ingestor and answerer as `run`/`ask`.
+
+One store per (config, stream), so configs never see each other's memories and a stream's questions see only
+that stream's memories. A stream of several pieces (EgoLife's 30 s files) is ingested piece after piece with
+origin = the piece's offset, so memory times are stream seconds and comparable with `asked_at`.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from pathlib import Path
+from typing import Any
+
+from edge_agent.config import Config
+from edge_agent.eval.schema import Answer, BenchItem, BenchQuestion, StreamStats
+from edge_agent.types import SteeringVector
+from edge_agent.vlm.base import Backend
+
+
+def _safe(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name)[:80]
+
+
+class RuntimeRunner:
+    """One config under evaluation: a name, an optional pinned adapter, its own stores under `work_dir`."""
+
+    def __init__(self, name: str, adapter_id: str | None, vector: SteeringVector | None, backend: Backend,
+                 cfg: Config, work_dir: Path, embedder: Any = None):
+        self.name = name
+        self.adapter_id = adapter_id
+        self.vector = vector
+        self.backend = backend
+        self.cfg = cfg
+        self.work_dir = Path(work_dir)
+        self.embedder = embedder
+        self._stores: dict[str, Any] = {}
+        self._progress: dict[str, tuple[int, Any]] = {}  # stream key -> (piece index, open Ingestor or None)
+        self._latencies: dict[str, list[float]] = {}
+        self._video_seconds: dict[str, float] = {}
+
+    def _store(self, stream: BenchItem):
+        from edge_agent.store import Store
+
+        if stream.key not in self._stores:
+            self._stores[stream.key] = Store.open(self.work_dir / _safe(self.name) / f"{_safe(stream.key)}.db")
+        return self._stores[stream.key]
+
+    def ingest_until(self, stream: BenchItem, t: float) -> None:
+        from edge_agent.runtime import Ingestor
+
+        store = self._store(stream)
+        index, ing = self._progress.get(stream.key, (0, None))
+        lat = self._latencies.setdefault(stream.key, [])
+        while index < len(stream.pieces):
+            piece = stream.pieces[index]
+            if piece.offset > t:
+                break
+            if ing is None:
+                ing = Ingestor(str(piece.path), store, self.backend, self.cfg, origin=piece.offset,
+                               pinned_adapter=(self.adapter_id, self.vector))
+            before = len(ing.report.write_seconds)
+            ing.advance(None if math.isinf(t) else t - piece.offset)
+            lat.extend(ing.report.write_seconds[before:])
+            self._video_seconds[stream.key] = piece.offset + ing.report.stream_seconds
+            if not ing.exhausted:
+                break  # the piece goes on past t: continue from here next time
+            ing.close()
+            ing, index = None, index + 1
+        self._progress[stream.key] = (index, ing)
+
+    def ask(self, question: BenchQuestion, until: float) -> Answer:
+        from edge_agent.qa.answer import answer
+
+        self.backend.set_steering(self.vector)
+        res = answer(self._stores[question.video], self.backend, question.question, question.lettered_options(),
+                     asked_at=until, cfg=self.cfg.qa, until=None if math.isinf(until) else until,
+                     embedder=self.embedder)
+        shown = [m["t_end"] for m in res.get("shown", res["citations"])]
+        return Answer(choice=res["choice"], text=res["text"], abstained=res["abstained"], memory_t_ends=shown,
+                      answer_id=res["answer_id"], seconds=res.get("seconds", 0.0))
+
+    def stream_stats(self, stream: BenchItem) -> StreamStats:
+        index, ing = self._progress.pop(stream.key, (0, None))
+        if ing is not None:
+            ing.close()
+        texts = [m["text"] for m in self._store(stream).memories()]
+        return StreamStats(memory_bytes=sum(len(t.encode()) for t in texts), n_memories=len(texts),
+                           n_segments=len(self._latencies.get(stream.key, [])),
+                           video_seconds=self._video_seconds.get(stream.key, stream.duration or 0.0),
+                           write_latencies=list(self._latencies.get(stream.key, [])))

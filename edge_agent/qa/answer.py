@@ -1,0 +1,217 @@
+"""Answering from memory only: validate the question, retrieve, prompt, decode constrained JSON, cite or abstain.
+
+The answerer sees the retrieved memories and nothing else (no frames, no world knowledge asked for). It
+replies {"answer": ..., "citations": [memory ids]} under a JSON schema (a llama.cpp grammar on the real
+backend): for multiple choice one of the option letters or E = "not in memory"; for open questions a
+short answer or "not in memory". Citations are kept only if they name memories that were shown. Every
+question and answer is stored, with the shown and cited memories, so feedback can be traced to memories.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from datetime import datetime, timezone
+from typing import Any, Sequence
+
+from edge_agent.config import QAConfig
+from edge_agent.errors import QuestionError
+from edge_agent.qa.retrieve import Embedder, retrieve
+from edge_agent.store import Store
+from edge_agent.store.text import clean_text
+from edge_agent.types import Message, Sampling
+from edge_agent.vlm.base import Backend
+
+LETTERS = "ABCD"
+ABSTAIN_LETTER = "E"
+NOT_IN_MEMORY = "not in memory"
+MAX_OPTIONS = 4
+MAX_QUESTION_CHARS = 1000
+MC_MAX_TOKENS = 96  # a letter and up to top_k ids
+OPEN_MAX_TOKENS = 200
+
+SYSTEM_PROMPT = (
+    "You answer the wearer's questions about their own past. You know only the memories listed in the "
+    "message: short notes the wearer's camera wrote while it recorded, each with an id and a time. Use "
+    "nothing else and do not guess. Cite the ids of the memories your answer rests on."
+)
+
+# "A. text", "A) text", "A: text", "(A) text" (letter A-E, either case) at the start of an option.
+_LABEL = re.compile(r"^\s*\(?([A-Ea-e])\s*[.):]\s*(.*)$", re.S)
+
+
+def parse_options(options: Sequence[str] | None) -> list[str]:
+    """Option texts without letters. Options may be given as "A. text" or plain text, but not mixed
+    letters out of order; at most 4 (A-D), E is reserved for "not in memory"."""
+    if not options:
+        return []
+    if isinstance(options, str):
+        raise QuestionError(f"options: expected a list of choices, got one string {options!r}")
+    if len(options) > MAX_OPTIONS:
+        raise QuestionError(f"options: {len(options)} given, at most {MAX_OPTIONS} (A-D; E is 'not in memory')")
+    texts = []
+    for i, raw in enumerate(options):
+        if not isinstance(raw, str):
+            raise QuestionError(f"option {i + 1}: expected text, got {type(raw).__name__}")
+        raw = clean_text(raw).strip()
+        m = _LABEL.match(raw)
+        if m:
+            letter, raw = m.group(1).upper(), m.group(2).strip()
+            if letter != LETTERS[i]:
+                raise QuestionError(f"option {i + 1}: labelled {letter!r}, expected {LETTERS[i]!r} "
+                                    "(give options in order A, B, C, D)")
+        if not raw:
+            raise QuestionError(f"option {LETTERS[i]}: empty")
+        texts.append(raw)
+    return texts
+
+
+def validate_question(question: str) -> str:
+    if not isinstance(question, str):
+        raise QuestionError(f"question: expected text, got {type(question).__name__}")
+    q = " ".join(clean_text(question).split())
+    if not q:
+        raise QuestionError("question: empty")
+    if len(q) > MAX_QUESTION_CHARS:
+        raise QuestionError(f"question: {len(q)} characters, at most {MAX_QUESTION_CHARS}")
+    return q
+
+
+def clock(t: float) -> str:
+    """A time for the prompt: stream clock for replays (origin 0), local date and time otherwise."""
+    if t < 10 * 365 * 86400:
+        return f"{int(t // 3600):02d}:{int(t % 3600 // 60):02d}:{int(t % 60):02d}"
+    return datetime.fromtimestamp(t, tz=timezone.utc).astimezone().strftime("%Y-%m-%d %H:%M:%S")
+
+
+def answer_schema(option_letters: str, shown_ids: list[int]) -> dict[str, Any]:
+    """JSON schema of the reply: the answer (a letter for multiple choice) and citations among the shown ids."""
+    ans: dict[str, Any] = ({"type": "string", "enum": [*option_letters, ABSTAIN_LETTER]} if option_letters
+                           else {"type": "string"})
+    return {
+        "type": "object",
+        "properties": {
+            "answer": ans,
+            "citations": {"type": "array", "items": {"type": "integer", "enum": list(shown_ids)}},
+        },
+        "required": ["answer", "citations"],
+        "additionalProperties": False,
+    }
+
+
+def build_messages(question: str, options: list[str], memories: list[dict[str, Any]],
+                   asked_at: float) -> list[Message]:
+    """The memory-only prompt. Memories are listed oldest first so the order of events reads naturally."""
+    lines = ["Memories (id, time, note):"]
+    for m in sorted(memories, key=lambda r: (r["t_start"], r["id"])):
+        lines.append(f"[{m['id']}] {clock(m['t_start'])}-{clock(m['t_end'])} {m['text']}")
+    lines += ["", f"Asked at: {clock(asked_at)}", f"Question: {question}"]
+    if options:
+        lines.append("Options:")
+        lines += [f"{LETTERS[i]}. {t}" for i, t in enumerate(options)]
+        lines.append(f"{ABSTAIN_LETTER}. {NOT_IN_MEMORY}")
+        lines += ["", "Answer only from these memories. Reply with JSON: "
+                      '{"answer": "<one letter>", "citations": [<ids of the memories that support it>]}. '
+                      f"Choose {ABSTAIN_LETTER} if the memories do not tell."]
+    else:
+        lines += ["", "Answer only from these memories, briefly. Reply with JSON: "
+                      '{"answer": "<short answer>", "citations": [<ids of the memories that support it>]}. '
+                      f'If the memories do not tell, answer "{NOT_IN_MEMORY}".']
+    return [Message("system", [SYSTEM_PROMPT]), Message("user", ["\n".join(lines)])]
+
+
+def _is_abstention(text: str) -> bool:
+    norm = " ".join(re.sub(r"[^\w\s]", " ", text.lower()).split())
+    return norm == "" or norm.startswith(NOT_IN_MEMORY) or norm.startswith("not in memories")
+
+
+def parse_reply(text: str, options: list[str], shown_ids: list[int]) -> dict[str, Any]:
+    """Read the model's reply into choice / text / abstained / cited / reason. Never raises on bad output:
+    anything unreadable becomes an abstention whose reason quotes the output."""
+    letters = LETTERS[: len(options)]
+
+    def bad(why: str) -> dict[str, Any]:
+        return {"choice": ABSTAIN_LETTER if options else None, "text": NOT_IN_MEMORY, "abstained": True,
+                "cited": [], "reason": f"{why}: {text[:120]!r}"}
+
+    try:
+        obj = json.loads(text)
+    except (json.JSONDecodeError, ValueError):
+        return bad("model output is not JSON")
+    if not isinstance(obj, dict) or "answer" not in obj:
+        return bad("model output has no 'answer'")
+    raw = obj["answer"]
+    if not isinstance(raw, str):
+        return bad("model 'answer' is not text")
+
+    shown = set(shown_ids)
+    cites = obj.get("citations", [])
+    cited: list[int] = []
+    for c in cites if isinstance(cites, list) else []:
+        if isinstance(c, bool):
+            continue
+        if isinstance(c, str) and c.strip().isdigit():
+            c = int(c.strip())
+        if isinstance(c, int) and c in shown and c not in cited:
+            cited.append(c)
+
+    if options:
+        m = re.match(r"^\s*\(?([A-Ea-e])(?:[\s.):]|$)", raw)
+        letter = m.group(1).upper() if m else None
+        if letter is None:  # the option's text instead of its letter
+            hits = [LETTERS[i] for i, t in enumerate(options) if t.lower() == raw.strip().lower()]
+            letter = hits[0] if hits else (ABSTAIN_LETTER if _is_abstention(raw) and raw.strip() else None)
+        if letter is None or (letter != ABSTAIN_LETTER and letter not in letters):
+            return bad("model answer is not one of the options")
+        if letter == ABSTAIN_LETTER:
+            return {"choice": ABSTAIN_LETTER, "text": NOT_IN_MEMORY, "abstained": True, "cited": [], "reason": None}
+        return {"choice": letter, "text": options[LETTERS.index(letter)], "abstained": False, "cited": cited,
+                "reason": None}
+    ans = " ".join(clean_text(raw).split())
+    if _is_abstention(ans):
+        return {"choice": None, "text": NOT_IN_MEMORY, "abstained": True, "cited": [],
+                "reason": None if ans else "empty answer"}
+    return {"choice": None, "text": ans, "abstained": False, "cited": cited, "reason": None}
+
+
+def answer(store: Store, backend: Backend | None, question: str, options: Sequence[str] | None, *,
+           asked_at: float | None = None, cfg: QAConfig | None = None, since: float | None = None,
+           until: float | None = None, embedder: Embedder | None = None,
+           adapter_id: str | None = None) -> dict[str, Any]:
+    """Answer `question` from stored memories only; store question, answer and citations.
+
+    Returns dict(answer_id, question_id, choice, text, abstained, reason, shown, citations=[{id, t_start,
+    t_end, text}]). `choice` is A-E for multiple choice (E = not in memory), None for open questions.
+    With no memory in range it abstains without calling the model. Raises QuestionError for an empty
+    question or more than 4 options.
+    """
+    cfg = cfg or QAConfig()
+    asked_at = time.time() if asked_at is None else float(asked_at)
+    q = validate_question(question)
+    opts = parse_options(options)
+    question_id = store.add_question(q, opts, asked_at)
+    model = getattr(backend, "model_name", None) or "none"
+
+    memories = retrieve(store, q, cfg, since=since, until=until, embedder=embedder)
+    shown = [m["id"] for m in memories]
+    if not memories:
+        result = {"choice": ABSTAIN_LETTER if opts else None, "text": NOT_IN_MEMORY, "abstained": True,
+                  "cited": [], "reason": "no memories match the question"}
+    else:
+        if backend is None:
+            raise ValueError("answer: a backend is needed when there are memories to read")
+        gen = backend.generate(build_messages(q, opts, memories, asked_at),
+                               Sampling(temperature=0.0, max_tokens=MC_MAX_TOKENS if opts else OPEN_MAX_TOKENS),
+                               json_schema=answer_schema(LETTERS[: len(opts)], shown))
+        result = parse_reply(gen.text, opts, shown)
+
+    answer_id = store.add_answer(question_id, choice=result["choice"], text=result["text"],
+                                 abstained=result["abstained"], cited=result["cited"], model=model,
+                                 adapter_id=adapter_id, reason=result["reason"], shown=shown)
+    by_id = {m["id"]: m for m in memories}
+    return {
+        "answer_id": answer_id, "question_id": question_id, "choice": result["choice"], "text": result["text"],
+        "abstained": result["abstained"], "reason": result["reason"], "shown": shown,
+        "citations": [{k: by_id[c][k] for k in ("id", "t_start", "t_end", "text")} for c in result["cited"]],
+    }

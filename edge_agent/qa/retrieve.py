@@ -1,0 +1,98 @@
+"""Retrieval of memories for a question: FTS5 BM25 ranks and MiniLM cosine ranks fused by reciprocal rank.
+
+RRF (Cormack et al. 2009): score(m) = sum over rankings r of 1 / (k + rank_r(m)), ranks from 1; a memory
+missing from a ranking contributes nothing there. It needs no score calibration between BM25 and cosine.
+Memories are embedded lazily, the first time a retrieval covers them, and the vectors are kept in the
+store, so each memory goes through the embedder once.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol, Sequence
+
+import numpy as np
+
+from edge_agent.config import QAConfig
+from edge_agent.store import Store
+from edge_agent.store.text import clean_text
+
+EMBED_BATCH = 256  # memories embedded and stored per transaction
+
+
+class Embedder(Protocol):
+    name: str
+
+    def encode(self, texts: Sequence[str]) -> np.ndarray:
+        """L2-normalised float32 [n, d]."""
+        ...
+
+
+def candidates_per_ranking(cfg: QAConfig) -> int:
+    """How deep each ranking is read before fusion: enough that a memory ranked well by only one still fuses in."""
+    return max(4 * cfg.top_k, 50)
+
+
+def ensure_embeddings(store: Store, embedder: Embedder, since: float | None = None,
+                      until: float | None = None) -> int:
+    """Embed and store every memory in range that has no vector of `embedder` yet; returns how many."""
+    n = 0
+    while True:
+        rows = store.memories_without_embedding(embedder.name, since, until, limit=EMBED_BATCH)
+        if not rows:
+            return n
+        vecs = embedder.encode([r["text"] for r in rows])
+        store.put_embeddings(embedder.name, [r["id"] for r in rows], vecs)
+        n += len(rows)
+        if len(rows) < EMBED_BATCH:
+            return n
+
+
+def embedding_ranking(store: Store, question: str, embedder: Embedder, k: int, since: float | None = None,
+                      until: float | None = None) -> list[tuple[int, float]]:
+    """Top-k (memory_id, cosine) for the question among embedded memories in range."""
+    ensure_embeddings(store, embedder, since, until)
+    ids, mat = store.embeddings(embedder.name, since, until)
+    if not ids:
+        return []
+    q = np.asarray(embedder.encode([question])[0], dtype=np.float32)
+    sims = mat @ q
+    # Stable order: by similarity, then by id so equal scores rank the same way every time.
+    order = sorted(range(len(ids)), key=lambda i: (-float(sims[i]), ids[i]))[:k]
+    return [(ids[i], float(sims[i])) for i in order]
+
+
+def fuse(rankings: list[list[int]], rrf_k: int) -> list[tuple[int, float]]:
+    """Reciprocal rank fusion of id lists (best first); returns (id, fused score) best first, ties by id."""
+    scores: dict[int, float] = {}
+    for ranking in rankings:
+        for rank, mid in enumerate(ranking, start=1):
+            scores[mid] = scores.get(mid, 0.0) + 1.0 / (rrf_k + rank)
+    return sorted(scores.items(), key=lambda kv: (-kv[1], kv[0]))
+
+
+def retrieve(store: Store, question: str, cfg: QAConfig, since: float | None = None, until: float | None = None,
+             embedder: Embedder | None = None) -> list[dict[str, Any]]:
+    """The cfg.top_k memories most relevant to `question`, best first; each row has an extra "score" (RRF).
+
+    Only memories with t_end <= until (and t_end > since) are considered: in evaluation `until` is the
+    time a question is asked, so the answerer never sees the future. `embedder` defaults to MiniLM when
+    cfg.use_embeddings is on and its weights are installed; otherwise FTS5 ranks alone.
+    """
+    question = clean_text(question)
+    depth = candidates_per_ranking(cfg)
+    rankings = [[mid for mid, _ in store.fts_search(question, depth, since=since, until=until)]]
+    if cfg.use_embeddings and embedder is None:
+        from edge_agent.qa.embed import default_embedder, minilm_available
+
+        # Without the weights package retrieval is FTS5 alone (the runtime warns about it once).
+        embedder = default_embedder() if minilm_available() else None
+    if cfg.use_embeddings and embedder is not None:
+        rankings.append([mid for mid, _ in embedding_ranking(store, question, embedder, depth, since, until)])
+    fused = fuse(rankings, cfg.rrf_k)[: cfg.top_k]
+    score = dict(fused)
+    rows = store.get_memories([mid for mid, _ in fused])
+    # The store already filters by time; checked again here because this is the no-future guarantee.
+    rows = [r for r in rows if (until is None or r["t_end"] <= until) and (since is None or r["t_end"] > since)]
+    for r in rows:
+        r["score"] = score[r["id"]]
+    return rows

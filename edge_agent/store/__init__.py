@@ -1,0 +1,6 @@
+"""The SQLite memory store (owner: store+qa helper): `Store.open(path)`, migrations, queries, text safety."""
+
+from edge_agent.store.db import Store
+from edge_agent.store.text import clean_text, match_expression
+
+__all__ = ["Store", "clean_text", "match_expression"]

@@ -1,0 +1,246 @@
+"""Schema migrations of the memory store: named functions applied once, in order, recorded in `_migrations`.
+
+Rules (as in sqlite-utils / llm): a migration that has shipped is never edited. A schema change is a new
+function appended to MIGRATIONS. tests/test_store_schema.py migrates an empty database and compares the
+result with a snapshot, so an accidental edit shows up as a failing test.
+
+Time model (see notes/contracts.md): segments keep stream seconds; memories keep absolute seconds
+(stream origin + stream seconds).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from typing import Callable
+
+Migration = Callable[[sqlite3.Connection], None]
+
+
+def m001_initial(conn: sqlite3.Connection) -> None:
+    """Everything of the runtime (streams ... answers, feedback) and of Phase Two (candidates ... adapters)."""
+    statements = [
+        # One row per video source. Re-running the same file (same fingerprint) resumes the same stream.
+        """CREATE TABLE streams (
+            id INTEGER PRIMARY KEY,
+            source TEXT NOT NULL,
+            fingerprint TEXT NOT NULL UNIQUE,
+            origin REAL NOT NULL,
+            kind TEXT NOT NULL,
+            created_at REAL NOT NULL
+        )""",
+        # One row per committed segment, written or failed. UNIQUE(stream_id, idx) makes commits idempotent.
+        # status 'forgotten' = its memory was deleted by `forget`; the row stays so a re-run does not rewrite it.
+        """CREATE TABLE segments (
+            id INTEGER PRIMARY KEY,
+            stream_id INTEGER NOT NULL REFERENCES streams(id) ON DELETE CASCADE,
+            idx INTEGER NOT NULL,
+            t_start REAL NOT NULL,
+            t_end REAL NOT NULL,
+            status TEXT NOT NULL CHECK (status IN ('written', 'failed', 'forgotten')),
+            failure TEXT,
+            n_keyframes INTEGER NOT NULL DEFAULT 0,
+            frames_seen INTEGER NOT NULL DEFAULT 0,
+            frames_merged INTEGER NOT NULL DEFAULT 0,
+            frames_dropped INTEGER NOT NULL DEFAULT 0,
+            writer_model TEXT,
+            adapter_id TEXT,
+            n_tokens INTEGER NOT NULL DEFAULT 0,
+            latency_s REAL NOT NULL DEFAULT 0,
+            created_at REAL NOT NULL,
+            UNIQUE (stream_id, idx)
+        )""",
+        # At most one memory per segment; times are absolute seconds.
+        """CREATE TABLE memories (
+            id INTEGER PRIMARY KEY,
+            stream_id INTEGER NOT NULL REFERENCES streams(id) ON DELETE CASCADE,
+            segment_id INTEGER NOT NULL UNIQUE REFERENCES segments(id) ON DELETE CASCADE,
+            text TEXT NOT NULL,
+            t_start REAL NOT NULL,
+            t_end REAL NOT NULL,
+            writer_model TEXT,
+            adapter_id TEXT,
+            n_tokens INTEGER NOT NULL DEFAULT 0,
+            created_at REAL NOT NULL
+        )""",
+        "CREATE INDEX memories_t_start ON memories(t_start)",
+        "CREATE INDEX memories_t_end ON memories(t_end)",
+        # External-content FTS5 index over memories.text, kept in step by the three triggers below.
+        # porter: "keys" finds "key"; remove_diacritics: "cafe" finds "café".
+        """CREATE VIRTUAL TABLE memories_fts USING fts5(
+            text, content='memories', content_rowid='id', tokenize='porter unicode61 remove_diacritics 2'
+        )""",
+        """CREATE TRIGGER memories_fts_ai AFTER INSERT ON memories BEGIN
+            INSERT INTO memories_fts(rowid, text) VALUES (new.id, new.text);
+        END""",
+        """CREATE TRIGGER memories_fts_ad AFTER DELETE ON memories BEGIN
+            INSERT INTO memories_fts(memories_fts, rowid, text) VALUES ('delete', old.id, old.text);
+        END""",
+        """CREATE TRIGGER memories_fts_au AFTER UPDATE OF text ON memories BEGIN
+            INSERT INTO memories_fts(memories_fts, rowid, text) VALUES ('delete', old.id, old.text);
+            INSERT INTO memories_fts(rowid, text) VALUES (new.id, new.text);
+        END""",
+        # Sentence embeddings, one per (memory, embedding model); float32 little-endian bytes.
+        """CREATE TABLE memory_embeddings (
+            memory_id INTEGER NOT NULL REFERENCES memories(id) ON DELETE CASCADE,
+            model TEXT NOT NULL,
+            dim INTEGER NOT NULL,
+            vector BLOB NOT NULL,
+            PRIMARY KEY (memory_id, model)
+        )""",
+        # options: JSON list of option texts without their letters ([] = open question).
+        """CREATE TABLE questions (
+            id INTEGER PRIMARY KEY,
+            text TEXT NOT NULL,
+            options TEXT NOT NULL DEFAULT '[]',
+            asked_at REAL NOT NULL,
+            created_at REAL NOT NULL
+        )""",
+        """CREATE TABLE answers (
+            id INTEGER PRIMARY KEY,
+            question_id INTEGER NOT NULL REFERENCES questions(id) ON DELETE CASCADE,
+            choice TEXT,
+            text TEXT NOT NULL,
+            abstained INTEGER NOT NULL CHECK (abstained IN (0, 1)),
+            reason TEXT,
+            model TEXT NOT NULL,
+            adapter_id TEXT,
+            created_at REAL NOT NULL
+        )""",
+        "CREATE INDEX answers_question ON answers(question_id)",
+        # The memories shown to the answerer; cited = 1 for those the answer cites.
+        """CREATE TABLE answer_citations (
+            answer_id INTEGER NOT NULL REFERENCES answers(id) ON DELETE CASCADE,
+            memory_id INTEGER NOT NULL REFERENCES memories(id) ON DELETE CASCADE,
+            rank INTEGER NOT NULL,
+            cited INTEGER NOT NULL CHECK (cited IN (0, 1)),
+            PRIMARY KEY (answer_id, memory_id)
+        )""",
+        "CREATE INDEX answer_citations_memory ON answer_citations(memory_id)",
+        """CREATE TABLE feedback (
+            id INTEGER PRIMARY KEY,
+            answer_id INTEGER NOT NULL REFERENCES answers(id) ON DELETE CASCADE,
+            correct INTEGER NOT NULL CHECK (correct IN (0, 1)),
+            corrected TEXT,
+            created_at REAL NOT NULL
+        )""",
+        "CREATE INDEX feedback_answer ON feedback(answer_id)",
+        # Phase Two: alternative memories sampled for a segment's window (and the one actually written).
+        """CREATE TABLE candidates (
+            id INTEGER PRIMARY KEY,
+            segment_id INTEGER NOT NULL REFERENCES segments(id) ON DELETE CASCADE,
+            text TEXT NOT NULL,
+            valid INTEGER NOT NULL CHECK (valid IN (0, 1)),
+            failure TEXT,
+            sampling TEXT NOT NULL DEFAULT '{}',
+            source TEXT NOT NULL,
+            created_at REAL NOT NULL
+        )""",
+        "CREATE INDEX candidates_segment ON candidates(segment_id)",
+        # Downscaled keyframes kept on disk for training, deleted after training or at expires_at.
+        """CREATE TABLE kept_frames (
+            id INTEGER PRIMARY KEY,
+            segment_id INTEGER NOT NULL REFERENCES segments(id) ON DELETE CASCADE,
+            path TEXT NOT NULL,
+            expires_at REAL NOT NULL,
+            created_at REAL NOT NULL
+        )""",
+        "CREATE INDEX kept_frames_segment ON kept_frames(segment_id)",
+        "CREATE INDEX kept_frames_expires ON kept_frames(expires_at)",
+        """CREATE TABLE pairs (
+            id INTEGER PRIMARY KEY,
+            chosen_candidate_id INTEGER NOT NULL REFERENCES candidates(id) ON DELETE CASCADE,
+            rejected_candidate_id INTEGER NOT NULL REFERENCES candidates(id) ON DELETE CASCADE,
+            score REAL NOT NULL,
+            split TEXT NOT NULL CHECK (split IN ('train', 'holdout')),
+            created_at REAL NOT NULL,
+            CHECK (chosen_candidate_id != rejected_candidate_id)
+        )""",
+        "CREATE INDEX pairs_chosen ON pairs(chosen_candidate_id)",
+        "CREATE INDEX pairs_rejected ON pairs(rejected_candidate_id)",
+        # Which feedback produced a pair. Deleting feedback deletes the pairs derived from it (trigger below).
+        """CREATE TABLE pair_feedback (
+            pair_id INTEGER NOT NULL REFERENCES pairs(id) ON DELETE CASCADE,
+            feedback_id INTEGER NOT NULL REFERENCES feedback(id) ON DELETE CASCADE,
+            PRIMARY KEY (pair_id, feedback_id)
+        )""",
+        "CREATE INDEX pair_feedback_feedback ON pair_feedback(feedback_id)",
+        # BEFORE: the links still exist when it runs (the FK cascade removes them afterwards).
+        """CREATE TRIGGER feedback_bd_pairs BEFORE DELETE ON feedback BEGIN
+            DELETE FROM pairs WHERE id IN (SELECT pair_id FROM pair_feedback WHERE feedback_id = old.id);
+        END""",
+        # Steering-vector adapters. JSON columns: pair_ids, feedback_ids, metrics, extra (unknown keys).
+        # previous_id: the adapter that was active before this one was activated (for rollback).
+        """CREATE TABLE adapters (
+            id TEXT PRIMARY KEY,
+            status TEXT NOT NULL CHECK (status IN ('candidate', 'active', 'inactive', 'rejected', 'rolled_back')),
+            reason TEXT,
+            path TEXT,
+            gguf_path TEXT,
+            layer INTEGER,
+            scale REAL,
+            hidden_size INTEGER,
+            base_model_hash TEXT,
+            pair_ids TEXT NOT NULL DEFAULT '[]',
+            feedback_ids TEXT NOT NULL DEFAULT '[]',
+            metrics TEXT NOT NULL DEFAULT '{}',
+            extra TEXT NOT NULL DEFAULT '{}',
+            previous_id TEXT,
+            created_at REAL NOT NULL,
+            activated_at REAL
+        )""",
+        # At most one active adapter, enforced by the database even across processes.
+        "CREATE UNIQUE INDEX adapters_one_active ON adapters(status) WHERE status = 'active'",
+    ]
+    for sql in statements:
+        conn.execute(sql)
+
+
+# Order matters; append only.
+MIGRATIONS: list[Migration] = [m001_initial]
+
+
+def _ensure_table(conn: sqlite3.Connection) -> None:
+    conn.execute(
+        "CREATE TABLE IF NOT EXISTS _migrations ("
+        "id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE, applied_at REAL NOT NULL)"
+    )
+
+
+def applied(conn: sqlite3.Connection) -> list[str]:
+    """Names of migrations recorded in the database, in the order they were applied."""
+    exists = conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = '_migrations'").fetchone()
+    if not exists:
+        return []
+    return [r[0] for r in conn.execute("SELECT name FROM _migrations ORDER BY id")]
+
+
+def unknown(conn: sqlite3.Connection, migrations: list[Migration] = MIGRATIONS) -> list[str]:
+    """Applied migrations this code does not know: the database was written by a newer edge-agent."""
+    known = {m.__name__ for m in migrations}
+    return [name for name in applied(conn) if name not in known]
+
+
+def migrate(conn: sqlite3.Connection, migrations: list[Migration] = MIGRATIONS) -> list[str]:
+    """Apply pending migrations, each in its own IMMEDIATE transaction; returns the names applied now.
+
+    `conn` must be in autocommit mode (isolation_level=None). BEGIN IMMEDIATE takes the write lock before
+    the check, so two processes opening a fresh database at once apply each migration exactly once.
+    """
+    done_now = []
+    for fn in migrations:
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            _ensure_table(conn)
+            if conn.execute("SELECT 1 FROM _migrations WHERE name = ?", (fn.__name__,)).fetchone():
+                conn.execute("COMMIT")
+                continue
+            fn(conn)
+            conn.execute("INSERT INTO _migrations (name, applied_at) VALUES (?, ?)", (fn.__name__, time.time()))
+            conn.execute("COMMIT")
+            done_now.append(fn.__name__)
+        except BaseException:
+            if conn.in_transaction:  # some errors end the transaction themselves
+                conn.execute("ROLLBACK")
+            raise
+    return done_now

@@ -1,0 +1,83 @@
+"""Shared pytest fixtures. Sections are owned by different rooms; append new fixtures in their own section below."""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import os
+import shutil
+from importlib import metadata
+from pathlib import Path
+
+import pytest
+
+# --- tiny model (owner: export) ---------------------------------------------------------------------------------
+
+TINY_SEED = 0
+
+
+def _tiny_cache_key(seed: int) -> str:
+    """Changes whenever the files make_tiny would write could change: recipe/exporter code, library versions."""
+    import edge_agent.export as export_pkg
+
+    h = hashlib.sha256()
+    for path in sorted(Path(export_pkg.__file__).parent.glob("*.py")):
+        h.update(path.name.encode() + b"\0" + path.read_bytes())
+    for dist in ("transformers", "tokenizers", "torch", "gguf", "safetensors"):
+        try:
+            h.update(f"{dist}={metadata.version(dist)};".encode())
+        except metadata.PackageNotFoundError:
+            h.update(f"{dist}=none;".encode())
+    return f"tiny-s{seed}-{h.hexdigest()[:16]}"
+
+
+def _build_tiny_cached(root: Path, seed: int) -> Path:
+    """Build once into ROOT/<key>/ (complete when READY exists); a file lock serialises concurrent pytest runs."""
+    from edge_agent.export import make_tiny
+
+    key = _tiny_cache_key(seed)
+    final = root / key
+    if (final / "READY").is_file():
+        return final
+    root.mkdir(parents=True, exist_ok=True)
+    with open(root / f"{key}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if (final / "READY").is_file():  # another session built it while we waited
+            return final
+        shutil.rmtree(final, ignore_errors=True)
+        tmp = root / f"{key}.tmp{os.getpid()}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        make_tiny(tmp, seed)
+        (tmp / "READY").write_text(key + "\n")
+        os.replace(tmp, final)
+    return final
+
+
+@pytest.fixture(scope="session")
+def tiny_model(request, tmp_path_factory) -> Path:
+    """DIR with DIR/hf/ (transformers checkpoint), DIR/model.gguf and DIR/mmproj.gguf (f32) of the tiny Qwen3-VL.
+
+    Built once and cached under .pytest_cache (keyed by seed, exporter code and library versions), so only the
+    first session pays the ~15 s. Treat it as read-only: copy files elsewhere before changing them.
+    """
+    cache = getattr(request.config, "cache", None)
+    if cache is None:  # -p no:cacheprovider
+        return _build_tiny_cached(tmp_path_factory.mktemp("tiny"), TINY_SEED)
+    return _build_tiny_cached(Path(cache.mkdir("edge_agent_tiny")), TINY_SEED)
+
+
+# --- llama.cpp backend (owner: backend) -------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def tiny_backend(tiny_model):
+    """A LlamaCppBackend on the tiny model, shared by the session (2 threads, n_ctx 2048, image cache 16).
+
+    Tests that apply a steering vector must clear it again (`tiny_backend.set_steering(None)`) before returning.
+    """
+    from edge_agent.vlm.llama_cpp import LlamaCppBackend
+
+    backend = LlamaCppBackend(tiny_model / "model.gguf", tiny_model / "mmproj.gguf", n_threads=2, n_ctx=2048,
+                              image_cache_size=16, seed=0)
+    yield backend
+    backend.close()

@@ -1,0 +1,103 @@
+"""Pairs in the store: split by window group (seeded, stable across runs), no re-judging, prompts and frames."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from adapt_support import BagOfWords, OBJECTS, ask, prefer, seed_windows
+
+from edge_agent.adapt.loop import default_prompt_fn
+from edge_agent.adapt.pairs import assign_splits, judge_new_pairs, preference_pairs, store_pairs
+from edge_agent.adapt.reward import RelevanceReward, RewardConfig, task_distribution
+from edge_agent.store import Store
+from edge_agent.types import ImagePart, Segment
+from edge_agent.vlm.fake import ScriptedBackend
+
+
+@pytest.fixture
+def store(tmp_path):
+    s = Store.open(tmp_path / "memory.db")
+    yield s
+    s.close()
+
+
+def test_assign_splits_seeded_and_both_sides():
+    groups = [(1, g) for g in range(8)]
+    a = assign_splits(groups, {}, 0.25, seed=0)
+    assert a == assign_splits(list(reversed(groups)), {}, 0.25, seed=0)  # order of arrival does not matter
+    assert sum(v == "holdout" for v in a.values()) == 2
+    assert a != assign_splits(groups, {}, 0.25, seed=1)
+    two = assign_splits([(1, 0), (1, 1)], {}, 0.01, seed=0)
+    assert sorted(two.values()) == ["holdout", "train"]
+    fixed = assign_splits(groups, {(1, 0): "holdout", (1, 1): "holdout"}, 0.25, seed=0)
+    assert fixed[(1, 0)] == fixed[(1, 1)] == "holdout"
+    assert sum(v == "holdout" for k, v in fixed.items() if k[1] >= 2) == 2  # ceil(0.25 * 6)
+
+
+def _reward(store, judge):
+    return RelevanceReward(task_distribution(store, RewardConfig()), BagOfWords(), RewardConfig(), judge)
+
+
+def test_store_pairs_split_by_window_group_and_not_rejudged(store, tmp_path):
+    # 9 segments at indices 0..8: with windows of 5 segments they form 2 groups (0-4, 5-9)
+    wins = seed_windows(store, tmp_path / "frames", OBJECTS[:9], idx_step=1, frames=False)
+    fid = ask(store, "Where is my stuff?", False, corrected="on the shelf")
+    judge = ScriptedBackend(prefer("shelf"))
+    judged = judge_new_pairs(store, _reward(store, judge))
+    assert len(judged) == 9 and len(judge.calls) == 18
+    ids = store_pairs(store, judged, holdout_share=0.25, seed=0, window_segments=5)
+    rows = store.pairs()
+    assert [r["id"] for r in rows] == ids
+    split_of = {r["segment_id"]: r["split"] for r in rows}
+    first, second = {split_of[w[0]] for w in wins[:5]}, {split_of[w[0]] for w in wins[5:]}
+    assert len(first) == 1 and len(second) == 1 and first != second  # one group each side, never mixed
+    assert all(r["feedback_ids"] == [fid] for r in rows)
+    assert all(r["chosen_candidate_id"] == w[1] for r, w in zip(rows, wins))
+
+    # a second run compares nothing again and adds nothing
+    judge2 = ScriptedBackend(prefer("shelf"))
+    assert judge_new_pairs(store, _reward(store, judge2)) == [] and judge2.calls == []
+    assert store_pairs(store, judged, holdout_share=0.25, seed=0) == []
+
+    # a window added later to an already split group (indices 5-9) gets that group's split
+    sid = store.get_segment(wins[5][0])["stream_id"]
+    seg_id, _ = store.commit_segment(sid, Segment(10, 100.0, 110.0), memory="x", failure=None, writer_model="t",
+                                     adapter_id=None, n_tokens=1, latency_s=0.0)
+    late = store.commit_segment(sid, Segment(9, 90.0, 100.0), memory="x", failure=None, writer_model="t",
+                                adapter_id=None, n_tokens=1, latency_s=0.0)[0]
+    for seg in (seg_id, late):
+        for text in ('{"description": "I saw the lamp on the shelf."}', '{"description": "I saw the lamp."}'):
+            store.add_candidate(seg, text, valid=True, failure=None, sampling={}, source="sample")
+    new_ids = store_pairs(store, judge_new_pairs(store, _reward(store, ScriptedBackend(prefer("shelf")))),
+                          holdout_share=0.25, seed=0, window_segments=5)
+    assert len(new_ids) == 2
+    new_rows = {r["segment_id"]: r["split"] for r in store.pairs(ids=new_ids)}
+    assert new_rows[late] == split_of[wins[5][0]]
+
+
+def test_delete_feedback_removes_derived_pairs(store, tmp_path):
+    seed_windows(store, tmp_path / "frames", OBJECTS[:4], frames=False)
+    fid = ask(store, "Where did I put it?", False, corrected="on the shelf")
+    store_pairs(store, judge_new_pairs(store, _reward(store, ScriptedBackend(prefer("shelf"))))
+                , holdout_share=0.25, seed=0)
+    assert len(store.pairs()) == 4
+    assert store.delete_feedback([fid])["pairs"] == 4
+    assert store.pairs() == []
+
+
+def test_preference_pairs_need_frames(store, tmp_path):
+    wins = seed_windows(store, tmp_path / "frames", OBJECTS[:4])
+    ask(store, "Where?", False, corrected="on the shelf")
+    store_pairs(store, judge_new_pairs(store, _reward(store, ScriptedBackend(prefer("shelf")))),
+                holdout_share=0.25, seed=0)
+    train, skipped = preference_pairs(store, "train", default_prompt_fn)
+    hold, _ = preference_pairs(store, "holdout", default_prompt_fn)
+    assert len(train) == 3 and len(hold) == 1 and skipped == []
+    p = train[0]
+    assert p.chosen.startswith('{"description": ') and "shelf" in p.chosen and "shelf" not in p.rejected
+    images = [x for x in p.messages[-1].parts if isinstance(x, ImagePart)]
+    assert len(images) == 2 and images[0].pixels.shape == (64, 64, 3) and images[0].pixels.dtype == np.uint8
+    store.delete_kept_frames(segment_ids=[wins[0][0], wins[1][0], wins[2][0], wins[3][0]])
+    train, skipped = preference_pairs(store, "train", default_prompt_fn)
+    assert train == [] and len(skipped) == 3

@@ -1,0 +1,119 @@
+"""Retrieval: RRF of BM25 and embedding ranks, time filters (never the future), memories embedded once."""
+
+import zlib
+
+import numpy as np
+import pytest
+
+from edge_agent.config import QAConfig
+from edge_agent.qa.embed import minilm_available
+from edge_agent.qa.retrieve import ensure_embeddings, fuse, retrieve
+from edge_agent.store import Store
+from edge_agent.store.text import tokens
+from edge_agent.types import Segment
+
+
+class CountingEmbedder:
+    """Bag of words hashed into 64 dims, with a synonym table so some matches are embedding-only."""
+
+    name = "counting-bow"
+    SYNONYMS = {"phone": "mobile", "couch": "sofa", "auto": "car"}
+
+    def __init__(self):
+        self.seen: list[str] = []
+
+    def encode(self, texts):
+        self.seen += list(texts)
+        out = np.zeros((len(texts), 64), np.float32)
+        for i, t in enumerate(texts):
+            for tok in tokens(t):
+                tok = self.SYNONYMS.get(tok, tok)
+                out[i, zlib.crc32(tok.encode()) % 64] += 1.0  # stable across runs
+        return out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-9)
+
+
+TEXTS = [
+    "I put the red cup on the kitchen table.",
+    "I set the mobile down on the sofa.",
+    "<face_1> hands me a blue book near the shelf.",
+    "I wash the red cup at the sink.",
+    "I drive the car out of the garage.",
+    "I leave the red cup on the shelf.",  # the latest word on the cup, in the "future" of some tests
+]
+
+
+@pytest.fixture
+def store(tmp_path):
+    s = Store.open(tmp_path / "m.db")
+    sid = s.get_or_create_stream("clip", "fp", 0.0, "synthetic")
+    for i, t in enumerate(TEXTS):
+        s.commit_segment(sid, Segment(i, 10.0 * i, 10.0 * i + 10), memory=t, failure=None, writer_model="m",
+                         adapter_id=None, n_tokens=8, latency_s=0.0)
+    yield s
+    s.close()
+
+
+def test_rrf_by_hand():
+    fused = fuse([[1, 2, 3], [3, 1]], 60)
+    assert [i for i, _ in fused] == [1, 3, 2]
+    assert fused[0][1] == pytest.approx(1 / 61 + 1 / 62)
+    assert fused[1][1] == pytest.approx(1 / 63 + 1 / 61)
+    assert fused[2][1] == pytest.approx(1 / 62)
+    assert fuse([], 60) == []
+
+
+def test_fusion_finds_embedding_only_matches(store):
+    emb = CountingEmbedder()
+    cfg = QAConfig(top_k=3)
+    rows = retrieve(store, "where is my phone?", cfg, embedder=emb)
+    texts = [r["text"] for r in rows]
+    assert "I set the mobile down on the sofa." in texts  # no word in common but "phone" ~ "mobile"
+    assert len(rows) == 3 and rows[0]["score"] >= rows[1]["score"] >= rows[2]["score"]
+    fts_only = retrieve(store, "where is my phone?", QAConfig(top_k=3, use_embeddings=False), embedder=emb)
+    assert "I set the mobile down on the sofa." not in [r["text"] for r in fts_only]
+
+
+def test_bm25_and_embedding_agree_on_the_best(store):
+    rows = retrieve(store, "red cup sink", QAConfig(top_k=2), embedder=CountingEmbedder())
+    assert rows[0]["text"] == "I wash the red cup at the sink."
+
+
+def test_until_never_returns_the_future(store):
+    emb = CountingEmbedder()
+    for until in (15.0, 30.0, 45.0, 59.9):
+        rows = retrieve(store, "red cup shelf", QAConfig(top_k=10), until=until, embedder=emb)
+        assert rows and all(r["t_end"] <= until for r in rows)
+        assert "I leave the red cup on the shelf." not in [r["text"] for r in rows]
+    rows = retrieve(store, "red cup shelf", QAConfig(top_k=10), since=30.0, embedder=emb)
+    assert all(r["t_end"] > 30.0 for r in rows) and rows[0]["text"] == "I leave the red cup on the shelf."
+    assert retrieve(store, "red cup", QAConfig(), until=5.0, embedder=emb) == []
+
+
+def test_memories_are_embedded_once(store):
+    emb = CountingEmbedder()
+    retrieve(store, "red cup", QAConfig(), until=25.0, embedder=emb)
+    assert sorted(emb.seen) == sorted(TEXTS[:2] + ["red cup"])  # lazily: only what the range covers
+    emb.seen.clear()
+    retrieve(store, "blue book", QAConfig(), embedder=emb)
+    assert sorted(emb.seen) == sorted(TEXTS[2:] + ["blue book"])
+    emb.seen.clear()
+    retrieve(store, "garage", QAConfig(), embedder=emb)
+    assert emb.seen == ["garage"]
+    assert ensure_embeddings(store, emb) == 0
+    assert len(store.embeddings(emb.name)[0]) == len(TEXTS)
+
+
+def test_top_k_and_hostile_questions(store):
+    emb = CountingEmbedder()
+    assert len(retrieve(store, "the", QAConfig(top_k=2), embedder=emb)) == 2
+    for q in ['"red cup" AND NOT (sink*', "NEAR(cup", "\udcff\udcfe", "", "text: cup"]:
+        rows = retrieve(store, q, QAConfig(top_k=3), embedder=emb)
+        assert len(rows) <= 3
+
+
+@pytest.mark.skipif(not minilm_available(), reason="MiniLM not installed")
+def test_with_minilm(store, tmp_path):
+    from edge_agent.qa.embed import MiniLM
+
+    rows = retrieve(store, "Where did I put down my cell phone?", QAConfig(top_k=2), embedder=MiniLM(tmp_path))
+    assert "I set the mobile down on the sofa." in [r["text"] for r in rows]

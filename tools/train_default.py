@@ -1,0 +1,508 @@
+"""Train the embedded default model (models/default/): a small Qwen3-VL trained from scratch on the synthetic world.
+
+    .venv/bin/python tools/train_default.py all --seed 0            # data -> train -> finalize -> eval
+    .venv/bin/python tools/train_default.py data                    # only render + cut the synthetic clips
+    .venv/bin/python tools/train_default.py train --seed 0          # background-friendly; checkpoints as it goes
+    .venv/bin/python tools/train_default.py finalize                # last checkpoint -> models/default/{hf,gguf}
+    .venv/bin/python tools/train_default.py eval                    # held-out metrics through llama.cpp
+    .venv/bin/python tools/train_default.py parity                  # transformers vs llama.cpp logits, one prompt
+
+The model learns two tasks, each on exactly the prompt the runtime renders:
+  * writer: `edge_agent.memory.prompts.writer_messages` (system, up to 4 earlier segments' frames + memories, the
+    new segment's frames) -> `{"description": "<ground-truth caption of the segment>"}`;
+  * answerer: `edge_agent.qa.answer.build_messages` (memories with ids and times, question, options A-D + E) ->
+    `{"answer": "<letter>", "citations": [<ids>]}`; E with no citations when the evidence was left out.
+Token sequences are built from `edge_agent.vlm.llama_cpp.render_chat` (the backend's own renderer), each part
+tokenized on its own as mtmd does; consecutive frames are paired into one temporal patch (Qwen3-VL
+temporal_patch_size 2) like mtmd's mergeable bitmaps; each image chunk is <|vision_start|><|image_pad|>*n
+<|vision_end|>; pixels are normalised (x/255 - 0.5) / 0.5 like the mmproj. `parity` checks all of it.
+
+Everything is seeded (data seeds, init, batch order); a fixed step count (not a time limit) ends training, so
+the same command rebuilds the same weights on the same library versions and thread count (2).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import random
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from edge_agent.config import CaptureConfig  # noqa: E402
+from edge_agent.memory.prompts import writer_messages  # noqa: E402
+from edge_agent.qa.answer import LETTERS, answer_schema, build_messages, parse_reply  # noqa: E402
+from edge_agent.types import Frame, Message, Segment  # noqa: E402
+from edge_agent.vlm.llama_cpp import render_chat  # noqa: E402
+
+OUT = ROOT / "models" / "default"
+WORK = Path("/tmp/edge_agent_default")  # data cache + checkpoints (not shipped)
+TRAIN_SEEDS = list(range(100, 180))  # 80 clips of 2 minutes: 960 segments, ~560 questions
+HELDOUT_SEEDS = [9000, 9001, 9002, 9003]
+MINUTES = 2.0
+PATCH, MERGE, TPS = 16, 2, 2
+
+# ---------------------------------------------------------------------------------------------------- shape
+
+
+def model_config(vocab_size: int, ids: dict[str, int]):
+    """Like edge_agent.export.tiny.tiny_config, wider: text 128 x 24 layers (layer 22 exists), vision depth 3."""
+    from transformers import Qwen3VLConfig
+
+    return Qwen3VLConfig(
+        text_config=dict(
+            hidden_size=128, intermediate_size=256, num_hidden_layers=24, num_attention_heads=4,
+            num_key_value_heads=2, head_dim=32, vocab_size=vocab_size, max_position_embeddings=8192,
+            rope_parameters={"rope_type": "default", "rope_theta": 5e6, "mrope_section": [4, 6, 6],
+                             "mrope_interleaved": True},
+            tie_word_embeddings=False, bos_token_id=ids["<|endoftext|>"], eos_token_id=ids["<|im_end|>"],
+            pad_token_id=ids["<|endoftext|>"],
+        ),
+        vision_config=dict(
+            depth=3, hidden_size=96, intermediate_size=192, num_heads=3, out_hidden_size=128, patch_size=PATCH,
+            spatial_merge_size=MERGE, temporal_patch_size=TPS, num_position_embeddings=64,
+            deepstack_visual_indexes=[0, 1],
+        ),
+        image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
+        vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"],
+        tie_word_embeddings=False,
+    )
+
+
+# ---------------------------------------------------------------------------------------------------- data
+
+
+def clip(seed: int, minutes: float = MINUTES) -> dict:
+    """One synthetic clip cut by the runtime's own capture path: segments (keyframes + caption) and questions."""
+    import pickle
+
+    from edge_agent.capture import open_source, segment_stream
+    from edge_agent.synth import generate
+
+    cache = WORK / "data" / f"s{seed}-{minutes:g}.pkl"
+    if cache.is_file():
+        return pickle.loads(cache.read_bytes())
+    d = WORK / "synth" / f"s{seed}"
+    paths = generate(seed=seed, minutes=minutes, out_dir=d)
+    events = json.loads(paths.events.read_text())
+    captions = {s["index"]: s["caption"] for s in events["segments"]}
+    with open_source(str(paths.video)) as src:
+        segs = list(segment_stream(src, CaptureConfig()))
+    out = {"seed": seed, "segments": [
+        {"index": s.index, "t_start": s.t_start, "t_end": s.t_end, "caption": captions[s.index],
+         "frames": [f.image for f in s.keyframes], "frame_idx": [f.index for f in s.keyframes],
+         "frame_t": [f.t for f in s.keyframes]} for s in segs if s.index in captions and s.keyframes],
+        "questions": json.loads(paths.questions.read_text())["questions"]}
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    cache.write_bytes(pickle.dumps(out))
+    return out
+
+
+def as_segment(s: dict) -> Segment:
+    return Segment(s["index"], s["t_start"], s["t_end"],
+                   [Frame(i, t, im) for i, t, im in zip(s["frame_idx"], s["frame_t"], s["frames"])])
+
+
+def writer_example(c: dict, i: int, k: int) -> tuple[list[Message], str]:
+    """Segment i of clip c with its k earlier segments (ground-truth memories) -> the memory JSON."""
+    segs = c["segments"]
+    ctx = [(as_segment(s), s["caption"]) for s in segs[max(0, i - k):i]]
+    msgs = writer_messages(f"s{c['seed']}", ctx, as_segment(segs[i]))
+    return msgs, json.dumps({"description": segs[i]["caption"]})
+
+
+def qa_example(c: dict, q: dict, rng: random.Random, abstain: bool) -> tuple[list[Message], str]:
+    """Question q of clip c over a handful of ground-truth memories (ids and times as the store gives them).
+
+    The evidence memories are the segments holding the evidence interval's ends; with `abstain` every segment
+    overlapping the evidence is left out and the answer is E."""
+    segs = [s for s in c["segments"] if s["t_end"] <= q["asked_at"] + 1e-6]
+    e0, e1 = q["evidence"]
+    first_id = rng.randint(1, 300)
+    ids = {s["index"]: first_id + j for j, s in enumerate(segs)}
+    holds = [s for s in segs if s["t_start"] <= e0 < s["t_end"] or s["t_start"] <= e1 < s["t_end"]]
+    overlap = [s for s in segs if s["t_start"] < e1 and e0 < s["t_end"]]
+    others = [s for s in segs if s not in overlap]
+    n = rng.randint(3, 8)
+    shown = [] if abstain else list(holds)
+    rest = others if abstain else [s for s in segs if s not in holds]
+    shown += rng.sample(rest, min(len(rest), max(0, n - len(shown))))
+    if not shown:
+        shown = rng.sample(others, min(1, len(others)))
+    mems = [{"id": ids[s["index"]], "t_start": s["t_start"], "t_end": s["t_end"], "text": s["caption"]}
+            for s in shown]
+    msgs = build_messages(q["question"], q["options"], mems, q["asked_at"])
+    if abstain:
+        reply = {"answer": "E", "citations": []}
+    else:
+        reply = {"answer": q["answer"], "citations": sorted(ids[s["index"]] for s in holds)}
+    return msgs, json.dumps(reply)
+
+
+# ---------------------------------------------------------------------------------------------------- tokens
+
+
+class Encoder:
+    """Chat -> (input ids, loss mask, image chunks), the way LlamaCppBackend + mtmd feed llama.cpp."""
+
+    def __init__(self, tok) -> None:
+        self.tok = tok
+        self.vs, self.ve, self.pad = (tok.token_to_id(t) for t in ("<|vision_start|>", "<|vision_end|>",
+                                                                     "<|image_pad|>"))
+        self.im_end = tok.token_to_id("<|im_end|>")
+
+    def text(self, s: str) -> list[int]:
+        return self.tok.encode(s, add_special_tokens=False).ids if s else []
+
+    def encode(self, messages: list[Message], reply: str | None):
+        ids: list[int] = []
+        chunks: list[list[np.ndarray]] = []  # frames of each image chunk (1 or 2), in order
+        run: list[np.ndarray] = []
+
+        def flush() -> None:
+            # mtmd pairs consecutive mergeable bitmaps into temporal patches; an odd last frame stands alone
+            for j in range(0, len(run), TPS):
+                frames = run[j:j + TPS]
+                h, w = frames[0].shape[:2]
+                ids.extend([self.vs] + [self.pad] * ((h // (PATCH * MERGE)) * (w // (PATCH * MERGE))) + [self.ve])
+                chunks.append(frames)
+            run.clear()
+
+        for p in render_chat(messages, add_generation_prompt=True):
+            if p.image is not None:
+                if not p.mergeable:
+                    flush()
+                run.append(p.image.pixels)
+                if not p.mergeable:
+                    flush()
+                continue
+            flush()
+            ids += self.text(p.text)
+        flush()
+        n_prompt = len(ids)
+        if reply is not None:
+            ids += self.text(reply) + [self.im_end]
+        return ids, n_prompt, chunks
+
+
+def patches(frames: list[np.ndarray]) -> tuple[np.ndarray, tuple[int, int, int]]:
+    """One image chunk -> (n_patches, 3*2*16*16) float32 in Qwen2-VL's patch order, and its grid (t, h, w).
+
+    A single frame is repeated to fill the temporal patch, as both transformers' processor and mtmd do."""
+    if len(frames) == 1:
+        frames = frames * TPS
+    x = np.stack(frames).astype(np.float32) / 255.0  # (2, H, W, 3)
+    x = (x - 0.5) / 0.5
+    x = x.transpose(0, 3, 1, 2)  # (T, C, H, W)
+    t, c, h, w = x.shape
+    gh, gw = h // PATCH, w // PATCH
+    x = x.reshape(1, TPS, c, gh // MERGE, MERGE, PATCH, gw // MERGE, MERGE, PATCH)
+    x = x.transpose(0, 3, 6, 4, 7, 2, 1, 5, 8)  # grid_t, bh, bw, mh, mw, C, T, ph, pw
+    return np.ascontiguousarray(x.reshape(gh * gw, c * TPS * PATCH * PATCH)), (1, gh, gw)
+
+
+def batch_tensors(encoded: list, pad_id: int, image_pad: int):
+    """Right-padded batch: input_ids, attention_mask, labels (-100 outside replies), pixels, grids, mm types."""
+    import torch
+
+    L = max(len(e[0]) for e in encoded)
+    ids = torch.full((len(encoded), L), pad_id, dtype=torch.long)
+    att = torch.zeros((len(encoded), L), dtype=torch.long)
+    lab = torch.full((len(encoded), L), -100, dtype=torch.long)
+    pix, grids = [], []
+    for b, (seq, n_prompt, chunks) in enumerate(encoded):
+        ids[b, :len(seq)] = torch.tensor(seq)
+        att[b, :len(seq)] = 1
+        lab[b, n_prompt:len(seq)] = torch.tensor(seq[n_prompt:])
+        for ch in chunks:
+            p, g = patches(ch)
+            pix.append(p)
+            grids.append(g)
+    out = {"input_ids": ids, "attention_mask": att, "labels": lab, "mm_token_type_ids": (ids == image_pad).long()}
+    if pix:
+        out["pixel_values"] = torch.from_numpy(np.concatenate(pix))
+        out["image_grid_thw"] = torch.tensor(grids, dtype=torch.long)
+    return out
+
+
+def tokenizer_and_ids():
+    from edge_agent.export.tiny import SPECIAL_TOKENS, VOCAB_MULTIPLE, build_tokenizer
+
+    tok = build_tokenizer()
+    ids = {s: tok.token_to_id(s) for s in SPECIAL_TOKENS}
+    n = tok.get_vocab_size(with_added_tokens=True)
+    return tok, ids, -(-n // VOCAB_MULTIPLE) * VOCAB_MULTIPLE
+
+
+# ---------------------------------------------------------------------------------------------------- train
+
+
+def sample_example(rng: random.Random, clips: list[dict], step: int, steps: int, qa_share: float):
+    """Curriculum: the first third of training writes without context; later windows of 0-4 earlier segments."""
+    c = clips[rng.randrange(len(clips))]
+    if rng.random() < qa_share and c["questions"]:
+        q = c["questions"][rng.randrange(len(c["questions"]))]
+        return qa_example(c, q, rng, abstain=rng.random() < 0.2)
+    i = rng.randrange(len(c["segments"]))
+    k = 0 if step < steps // 3 else min(i, rng.choice([0, 1, 2, 4, 4]))
+    return writer_example(c, i, k)
+
+
+def train(args) -> None:
+    import torch
+    from transformers import Qwen3VLForConditionalGeneration
+
+    torch.set_num_threads(2)
+    tok, ids, vocab = tokenizer_and_ids()
+    enc = Encoder(tok)
+    clips = [clip(s) for s in TRAIN_SEEDS]
+    rng = random.Random(args.seed)
+    torch.manual_seed(args.seed)
+    model = Qwen3VLForConditionalGeneration(model_config(vocab, ids)).float()
+    ckpt = WORK / f"ckpt-s{args.seed}.pt"
+    start = 0
+    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.95), weight_decay=0.05)
+    if args.resume and ckpt.is_file():
+        state = torch.load(ckpt, weights_only=False)
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["opt"])
+        rng.setstate(state["rng"])
+        torch.set_rng_state(state["torch_rng"])
+        start = state["step"]
+    n_params = sum(p.numel() for p in model.parameters())
+    print(f"params {n_params / 1e6:.2f}M, steps {args.steps}, batch {args.batch}, from step {start}", flush=True)
+    model.train()
+    t0 = time.time()
+    ema = None
+    for step in range(start, args.steps):
+        warm = min(1.0, (step + 1) / args.warmup)
+        lr = args.lr * warm * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * step / args.steps)))
+        for g in opt.param_groups:
+            g["lr"] = lr
+        exs = [sample_example(rng, clips, step, args.steps, args.qa_share) for _ in range(args.batch)]
+        # Writer and QA rows differ a lot in length (~250 vs ~650 tokens): run them as two sub-batches so the
+        # short rows are not padded to the long ones; the loss is the mean over all reply tokens of the step.
+        encoded = [enc.encode(m, r) for m, r in exs]
+        groups = [[e for e in encoded if e[2]], [e for e in encoded if not e[2]]]
+        n_target = sum(len(e[0]) - e[1] for e in encoded)
+        opt.zero_grad(set_to_none=True)
+        loss_sum, L = 0.0, 0
+        for grp in groups:
+            if not grp:
+                continue
+            batch = batch_tensors(grp, ids["<|endoftext|>"], ids["<|image_pad|>"])
+            n_grp = sum(len(e[0]) - e[1] for e in grp)
+            loss = model(**batch).loss * (n_grp / n_target)
+            loss.backward()
+            loss_sum += loss.item()
+            L = max(L, batch["input_ids"].shape[1])
+        loss = torch.tensor(loss_sum)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        ema = loss.item() if ema is None else 0.95 * ema + 0.05 * loss.item()
+        if step % 10 == 0 or step == args.steps - 1:
+            print(f"step {step} loss {loss.item():.4f} ema {ema:.4f} lr {lr:.2e} "
+                  f"len {L} {time.time() - t0:.0f}s", flush=True)
+        if (step + 1) % args.save_every == 0 or step == args.steps - 1:
+            tmp = ckpt.with_suffix(".tmp")
+            torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "rng": rng.getstate(),
+                        "torch_rng": torch.get_rng_state(), "step": step + 1, "seconds": time.time() - t0}, tmp)
+            tmp.replace(ckpt)
+    print(f"done {args.steps} steps in {time.time() - t0:.0f}s", flush=True)
+
+
+# ---------------------------------------------------------------------------------------------------- ship
+
+
+def finalize(args) -> None:
+    """Last checkpoint -> models/default/hf (safetensors f32, tokenizer, template, processor) + GGUF f16."""
+    import torch
+    from transformers import PreTrainedTokenizerFast, Qwen3VLForConditionalGeneration
+
+    from edge_agent.export import export_hf
+    from edge_agent.export.tiny import CHAT_TEMPLATE, preprocessor_config
+
+    torch.set_num_threads(2)
+    tok, ids, vocab = tokenizer_and_ids()
+    state = torch.load(WORK / f"ckpt-s{args.seed}.pt", weights_only=False)
+    model = Qwen3VLForConditionalGeneration(model_config(vocab, ids)).float().eval()
+    model.load_state_dict(state["model"])
+    model.generation_config.eos_token_id = ids["<|im_end|>"]
+    model.generation_config.pad_token_id = ids["<|endoftext|>"]
+    hf = OUT / "hf"
+    hf.mkdir(parents=True, exist_ok=True)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>")
+    fast.chat_template = CHAT_TEMPLATE
+    fast.save_pretrained(hf)
+    model.save_pretrained(hf)
+    (hf / "preprocessor_config.json").write_text(json.dumps(preprocessor_config(), indent=2) + "\n")
+    export_hf(hf, OUT, args.outtype, name=f"edge-agent-default-s{args.seed}")
+    info = {"seed": args.seed, "steps": state["step"], "train_seconds": round(state["seconds"])}
+    (WORK / "train_info.json").write_text(json.dumps(info))
+    print("finalized", info, flush=True)
+
+
+# ---------------------------------------------------------------------------------------------------- eval
+
+FIELD_WORDS = {
+    "room": ["kitchen", "office", "living room", "bedroom"],
+    "event": ["moved", "took", "put", "picked up", "met", "talking", "read a note", "washing dishes", "cooking",
+              "typing", "watching tv", "folding clothes", "walked into", "looked around", "carrying"],
+    "colour": ["red", "blue", "green", "yellow", "purple", "orange"],
+    "object": ["cup", "keys", "book", "phone", "bowl", "bottle"],
+}
+
+
+def fields(text: str) -> dict[str, set[str]]:
+    t = text.lower()
+    return {k: {w for w in ws if w in t} for k, ws in FIELD_WORDS.items()}
+
+
+def open_default(n_ctx: int = 4096):
+    from edge_agent.vlm.llama_cpp import LlamaCppBackend
+
+    return LlamaCppBackend(OUT / "model.gguf", OUT / "mmproj.gguf", n_threads=2, n_ctx=n_ctx, image_cache_size=64)
+
+
+def evaluate(args) -> dict:
+    """Held-out seeds through llama.cpp: the runtime's MemoryWriter (window 5, grammar) and the answer prompt."""
+    from edge_agent.config import WriterConfig
+    from edge_agent.memory.writer import MemoryWriter, WindowEntry
+    from edge_agent.types import Sampling
+
+    res = {"writer": {"n": 0, "valid": 0, "exact": 0, **{k: [0, 0] for k in FIELD_WORDS}},
+           "qa": {"n": 0, "correct": 0, "abstain_n": 0, "abstain_correct": 0, "by_letter": {}}}
+    rng = random.Random(1)
+    with open_default() as be:
+        for seed in HELDOUT_SEEDS[: args.eval_clips]:
+            c = clip(seed)
+            writer = MemoryWriter(be, WriterConfig(max_retries=0), stream_key=f"s{seed}")
+            window: list[WindowEntry] = []
+            for s in c["segments"][: args.eval_segments]:
+                seg = as_segment(s)
+                r = writer.write(window, seg)
+                w = res["writer"]
+                w["n"] += 1
+                w["valid"] += r.text is not None
+                text = r.text or ""
+                w["exact"] += text == s["caption"]
+                f_true, f_pred = fields(s["caption"]), fields(text)
+                for k in FIELD_WORDS:  # recall of the true caption's words of each field, exact set match
+                    if f_true[k]:
+                        w[k][0] += f_true[k] == f_pred[k]
+                        w[k][1] += 1
+                if args.verbose:
+                    print(f"  [{s['index']}] true: {s['caption']}\n       pred: {text}", flush=True)
+                window = (window + [WindowEntry(seg, r.text)])[-4:]
+            for q in c["questions"]:
+                for abstain in (False, True):
+                    msgs, ref = qa_example(c, q, rng, abstain)
+                    shown = sorted({int(x) for x in __import__("re").findall(r"^\[(\d+)\]",
+                                                                            msgs[1].parts[0], flags=8)})
+                    g = be.generate(msgs, Sampling(max_tokens=96), json_schema=answer_schema(LETTERS, shown))
+                    got = parse_reply(g.text, q["options"], shown)["choice"]
+                    want = json.loads(ref)["answer"]
+                    qa = res["qa"]
+                    if abstain:
+                        qa["abstain_n"] += 1
+                        qa["abstain_correct"] += got == want
+                    else:
+                        qa["n"] += 1
+                        qa["correct"] += got == want
+                        qa["by_letter"][got] = qa["by_letter"].get(got, 0) + 1
+    w, qa = res["writer"], res["qa"]
+    summary = {
+        "segments": w["n"], "valid_memory": w["valid"] / max(1, w["n"]), "exact_caption": w["exact"] / max(1, w["n"]),
+        **{f"{k}_acc": w[k][0] / max(1, w[k][1]) for k in FIELD_WORDS}, "field_counts": {k: w[k][1] for k in FIELD_WORDS},
+        "qa_questions": qa["n"], "qa_acc_with_evidence": qa["correct"] / max(1, qa["n"]),
+        "qa_abstain_acc_without_evidence": qa["abstain_correct"] / max(1, qa["abstain_n"]),
+        "qa_choices": qa["by_letter"],
+    }
+    print(json.dumps(summary, indent=1), flush=True)
+    (WORK / "eval.json").write_text(json.dumps(summary, indent=1))
+    return summary
+
+
+def parity(args) -> float:
+    """Last-token logits of one real writer prompt (3 earlier segments, odd keyframe counts included) in
+    transformers (f32 checkpoint) vs llama.cpp (the shipped GGUF); also checks the token sequences agree."""
+    import torch
+    from transformers import Qwen3VLForConditionalGeneration
+
+    torch.set_num_threads(2)
+    tok, ids, _ = tokenizer_and_ids()
+    enc = Encoder(tok)
+    c = clip(HELDOUT_SEEDS[0])
+    i = next(j for j, s in enumerate(c["segments"]) if j >= 3 and len(s["frames"]) % 2 == 1) \
+        if any(len(s["frames"]) % 2 for s in c["segments"][3:]) else 3
+    msgs, _ = writer_example(c, i, 3)
+    seq, n_prompt, chunks = enc.encode(msgs, None)
+    batch = batch_tensors([(seq, n_prompt, chunks)], ids["<|endoftext|>"], ids["<|image_pad|>"])
+    batch.pop("labels")
+    model = Qwen3VLForConditionalGeneration.from_pretrained(OUT / "hf", dtype=torch.float32).eval()
+    with torch.no_grad():
+        ref = model(**batch).logits[0, -1].numpy()
+    with open_default() as be:
+        toks = be.prompt_tokens(msgs)
+        mine = [-1 if t == ids["<|image_pad|>"] else t for t in seq]
+        same = toks == mine
+        got = be.logits(msgs)
+    diff = float(np.abs(got[: ref.shape[0]] - ref).max())
+    print(f"parity: segment {i} ({[len(s['frames']) for s in c['segments'][i - 3:i + 1]]} frames), "
+          f"{len(seq)} tokens, token sequences equal: {same}, max |logit diff| {diff:.2e} "
+          f"(logit scale {np.abs(ref).max():.1f})", flush=True)
+    if not same:
+        print("  backend:", toks[:80], "\n  mine:   ", mine[:80])
+    return diff
+
+
+def main() -> None:
+    global OUT
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("what", choices=["data", "train", "finalize", "eval", "parity", "all", "stats"])
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--steps", type=int, default=1500)
+    ap.add_argument("--batch", type=int, default=16)
+    ap.add_argument("--lr", type=float, default=2e-3)
+    ap.add_argument("--warmup", type=int, default=60)
+    ap.add_argument("--qa-share", type=float, default=0.35)
+    ap.add_argument("--save-every", type=int, default=50)
+    ap.add_argument("--resume", action="store_true", help="continue from the checkpoint of --seed")
+    ap.add_argument("--outtype", default="f16")
+    ap.add_argument("--eval-clips", type=int, default=4)
+    ap.add_argument("--eval-segments", type=int, default=12)
+    ap.add_argument("--verbose", action="store_true")
+    ap.add_argument("--out", type=Path, default=OUT, help="model folder (hf/, model.gguf, mmproj.gguf)")
+    args = ap.parse_args()
+    OUT = args.out
+    if args.what in ("data", "all"):
+        for s in TRAIN_SEEDS + HELDOUT_SEEDS:
+            clip(s)
+        print("data ready", flush=True)
+    if args.what == "stats":
+        tok, ids, _ = tokenizer_and_ids()
+        enc = Encoder(tok)
+        rng = random.Random(0)
+        clips = [clip(s) for s in TRAIN_SEEDS[:5]]
+        for name, step in (("early", 0), ("late", 10**9)):
+            lens = [len(enc.encode(*sample_example(rng, clips, step, 3, 0.35))[0]) for _ in range(200)]
+            print(name, "mean tokens", np.mean(lens), "max", max(lens))
+    if args.what in ("train", "all"):
+        train(args)
+    if args.what in ("finalize", "all"):
+        finalize(args)
+    if args.what in ("parity", "all"):
+        parity(args)
+    if args.what in ("eval", "all"):
+        evaluate(args)
+
+
+if __name__ == "__main__":
+    main()
