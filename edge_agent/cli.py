@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from datetime import datetime, timezone
@@ -104,6 +105,8 @@ def run(source: Annotated[str, typer.Argument(help="Camera index (0), video file
         out.print(f"stream {report.stream_id}: {report.segments_written} memories written, "
                   f"{report.segments_failed} segments unwritten, {report.segments_skipped} already done, "
                   f"{report.frames_dropped} frames dropped")
+    if report.note:
+        err.print(f"note: {report.note}", markup=False)
     if report.error:
         raise EdgeAgentError(f"source {source!r} stopped: {report.error} (memories written so far are kept)")
 
@@ -287,8 +290,8 @@ def models_pull(name: str, home: Home = None) -> None:
     """Download a catalog model (the only command that uses the network), verifying checksums."""
     from edge_agent.models import pull
 
-    path = pull(name, _config(home).home)
-    out.print(f"{name} -> {path}")
+    model = pull(name, _config(home).home)
+    out.print(f"{name} -> {model.model_path.parent}")
 
 
 @models_app.command("make-tiny")
@@ -321,6 +324,8 @@ def models_quantize(src: Path, dst: Path, type_: Annotated[str, typer.Option("--
 
 
 def main() -> None:
+    # OpenCV/FFmpeg warn on stderr about every broken input; our own errors say what matters.
+    os.environ.setdefault("OPENCV_LOG_LEVEL", "ERROR")
     try:
         app()
     except EdgeAgentError as e:

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 from rich.console import Console
 from rich.table import Table
 
@@ -16,6 +13,7 @@ _DEMO_QUESTIONS = 5
 
 def run_demo(cfg: Config, minutes: float = 1.0, seed: int = 0, console: Console | None = None) -> dict:
     """Render a clip, remember it, answer a few of its questions from memory, and show it all."""
+    from edge_agent.eval.loaders import load_synthetic
     from edge_agent.qa.answer import answer
     from edge_agent.runtime import ingest, open_backend, open_embedder
     from edge_agent.synth import generate
@@ -36,16 +34,16 @@ def run_demo(cfg: Config, minutes: float = 1.0, seed: int = 0, console: Console 
         if len(rows) > 8:
             say(f"   ... {len(rows) - 8} more")
 
-        questions = json.loads(Path(paths["questions"]).read_text())[:_DEMO_QUESTIONS]
+        questions = load_synthetic(demo_dir).questions[:_DEMO_QUESTIONS]
         say("[bold]3.[/bold] asking questions from memory only")
         embedder = open_embedder(cfg)
         table = Table("question", "answer", "truth", "cited")
         answers = []
         for q in questions:
-            res = answer(store, backend, q["question"], q["options"], asked_at=q["asked_at"], cfg=cfg.qa,
-                         until=q["asked_at"], embedder=embedder)
-            answers.append({"question": q["question"], "truth": q["answer"], **res})
-            table.add_row(q["question"], res["text"], q["answer"], ",".join(str(c["id"]) for c in res["citations"]))
+            res = answer(store, backend, q.question, q.lettered_options(), asked_at=q.asked_at, cfg=cfg.qa,
+                         until=q.asked_at, embedder=embedder)
+            answers.append({"question": q.question, "truth": q.answer, **res})
+            table.add_row(q.question, res["text"], q.answer, ",".join(str(c["id"]) for c in res["citations"]))
         if console:
             console.print(table)
     finally:

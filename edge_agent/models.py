@@ -226,7 +226,11 @@ def pull(name: str, home: str | Path, repo_root: str | Path | None = None, *,
 # ---------------------------------------------------------------- list
 
 def list_models(home: str | Path, catalog: dict[str, CatalogEntry] | None = None) -> list[dict[str, Any]]:
-    """One row per catalog entry (and per extra folder under <home>/models) with installed/missing status."""
+    """One row per catalog entry (and per extra folder under <home>/models).
+
+    Row keys: name, kind (hub | local | folder), description, repo, hidden_size, n_layers, size_bytes, path,
+    status (installed | partial | missing) and installed (bool).
+    """
     home = Path(home).expanduser()
     catalog = load_catalog() if catalog is None else catalog
     rows = []
@@ -245,11 +249,14 @@ def list_models(home: str | Path, catalog: dict[str, CatalogEntry] | None = None
             row["status"] = "installed" if found else "missing"
             row["path"] = str(found or _expand(entry.paths[0], home))
         rows.append(row)
+    for row in rows:
+        row["installed"] = row["status"] == "installed"
     models_dir = home / "models"
     if models_dir.is_dir():
         for d in sorted(models_dir.iterdir()):
             if d.name not in catalog and (d / MODEL_FILE).is_file():
                 rows.append({"name": str(d), "kind": "folder", "description": "", "repo": None, "hidden_size": None,
                              "n_layers": None, "size_bytes": None,
-                             "status": "installed" if (d / MMPROJ_FILE).is_file() else "partial", "path": str(d)})
+                             "status": "installed" if (d / MMPROJ_FILE).is_file() else "partial", "path": str(d),
+                             "installed": (d / MMPROJ_FILE).is_file()})
     return rows

@@ -32,6 +32,7 @@ class IngestReport:
     write_seconds: list[float] = field(default_factory=list)
     stream_seconds: float = 0.0  # stream time covered so far
     error: str | None = None  # a source that failed mid-way; what was written before is kept
+    note: str | None = None  # a source that ended early but cleanly (truncated file)
 
     def as_dict(self) -> dict:
         lat = sorted(self.write_seconds)
@@ -41,7 +42,7 @@ class IngestReport:
             "frames_dropped": self.frames_dropped, "frames_merged": self.frames_merged,
             "stream_seconds": round(self.stream_seconds, 3),
             "write_latency_mean_s": round(sum(lat) / len(lat), 4) if lat else None,
-            "error": self.error,
+            "error": self.error, "note": self.note,
         }
 
 
@@ -137,6 +138,8 @@ class Ingestor:
             return next(self._segments)
         except StopIteration:
             self._exhausted = True
+            if getattr(self._source, "truncated", False):
+                self.report.note = self._source.end_note  # e.g. a truncated file: what decoded was written
             return None
 
     def _write(self, seg: Segment) -> None:
@@ -213,7 +216,8 @@ def open_backend(cfg: Config, with_vision: bool = True) -> Backend:
     model = resolve(cfg.model.name, cfg.home)
     return LlamaCppBackend(model.model_path, model.mmproj_path if with_vision else None,
                            n_threads=cfg.model.n_threads, n_ctx=cfg.model.n_ctx, n_gpu_layers=cfg.model.n_gpu_layers,
-                           image_cache_size=cfg.model.image_cache_size, seed=cfg.model.seed, name=model.name)
+                           image_cache_size=cfg.model.image_cache_size, seed=cfg.model.seed, name=model.name,
+                           model_hash=model.expected_hash or None)
 
 
 def open_embedder(cfg: Config):

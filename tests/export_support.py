@@ -31,7 +31,9 @@ def open_llama(model_path: Path, *, f32_cache: bool = False, logits_all: bool = 
     from llama_cpp import Llama
 
     kw = dict(type_k=0, type_v=0) if f32_cache else {}  # GGML_TYPE_F32 KV cache (default is F16)
-    return Llama(str(model_path), n_ctx=n_ctx, n_threads=2, verbose=False, logits_all=logits_all, seed=0, **kw)
+    # One thread: on a shared 2-core machine two ggml threads spin-wait on each other and can stall for seconds.
+    return Llama(str(model_path), n_ctx=n_ctx, n_threads=1, n_threads_batch=1, verbose=False, logits_all=logits_all,
+                 seed=0, **kw)
 
 
 def llama_logits(model_path: Path, ids: list[int], *, f32_cache: bool = False) -> np.ndarray:
@@ -52,7 +54,8 @@ def llama_image_logits(model_path: Path, mmproj_path: Path, image, before: str, 
 
     llm = open_llama(model_path, f32_cache=f32_cache, n_ctx=1024)
     params = M.mtmd_context_params_default()
-    params.use_gpu, params.n_threads, params.print_timings = False, 2, False
+    params.use_gpu, params.n_threads, params.print_timings = False, 1, False
+    params.warmup = False  # the warm-up encodes a 1472x1472 dummy image: seconds we do not need
     ctx = M.mtmd_init_from_file(str(mmproj_path).encode(), llm.model, params)
     assert ctx, f"mtmd could not load {mmproj_path}"
     buf = io.BytesIO()

@@ -12,7 +12,7 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
-from adapt_support import hf_dir, one_torch_thread, window_prompt  # noqa: E402
+from adapt_support import OBJECTS, hf_dir, one_torch_thread, window_prompt  # noqa: E402
 
 from edge_agent.adapt.dpo import (  # noqa: E402
     DPOVectorConfig, PreferencePair, completion_text, dpo_loss, evaluate, prepare_pairs, train_vector,
@@ -102,10 +102,6 @@ def test_completion_text():
 @pytest.fixture(scope="module", autouse=True)
 def _one_thread():
     yield from one_torch_thread()
-
-
-OBJECTS = ["red cup", "blue bowl", "keys", "green book", "phone", "black bag", "white mug", "glasses",
-           "wallet", "remote"]
 
 
 def shelf_pairs(ids, with_images=True):

@@ -8,7 +8,8 @@ import pytest
 from adapt_support import BagOfWords, OBJECTS, ask, prefer, seed_windows
 
 from edge_agent.adapt.loop import default_prompt_fn
-from edge_agent.adapt.pairs import assign_splits, judge_new_pairs, preference_pairs, store_pairs
+from edge_agent.adapt.pairs import (
+    assign_splits, holdout_segment_ids, judge_new_pairs, preference_pairs, store_pairs)
 from edge_agent.adapt.reward import RelevanceReward, RewardConfig, task_distribution
 from edge_agent.store import Store
 from edge_agent.types import ImagePart, Segment
@@ -32,7 +33,12 @@ def test_assign_splits_seeded_and_both_sides():
     assert sorted(two.values()) == ["holdout", "train"]
     fixed = assign_splits(groups, {(1, 0): "holdout", (1, 1): "holdout"}, 0.25, seed=0)
     assert fixed[(1, 0)] == fixed[(1, 1)] == "holdout"
-    assert sum(v == "holdout" for k, v in fixed.items() if k[1] >= 2) == 2  # ceil(0.25 * 6)
+    assert sum(v == "holdout" for k, v in fixed.items() if k[1] >= 2) == 0  # 2 of 8 are held out already
+    # one new window per run still fills both sides in proportion
+    split: dict = {}
+    for g in range(8):
+        split.update(assign_splits([(1, g)], split, 0.25, seed=g))
+    assert sorted(split.values()).count("holdout") == 2
 
 
 def _reward(store, judge):
@@ -94,6 +100,7 @@ def test_preference_pairs_need_frames(store, tmp_path):
     train, skipped = preference_pairs(store, "train", default_prompt_fn)
     hold, _ = preference_pairs(store, "holdout", default_prompt_fn)
     assert len(train) == 3 and len(hold) == 1 and skipped == []
+    assert holdout_segment_ids(store) == [r["segment_id"] for r in store.pairs(split="holdout")]
     p = train[0]
     assert p.chosen.startswith('{"description": ') and "shelf" in p.chosen and "shelf" not in p.rejected
     images = [x for x in p.messages[-1].parts if isinstance(x, ImagePart)]

@@ -84,3 +84,43 @@ def test_image_prompt_logits_match_transformers(tiny_model, hf):
     got32, _ = llama_image_logits(tiny_model / "model.gguf", tiny_model / "mmproj.gguf", image, before, after,
                                   f32_cache=True)
     assert np.abs(got32 - want).max() < 3e-4
+
+
+def _official_style_checkpoint(tiny_model, dst):
+    """The tiny checkpoint rewritten the way Qwen publishes Qwen3-VL-2B/4B: bfloat16 weights, tied embeddings
+    (no lm_head tensor), and the pre-transformers-5 config keys `rope_scaling` + `rope_theta`."""
+    import json
+    import shutil
+
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    hf = shutil.copytree(tiny_model / "hf", dst)
+    weights = {k: v.to(torch.bfloat16) for k, v in load_file(hf / "model.safetensors").items() if k != "lm_head.weight"}
+    save_file(weights, hf / "model.safetensors", metadata={"format": "pt"})
+    cfg = json.loads((hf / "config.json").read_text())
+    tc = cfg["text_config"]
+    rope = tc.pop("rope_parameters")
+    tc["rope_theta"] = rope.pop("rope_theta")
+    tc["rope_scaling"] = rope
+    tc["tie_word_embeddings"] = cfg["tie_word_embeddings"] = True
+    (hf / "config.json").write_text(json.dumps(cfg, indent=2))
+    return hf
+
+
+def test_official_style_checkpoint_bf16_tied(tiny_model, tmp_path):
+    import torch
+    from transformers import AutoTokenizer, Qwen3VLForConditionalGeneration
+
+    from edge_agent.export import export_hf
+    from edge_agent.vlm.gguf_info import inspect_gguf
+
+    hf = _official_style_checkpoint(tiny_model, tmp_path / "hf")
+    model_path, _ = export_hf(hf, tmp_path / "out", "f32")
+    assert inspect_gguf(model_path)["n_tensors"] == 24 * 11 + 2  # no output.weight: llama.cpp reuses token_embd
+    tok = AutoTokenizer.from_pretrained(hf)
+    model = Qwen3VLForConditionalGeneration.from_pretrained(hf, dtype=torch.float32).eval()
+    ids = tok(TEXTS[0])["input_ids"]
+    with torch.no_grad():
+        want = model(input_ids=torch.tensor([ids])).logits[0].numpy()
+    assert np.abs(llama_logits(model_path, ids) - want).max() < 1e-3

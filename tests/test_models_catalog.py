@@ -29,6 +29,7 @@ def _fake_catalog(tmp_path, *, model_sha=None, mmproj_sha=None):
     (hub / "tiny-Q4.gguf").write_bytes(model_bytes)
     (hub / "mmproj-tiny.gguf").write_bytes(mmproj_bytes)
     sha = lambda b: hashlib.sha256(b).hexdigest()  # noqa: E731
+    mmproj_hash = mmproj_sha if mmproj_sha is not None else sha(mmproj_bytes)
     toml = tmp_path / "catalog.toml"
     toml.write_text(f'''
 [models.tiny-hub]
@@ -39,7 +40,7 @@ hidden_size = 64
 n_layers = 24
 base_model_hash = "declared"
 model = {{ file = "tiny-Q4.gguf", size = {len(model_bytes)}, sha256 = "{model_sha or sha(model_bytes)}" }}
-mmproj = {{ file = "mmproj-tiny.gguf", size = {len(mmproj_bytes)}, sha256 = "{mmproj_sha if mmproj_sha is not None else sha(mmproj_bytes)}" }}
+mmproj = {{ file = "mmproj-tiny.gguf", size = {len(mmproj_bytes)}, sha256 = "{mmproj_hash}" }}
 
 [models.local-one]
 kind = "local"
@@ -54,13 +55,15 @@ def test_pull_resolve_list_from_local_hub(tmp_path):
     home = tmp_path / "home"
     rows = {r["name"]: r for r in M.list_models(home, cat)}
     assert rows["tiny-hub"]["status"] == "missing" and rows["local-one"]["status"] == "missing"
+    assert rows["tiny-hub"]["installed"] is False and rows["tiny-hub"]["size_bytes"] > 0
     with pytest.raises(ModelError, match="run: edge-agent models pull tiny-hub"):
         M.resolve("tiny-hub", home, cat)
     r = M.pull("tiny-hub", home, repo_root=hub, catalog=cat)
     assert r.model_path == home / "models" / "tiny-hub" / "tiny-Q4.gguf" and r.model_path.read_bytes() == model_bytes
     assert r.mmproj_path.is_file() and r.expected_hash == "declared" and r.name == "tiny-hub"
     assert M.resolve("tiny-hub", home, cat) == r
-    assert {x["name"]: x for x in M.list_models(home, cat)}["tiny-hub"]["status"] == "installed"
+    row = {x["name"]: x for x in M.list_models(home, cat)}["tiny-hub"]
+    assert row["status"] == "installed" and row["installed"] is True
     # a second pull keeps the verified files
     mtime = r.model_path.stat().st_mtime_ns
     M.pull("tiny-hub", home, repo_root=hub, catalog=cat)
@@ -141,7 +144,8 @@ def test_local_entries_and_folders(tmp_path):
         M.resolve("local-one", home, cat)
     (d / "mmproj.gguf").write_bytes(b"y")
     r = M.resolve("local-one", home, cat)
-    assert (r.model_path, r.mmproj_path, r.hf_dir, r.expected_hash) == (d / "model.gguf", d / "mmproj.gguf", d / "hf", None)
+    assert (r.model_path, r.mmproj_path, r.hf_dir) == (d / "model.gguf", d / "mmproj.gguf", d / "hf")
+    assert r.expected_hash is None
     other = tmp_path / "elsewhere"
     other.mkdir()
     (other / "model.gguf").write_bytes(b"x")

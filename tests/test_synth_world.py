@@ -52,6 +52,12 @@ def test_same_seed_same_world(clip, tmp_path):
     assert frame_hashes(other.video) != h1
 
 
+def test_paths_read_as_attributes_and_as_a_mapping(clip):
+    assert clip["video"] == clip.video and clip.video.name == "video.mp4"
+    assert dict(clip.items()) == {"video": clip.video, "events": clip.events, "questions": clip.questions}
+    assert all(p.is_file() for _, p in clip.items())
+
+
 def test_video_is_readable_at_the_documented_size_and_rate(clip):
     cap = cv2.VideoCapture(str(clip.video))
     assert cap.isOpened()
@@ -104,12 +110,12 @@ def test_questions_json_format(clip):
     assert {q["category"] for q in qs} == set(CATEGORIES)  # a one-minute clip still covers every category
     assert [q["asked_at"] for q in qs] == sorted(q["asked_at"] for q in qs)
     for q in qs:
-        assert set(q) == {"id", "category", "question", "options", "answer", "answer_text", "asked_at", "evidence"}
+        assert set(q) == {"id", "category", "question", "options", "answer", "open_answer", "asked_at", "evidence"}
         assert len(q["options"]) == 4 and len(set(q["options"])) == 4
-        assert q["options"]["ABCD".index(q["answer"])] == q["answer_text"]
+        assert q["options"]["ABCD".index(q["answer"])] == q["open_answer"]
         assert not any(o.startswith(("A.", "B.", "C.", "D.")) for o in q["options"])
         t0, t1 = q["evidence"]
-        assert 0 <= t0 <= t1 <= 60.0 and q["asked_at"] <= 60.0
+        assert 0 <= t0 <= t1 <= q["asked_at"] <= 60.0
         # the segment where the evidence starts has ended when the question is asked
         assert min((math.floor(t0 / 10) + 1) * 10, 60.0) <= q["asked_at"] + 1e-9
 
@@ -128,7 +134,7 @@ def test_answers_follow_from_the_event_log(seed):
     ev = script.events
     checked = {c: 0 for c in CATEGORIES}
     for q in qs:
-        a, text, ans = q["asked_at"], q["question"], q["answer_text"]
+        a, text, ans = q["asked_at"], q["question"], q["open_answer"]
         before = [e for e in ev if e["t"] < a]
         done = [e for e in before if _seg_end(e["t"], 600.0) <= a]  # in segments that have ended
         cat = q["category"]

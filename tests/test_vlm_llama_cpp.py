@@ -164,7 +164,10 @@ def _write_gguf(path, arch):
     w = gguf.GGUFWriter(str(path), arch=arch)
     w.add_block_count(2)
     w.add_tensor("token_embd.weight", np.zeros((4, 8), np.float32))
-    w.write_header_to_file(); w.write_kv_data_to_file(); w.write_tensors_to_file(); w.close()
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
     return path
 
 
@@ -207,3 +210,16 @@ def test_prompt_longer_than_context_is_a_clear_error(tiny_model):
     with LlamaCppBackend(tiny_model / "model.gguf", tiny_model / "mmproj.gguf", n_threads=1, n_ctx=512) as b:
         with pytest.raises(ModelError, match=r"exceeds the context of 512 \(model.n_ctx\)"):
             b.generate(window([], "the red cup " * 400), GREEDY)
+
+
+def test_text_only_backend_without_mmproj(tiny_model, tiny_backend):
+    msgs = [Message("system", ["answer from memory"]), Message("user", ["where is the red cup?"])]
+    with LlamaCppBackend(tiny_model / "model.gguf", None, n_threads=1, n_ctx=512, name="answerer") as b:
+        assert b.model_name == "answerer" and b.model_hash == tiny_backend.model_hash
+        assert b.prompt_tokens(msgs) == tiny_backend.prompt_tokens(msgs)  # same tokens as the mtmd path
+        assert np.abs(b.logits(msgs) - tiny_backend.logits(msgs)).max() < 1e-4
+        g = b.generate(msgs, GREEDY, {"type": "object", "properties": {"answer": {"enum": ["A", "B", "E"]}},
+                                      "required": ["answer"]})
+        assert json.loads(g.text)["answer"] in {"A", "B", "E"}
+        with pytest.raises(ModelError, match="loaded without its mmproj: cannot take images"):
+            b.generate(window([frame(0)]), GREEDY)

@@ -8,6 +8,22 @@ from edge_agent.types import SteeringVector
 from edge_agent.vlm import steering as S
 
 
+def _write(path, arch, tensors, kvs=()):
+    """A GGUF with the given architecture, string/int KVs and float32 tensors."""
+    import gguf
+
+    w = gguf.GGUFWriter(str(path), arch=arch)
+    for key, value in kvs:
+        (w.add_int32 if isinstance(value, int) else w.add_string)(key, value)
+    for name, data in tensors:
+        w.add_tensor(name, data)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return path
+
+
 def _vec(n=64, layer=22, scale=1.5, h="base-abc", aid="a1"):
     return SteeringVector(np.random.RandomState(1).randn(n).astype(np.float32), layer=layer, scale=scale,
                           base_model_hash=h, adapter_id=aid)
@@ -46,27 +62,16 @@ def test_control_vector_round_trip_folds_scale(tmp_path):
 
 def test_stock_llama_cpp_control_vector_without_our_keys(tmp_path):
     """A control vector as llama.cpp's cvector-generator writes it (one layer): scale 1, no hash."""
-    import gguf
-
-    path = tmp_path / "stock.gguf"
-    w = gguf.GGUFWriter(str(path), arch="controlvector")
-    w.add_string("controlvector.model_hint", "qwen3vl")
-    w.add_int32("controlvector.layer_count", 1)
-    w.add_tensor("direction.5", np.arange(8, dtype=np.float32))
-    w.write_header_to_file(); w.write_kv_data_to_file(); w.write_tensors_to_file(); w.close()
+    path = _write(tmp_path / "stock.gguf", "controlvector", [("direction.5", np.arange(8, dtype=np.float32))],
+                  [("controlvector.model_hint", "qwen3vl"), ("controlvector.layer_count", 1)])
     v = S.load(path)
     assert v.layer == 5 and v.scale == 1.0 and v.base_model_hash == "" and v.adapter_id is None
     assert np.array_equal(v.vector, np.arange(8, dtype=np.float32))
 
 
 def test_control_vector_with_two_layers_is_refused(tmp_path):
-    import gguf
-
-    path = tmp_path / "two.gguf"
-    w = gguf.GGUFWriter(str(path), arch="controlvector")
-    for layer in (3, 4):
-        w.add_tensor(f"direction.{layer}", np.ones(8, dtype=np.float32))
-    w.write_header_to_file(); w.write_kv_data_to_file(); w.write_tensors_to_file(); w.close()
+    path = _write(tmp_path / "two.gguf", "controlvector",
+                  [(f"direction.{layer}", np.ones(8, dtype=np.float32)) for layer in (3, 4)])
     with pytest.raises(AdapterError, match="2 direction tensors"):
         S.load(path)
 
@@ -82,12 +87,7 @@ def test_malformed_files(tmp_path, suffix):
 
 
 def test_gguf_of_other_architecture_is_refused(tmp_path):
-    import gguf
-
-    path = tmp_path / "llama.gguf"
-    w = gguf.GGUFWriter(str(path), arch="llama")
-    w.add_tensor("direction.1", np.ones(4, dtype=np.float32))
-    w.write_header_to_file(); w.write_kv_data_to_file(); w.write_tensors_to_file(); w.close()
+    path = _write(tmp_path / "llama.gguf", "llama", [("direction.1", np.ones(4, dtype=np.float32))])
     with pytest.raises(AdapterError, match="architecture 'llama'"):
         S.load(path)
 

@@ -65,6 +65,9 @@ class DPOVectorConfig:
     """Clip the vector's gradient to this L2 norm before each step; 0 = no clipping."""
     seed: int = 0
     """Seeds the init and the mini-batch order."""
+    dtype: str = "float32"
+    """Weights of the frozen model: "float32" (reference setup, exact parity with the f32 GGUF) or "bfloat16"
+    (half the memory on a small device; the vector and the log-probs stay float32)."""
 
     def __post_init__(self) -> None:
         def check(ok: bool, name: str, why: str) -> None:
@@ -83,6 +86,7 @@ class DPOVectorConfig:
         check(self.init != "normal" or self.init_std > 0, "init_std", 'must be > 0 with init="normal"')
         check(self.batch_pairs >= 0, "batch_pairs", "must be >= 0 (0 = all pairs)")
         check(self.max_grad_norm >= 0, "max_grad_norm", "must be >= 0 (0 = no clipping)")
+        check(self.dtype in ("float32", "bfloat16"), "dtype", 'must be "float32" or "bfloat16"')
 
     @classmethod
     def from_adapt(cls, cfg: AdaptConfig, **overrides: Any) -> "DPOVectorConfig":

@@ -22,7 +22,7 @@ torch and transformers are imported here only; `edge-agent ask` never loads this
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -168,31 +168,46 @@ class FrozenQwen3VL:
         flush()
         return out
 
+    def _text_ids(self, text: str, special: bool) -> list[int]:
+        """Template text parses special tokens; message text does not (as the backend tokenizes them)."""
+        if not text:
+            return []
+        return list(self.tokenizer(text, add_special_tokens=False, split_special_tokens=not special)["input_ids"])
+
     def encode(self, messages: Sequence[Message], completion: str) -> Encoded:
-        """Qwen chat format `<|im_start|>{role}\\n...<|im_end|>\\n` + `<|im_start|>assistant\\n` + completion +
-        `<|im_end|>`; each image chunk becomes `<|vision_start|>` + n x `<|image_pad|>` + `<|vision_end|>`."""
-        text_parts: list[str] = []
+        """Token ids as the llama.cpp backend builds them (vlm/llama_cpp.py `render_chat` + mtmd):
+        `<|im_start|>{role}\\n` body `<|im_end|>\\n` per message, then `<|im_start|>assistant\\n`, then the
+        completion and `<|im_end|>`. Adjacent text parts are joined; message text is tokenized without
+        parsing special tokens; each image chunk becomes `<|vision_start|>` n x `<|image_pad|>` `<|vision_end|>`.
+        (tests/test_adapt_hf_parity.py checks ids and logits against the backend.)"""
+        ids: list[int] = []
         pixel_blocks: list[np.ndarray] = []
         grids: list[list[int]] = []
         merge = int(self.image_processor.merge_size)
+        vs, ve = self.tokenizer.convert_tokens_to_ids([VISION_START, VISION_END])
         for m in messages:
-            text_parts.append(f"{IM_START}{m.role}\n")
-            for item in self._image_groups(m.parts):
+            ids += self._text_ids(f"{IM_START}{m.role}\n", special=True)
+            body: list[Any] = []
+            for part in m.parts:
+                if isinstance(part, str) and body and isinstance(body[-1], str):
+                    body[-1] += part
+                elif not (isinstance(part, str) and not part):
+                    body.append(part)
+            for item in self._image_groups(body):
                 if isinstance(item, str):
-                    text_parts.append(item)
+                    ids += self._text_ids(item, special=False)
                     continue
                 pv, grid = self._pixels(item)
                 pixel_blocks.append(pv)
                 grids.append(grid)
                 n_tokens = grid[0] * grid[1] * grid[2] // (merge * merge)
-                text_parts.append(VISION_START + IMAGE_PAD * n_tokens + VISION_END)
-            text_parts.append(f"{IM_END}\n")
-        text_parts.append(f"{IM_START}assistant\n")
-        prompt_ids = self.tokenizer("".join(text_parts), add_special_tokens=False)["input_ids"]
-        completion_ids = self.tokenizer(completion + IM_END, add_special_tokens=False)["input_ids"]
-        ids = torch.tensor([prompt_ids + completion_ids], dtype=torch.long)
-        mm = (ids == self._image_pad_id).long()
-        enc = Encoded(ids, len(prompt_ids), mm)
+                ids += [vs] + [self._image_pad_id] * n_tokens + [ve]
+            ids += self._text_ids(f"{IM_END}\n", special=True)
+        ids += self._text_ids(f"{IM_START}assistant\n", special=True)
+        start = len(ids)
+        ids += self._text_ids(completion, special=False) + self._text_ids(IM_END, special=True)
+        t = torch.tensor([ids], dtype=torch.long)
+        enc = Encoded(t, start, (t == self._image_pad_id).long())
         if pixel_blocks:
             enc.pixel_values = torch.from_numpy(np.concatenate(pixel_blocks, axis=0)).to(self.dtype)
             enc.image_grid_thw = torch.tensor(grids, dtype=torch.long)

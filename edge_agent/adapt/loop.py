@@ -119,9 +119,11 @@ def run_adapt(store: Any, cfg: Config, hf_dir: str | Path, backend_for_judge: Ba
         return summary
 
     # train
+    import torch
+
     from edge_agent.adapt.hf import FrozenQwen3VL
 
-    policy = FrozenQwen3VL(hf_dir, dcfg.layer)
+    policy = FrozenQwen3VL(hf_dir, dcfg.layer, dtype=getattr(torch, dcfg.dtype))
     active_row = store.active_adapter()
     active_vec = registry.active_vector() if active_row else None
     baseline_fits = _fits(active_row, active_vec, dcfg.layer, policy.hidden_size, model_hash)
@@ -170,8 +172,8 @@ def run_adapt(store: Any, cfg: Config, hf_dir: str | Path, backend_for_judge: Ba
                    adapter_id=row["id"], active_adapter_id=(store.active_adapter() or {}).get("id"),
                    metrics={"holdout_accuracy": new_eval.accuracy, "baseline_accuracy": base_eval.accuracy,
                             "holdout_mean_margin": new_eval.mean_margin,
-                            "holdout_logratio_before": base_eval.mean_logratio,
-                            "holdout_logratio_after": new_eval.mean_logratio,
+                            "holdout_logratio_baseline": base_eval.mean_logratio,
+                            "holdout_logratio": new_eval.mean_logratio,
                             "loss_first": result.losses[0], "loss_last": result.losses[-1],
                             "compliance": new_c, "baseline_compliance": base_c,
                             "vector_norm": float(np.linalg.norm(result.vector.vector))},

@@ -64,14 +64,22 @@ def judge_new_pairs(store: Any, reward: RelevanceReward,
 
 def assign_splits(groups: Sequence[tuple[int, int]], fixed: dict[tuple[int, int], str], holdout_share: float,
                   seed: int) -> dict[tuple[int, int], str]:
-    """Split for each window group: fixed ones keep theirs; new ones are shuffled (seeded) and the first
-    ceil(share * n) go to holdout, with at least one on each side when there are two or more new groups."""
+    """Split for each window group. Groups in `fixed` (all groups split in earlier runs) keep theirs. New
+    groups are shuffled (seeded) and the first ones go to holdout until holdout holds ceil(share * all
+    groups), so runs that each bring one new window still fill both sides in proportion; with two or more
+    groups in all, each side gets at least one."""
     out = {g: fixed[g] for g in groups if g in fixed}
     new = sorted(g for g in set(groups) if g not in fixed)
     random.Random(seed).shuffle(new)
-    n_hold = math.ceil(holdout_share * len(new)) if new else 0
-    if len(new) >= 2:
-        n_hold = min(max(n_hold, 1), len(new) - 1)
+    hold_now = sum(v == "holdout" for v in fixed.values())
+    train_now = len(fixed) - hold_now
+    total = len(fixed) + len(new)
+    n_hold = min(max(math.ceil(holdout_share * total) - hold_now, 0), len(new))
+    if total >= 2 and new:
+        if hold_now + n_hold == 0:
+            n_hold = 1
+        if train_now + len(new) - n_hold == 0:
+            n_hold -= 1
     for i, g in enumerate(new):
         out[g] = "holdout" if i < n_hold else "train"
     return out
@@ -116,3 +124,8 @@ def preference_pairs(store: Any, split: str, prompt_fn: PromptFn,
         out.append(PreferencePair(msgs, completion_text(r["chosen_text"]), completion_text(r["rejected_text"]),
                                   int(r["id"])))
     return out, skipped
+
+
+def holdout_segment_ids(store: Any) -> list[int]:
+    """Segments (windows) of the held-out pairs: where a compliance function should run the writer."""
+    return sorted({int(r["segment_id"]) for r in store.pairs(split="holdout")})

@@ -49,7 +49,9 @@ class AdapterRegistry:
         vec = SteeringVector(np.asarray(vector.vector, np.float32), vector.layer, vector.scale,
                              vector.base_model_hash, aid)
         folder = self.dir / aid
-        folder.mkdir(parents=True, exist_ok=False)
+        if folder.exists() or any(r["id"] == aid for r in self.store.adapters()):
+            raise AdapterError(f"adapter {aid}: already registered (folder {str(folder)!r})")
+        folder.mkdir(parents=True)
         st = steering.save_safetensors(vec, folder / SAFETENSORS_NAME)
         gg = steering.save_control_vector(vec, folder / GGUF_NAME)
         row = {"id": aid, "status": status, "reason": reason, "path": str(st), "gguf_path": str(gg),

@@ -26,7 +26,7 @@ import json
 import math
 from dataclasses import dataclass, field
 from itertools import combinations
-from typing import Any, Callable, Protocol, Sequence
+from typing import Any, Protocol, Sequence
 
 import numpy as np
 

@@ -7,7 +7,7 @@ is asked before the cup is picked up again; counts include only events in segmen
 
 Categories: object_location, event_order, counting, attribute, person, activity_at_time, text.
 Each question is multiple choice (four options, one right, distractors drawn from the world) with the letter
-of the right one in `answer` and the open-ended reference answer in `answer_text`.
+of the right one in `answer` and the open-ended reference answer in `open_answer`.
 """
 
 from __future__ import annotations
@@ -89,8 +89,9 @@ class _Asker:
         options = self.choices(answer, pool)
         if options is None:
             return None
-        return {"category": category, "question": question, "options": options, "answer_text": answer,
-                "asked_at": asked_at, "evidence": [round(evidence[0], 3), round(evidence[1], 3)]}
+        return {"category": category, "question": question, "options": options, "open_answer": answer,
+                # evidence: what had been seen by asked_at (a meeting may still go on when it is asked)
+                "asked_at": asked_at, "evidence": [round(evidence[0], 3), round(min(evidence[1], asked_at), 3)]}
 
     def before(self, t: float, kind: str | None = None) -> list[dict[str, Any]]:
         return [e for e in self.events if e["t"] < t and (kind is None or e["type"] == kind)]
@@ -259,8 +260,8 @@ def make_questions(world: World, script: Script, segment_seconds: float, rng: np
         seen: set[tuple[str, str]] = set()
         cands = []
         for q in getattr(asker, cat)():
-            if q is not None and (q["question"], q["answer_text"]) not in seen:
-                seen.add((q["question"], q["answer_text"]))
+            if q is not None and (q["question"], q["open_answer"]) not in seen:
+                seen.add((q["question"], q["open_answer"]))
                 cands.append(q)
         order = rng.permutation(len(cands))
         pools[cat] = [cands[int(i)] for i in order]
@@ -277,6 +278,6 @@ def make_questions(world: World, script: Script, segment_seconds: float, rng: np
     out = []
     for i, q in enumerate(chosen):
         out.append({"id": f"q{i:04d}", "category": q["category"], "question": q["question"],
-                    "options": q["options"], "answer": q["answer"], "answer_text": q["answer_text"],
+                    "options": q["options"], "answer": q["answer"], "open_answer": q["open_answer"],
                     "asked_at": q["asked_at"], "evidence": q["evidence"]})
     return out

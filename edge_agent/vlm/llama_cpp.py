@@ -43,7 +43,7 @@ import numpy as np
 
 from edge_agent.errors import AdapterError, ModelError
 from edge_agent.types import Generation, ImagePart, Message, Sampling, SteeringVector
-from edge_agent.vlm.gguf_info import check_model_pair
+from edge_agent.vlm.gguf_info import check_model_pair, inspect_gguf
 from edge_agent.vlm.steering import check_compatible
 
 log = logging.getLogger("edge_agent.llama_cpp")
@@ -177,12 +177,21 @@ class _Unit:
 class LlamaCppBackend:
     """Qwen3-VL on llama.cpp. Implements edge_agent.vlm.base.Backend; use as a context manager or call close()."""
 
-    def __init__(self, model_path: str | Path, mmproj_path: str | Path, *, n_threads: int = 0, n_ctx: int = 8192,
-                 n_gpu_layers: int = 0, image_cache_size: int = 64, seed: int = 0,
-                 model_name: str | None = None, model_hash: str | None = None, verbose: bool = False) -> None:
-        self.model_path, self.mmproj_path = Path(model_path), Path(mmproj_path)
+    def __init__(self, model_path: str | Path, mmproj_path: str | Path | None, *, n_threads: int = 0,
+                 n_ctx: int = 8192, n_gpu_layers: int = 0, image_cache_size: int = 64, seed: int = 0,
+                 name: str | None = None, model_hash: str | None = None, verbose: bool = False) -> None:
+        """`mmproj_path=None` loads the text model only (the answerer): prompts with images then raise ModelError.
+
+        `name` is the display name (default: the GGUF's general.name); `model_hash` the base-model hash declared
+        by the catalog, used when the GGUF carries none.
+        """
+        self.model_path = Path(model_path)
+        self.mmproj_path = Path(mmproj_path) if mmproj_path is not None else None
         # one-line ModelErrors for missing / corrupt / wrong-architecture / mismatched files, before llama.cpp
-        text, proj = check_model_pair(self.model_path, self.mmproj_path)
+        if self.mmproj_path is not None:
+            text, proj = check_model_pair(self.model_path, self.mmproj_path)
+        else:
+            text, proj = inspect_gguf(self.model_path, expect="qwen3vl"), None
 
         import llama_cpp
         import llama_cpp.mtmd_cpp as mtmd
@@ -204,32 +213,43 @@ class LlamaCppBackend:
             self._model = self._llm._model.model
             self._vocab = llama_cpp.llama_model_get_vocab(self._model)
 
-            params = mtmd.mtmd_context_params_default()
-            params.use_gpu = n_gpu_layers != 0
-            params.n_threads = threads
-            params.print_timings = verbose
-            params.warmup = False
-            self._mctx = mtmd.mtmd_init_from_file(str(self.mmproj_path).encode(), self._model, params)
-            if not self._mctx:
-                raise ModelError(f"{self.mmproj_path}: llama.cpp's mtmd could not load it for {self.model_path} "
-                                 f"(projection dim {proj['projection_dim']}, model hidden size {text['hidden_size']})")
-            self._stack.callback(mtmd.mtmd_free, self._mctx)  # freed before the model (ExitStack is LIFO)
-            if not mtmd.mtmd_support_vision(self._mctx):
-                raise ModelError(f"mmproj {str(self.mmproj_path)!r}: no vision support")
+            self._mctx = None
+            if self.mmproj_path is not None:
+                self._init_mtmd(proj, text, threads, n_gpu_layers, verbose)
 
             self.n_batch = llama_cpp.llama_n_batch(self._ctx)
             self._batch = llama_cpp.llama_batch_init(self.n_batch, 0, 1)
             self._stack.callback(llama_cpp.llama_batch_free, self._batch)
+            self._finish_init(text, name, model_hash, image_cache_size, seed)
         except BaseException:
             self._stack.close()
             raise
 
+    def _init_mtmd(self, proj: dict, text: dict, threads: int, n_gpu_layers: int, verbose: bool) -> None:
+        mtmd = self._mtmd
+        params = mtmd.mtmd_context_params_default()
+        params.use_gpu = n_gpu_layers != 0
+        params.n_threads = threads
+        params.print_timings = verbose
+        params.warmup = False
+        mctx = mtmd.mtmd_init_from_file(str(self.mmproj_path).encode(), self._model, params)
+        if not mctx:
+            raise ModelError(f"{self.mmproj_path}: llama.cpp's mtmd could not load it for {self.model_path} "
+                             f"(projection dim {proj['projection_dim']}, model hidden size {text['hidden_size']})")
+        self._stack.callback(mtmd.mtmd_free, mctx)  # freed before the model (ExitStack is LIFO)
+        self._mctx = mctx
+        if not mtmd.mtmd_support_vision(mctx):
+            raise ModelError(f"{self.mmproj_path}: the projector has no vision encoder")
+
+    def _finish_init(self, text: dict, name: str | None, model_hash: str | None, image_cache_size: int,
+                     seed: int) -> None:
+        llama_cpp = self._lc
         self.n_ctx = llama_cpp.llama_n_ctx(self._ctx)
         self.hidden_size = int(llama_cpp.llama_model_n_embd(self._model))
         self.n_layers = int(llama_cpp.llama_model_n_layer(self._model))
         self.n_vocab = int(llama_cpp.llama_vocab_n_tokens(self._vocab))
         self._n_embd_inp = int(llama_cpp.llama_model_n_embd_inp(self._model))  # n_embd * (1 + deepstack layers)
-        self.model_name = model_name or str(text["name"] or self.model_path.parent.name)
+        self.model_name = name or str(text["name"] or self.model_path.parent.name)
         self._declared_hash = text["base_model_hash"] or model_hash or None
         self._file_hash: str | None = None
         self._stop_ids = {t for t in (self._single_token("<|im_end|>"), self._single_token("<|endoftext|>"))
@@ -269,14 +289,20 @@ class LlamaCppBackend:
             self._evaluate(units, want_logits=True)
             n_prompt = sum(u.n_tokens for u in self._kv)
             out: list[int] = []
-            for _ in range(sampling.max_tokens):
-                tok = int(self._lc.llama_sampler_sample(sampler, self._ctx, -1))
-                if tok in self._stop_ids or self._lc.llama_vocab_is_eog(self._vocab, tok):
-                    break
-                out.append(tok)
-                if len(out) == sampling.max_tokens:
-                    break  # the last token is never needed in the cache
-                self._decode_text([_Unit(("t", tok), 1, 1)], want_logits=True)
+            try:
+                for _ in range(sampling.max_tokens):
+                    tok = int(self._lc.llama_sampler_sample(sampler, self._ctx, -1))  # also advances the grammar
+                    if tok in self._stop_ids or self._lc.llama_vocab_is_eog(self._vocab, tok):
+                        break
+                    out.append(tok)
+                    if len(out) == sampling.max_tokens:
+                        break  # the last token is never needed in the cache
+                    if sum(u.n_tokens for u in self._kv) >= self.n_ctx:
+                        raise ModelError(f"generation ran out of context ({self.n_ctx} tokens, model.n_ctx)")
+                    self._decode_text([_Unit(("t", tok), 1, 1)], want_logits=True)
+            except BaseException:
+                self._clear_kv()
+                raise
             text = self._llm.detokenize(out).decode("utf-8", errors="replace")
         return Generation(text=text, n_prompt_tokens=n_prompt, n_completion_tokens=len(out),
                           seconds=time.perf_counter() - start)
@@ -345,6 +371,8 @@ class LlamaCppBackend:
         """Tokenize the chat with mtmd. Chunks and bitmaps live until `stack` closes (image units point into them)."""
         mtmd = self._mtmd
         parts = render_chat(messages, add_generation_prompt)
+        if self._mctx is None:
+            return self._text_units(parts)
         keep: list[Any] = []  # ctypes objects that must outlive mtmd_tokenize_from_parts
         part_ptrs = []
         images: list[ImagePart] = []
@@ -376,7 +404,8 @@ class LlamaCppBackend:
         chunk_list = [mtmd.mtmd_input_chunks_get(chunks, i) for i in range(n)]
         firsts = [int(mtmd.mtmd_input_chunk_get_id(c).decode()) for c in chunk_list
                   if mtmd.mtmd_input_chunk_get_type(c) == mtmd.MTMD_INPUT_CHUNK_TYPE_IMAGE]
-        bounds = dict(zip(firsts, firsts[1:] + [len(images)]))
+        ends = firsts[1:] + [len(images)] if firsts else []
+        bounds = dict(zip(firsts, ends, strict=True))  # first frame -> one past the chunk's last frame
         units: list[_Unit] = []
         for c in chunk_list:
             kind = mtmd.mtmd_input_chunk_get_type(c)
@@ -391,6 +420,17 @@ class LlamaCppBackend:
                                    int(mtmd.mtmd_input_chunk_get_n_pos(c)), c))
             else:
                 raise ModelError(f"unexpected mtmd chunk type {kind}")
+        return units
+
+    def _text_units(self, parts: list[PromptPart]) -> list[_Unit]:
+        """Text-only backend: the same tokens mtmd would give (no BOS; special tokens only in template parts)."""
+        units: list[_Unit] = []
+        for p in parts:
+            if p.image is not None:
+                raise ModelError(f"model {self.model_name!r} was loaded without its mmproj: cannot take images "
+                                 f"(frame {p.image.key!r})")
+            toks = self._llm.tokenize(p.text.encode("utf-8"), add_bos=False, special=p.special)
+            units += [_Unit(("t", int(t)), 1, 1) for t in toks]
         return units
 
     def _bitmap(self, img: ImagePart, index: int, mergeable: bool):
@@ -417,7 +457,7 @@ class LlamaCppBackend:
         if total > self.n_ctx:
             raise ModelError(f"prompt of {total} tokens exceeds the context of {self.n_ctx} (model.n_ctx)")
         keep = 0
-        for old, new in zip(self._kv, units):
+        for old, new in zip(self._kv, units, strict=False):  # compare the common length
             if old.ident != new.ident:
                 break
             keep += 1
@@ -544,9 +584,3 @@ class LlamaCppBackend:
         if self._closed:
             raise ModelError(f"model {self.model_name!r}: backend already closed")
 
-
-def open_backend(resolved, cfg) -> LlamaCppBackend:
-    """A backend for `models.resolve(...)` output and a config.ModelConfig."""
-    return LlamaCppBackend(resolved.model_path, resolved.mmproj_path, n_threads=cfg.n_threads, n_ctx=cfg.n_ctx,
-                           n_gpu_layers=cfg.n_gpu_layers, image_cache_size=cfg.image_cache_size, seed=cfg.seed,
-                           model_name=resolved.name, model_hash=resolved.expected_hash)

@@ -1,4 +1,4 @@
-"""Steering vectors (the Phase Two adapter) on disk and their fit to a model: safetensors and llama.cpp control-vector GGUF.
+"""Steering vectors (the Phase Two adapter) on disk and their fit to a model: safetensors, control-vector GGUF.
 
 Two file formats hold the same `SteeringVector`:
 
@@ -182,6 +182,11 @@ def save(vec: SteeringVector, path: str | Path) -> Path:
 
 def load(path: str | Path) -> SteeringVector:
     return load_control_vector(path) if Path(path).suffix == ".gguf" else load_safetensors(path)
+
+
+# the names the runtime and eval import
+save_steering_vector = save
+load_steering_vector = load
 
 
 def _validate_loaded(vec: SteeringVector, path: Path) -> None:

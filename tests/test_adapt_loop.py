@@ -1,0 +1,132 @@
+"""run_adapt end to end on the tiny Qwen3-VL: reward -> pairs -> DPO -> gate -> registry, and its refusals."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+pytest.importorskip("torch")
+pytest.importorskip("transformers")
+
+from adapt_support import OBJECTS, BagOfWords, ask, hf_dir, one_torch_thread, prefer, seed_windows  # noqa: E402
+
+from edge_agent.adapt.loop import run_adapt  # noqa: E402
+from edge_agent.adapt.registry import AdapterRegistry  # noqa: E402
+from edge_agent.adapt.reward import RewardConfig  # noqa: E402
+from edge_agent.config import Config  # noqa: E402
+from edge_agent.store import Store  # noqa: E402
+from edge_agent.types import SteeringVector  # noqa: E402
+from edge_agent.vlm.fake import ScriptedBackend  # noqa: E402
+
+HASH = "tiny-base-hash"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    yield from one_torch_thread()
+
+
+@pytest.fixture(scope="module")
+def tiny_hf(request, tmp_path_factory):
+    return hf_dir(request, tmp_path_factory)
+
+
+@pytest.fixture
+def home(tmp_path):
+    cfg = Config(home=tmp_path / "home")
+    store = Store.open(cfg.db_path)
+    yield cfg, store
+    store.close()
+
+
+def _judge(fn):
+    return ScriptedBackend(fn, model_hash=HASH)
+
+
+def test_feedback_to_active_adapter(home, tiny_hf, tmp_path):
+    cfg, store = home
+    wins = seed_windows(store, cfg.frames_dir, OBJECTS[:8])
+    fid = ask(store, "Where did I put the red cup?", False, corrected="on the shelf")
+    fid_ok = ask(store, "What is on the shelf?", True)
+    stages = []
+    compliance_calls = []
+
+    def compliance(vec):
+        compliance_calls.append(vec)
+        return 1.0
+
+    s = run_adapt(store, cfg, tiny_hf, _judge(prefer("shelf")), BagOfWords(), compliance,
+                  progress=lambda stage, info: stages.append(stage))
+    json.dumps(s)  # the CLI prints it with --json
+    assert s["status"] == "activated", s["reason"]
+    assert s["new_pairs"] == 8 and s["pairs"] == {"train": 6, "holdout": 2, "skipped_no_frames": 0}
+    assert s["metrics"]["baseline_accuracy"] == 0.5 and s["metrics"]["holdout_accuracy"] == 1.0
+    assert s["metrics"]["holdout_logratio"] > s["metrics"]["holdout_logratio_baseline"]
+    assert s["metrics"]["loss_last"] < s["metrics"]["loss_first"]
+    assert compliance_calls[1] is None  # baseline = base model: no adapter was active
+    assert {"frames", "reward", "prepare", "train", "gate", "register", "done"} <= set(stages)
+
+    reg = AdapterRegistry(store, cfg.adapters_dir)
+    row = reg.active()
+    assert row["id"] == s["adapter_id"] == s["active_adapter_id"]
+    assert row["base_model_hash"] == HASH and row["layer"] == 22 and row["scale"] == 1.0
+    assert sorted(row["pair_ids"]) == sorted(p["id"] for p in store.pairs())
+    assert fid in row["feedback_ids"] and fid_ok in row["feedback_ids"]
+    assert row["metrics"]["holdout"]["accuracy"] == 1.0 and row["scale_after_training"] == 1.5
+    assert reg.active_vector().hidden_size == 64
+    assert store.kept_frames() == [] and s["used_frames_deleted"] == 16  # frames are kept only for training
+
+    # the wearer withdraws the feedback: every pair derived from it goes
+    store.delete_feedback([fid, fid_ok])
+    assert store.pairs() == []
+    assert [w[0] for w in wins]  # the windows themselves stay
+
+
+def test_position_biased_judge_gives_no_pairs_nothing_activated(home, tiny_hf):
+    cfg, store = home
+    seed_windows(store, cfg.frames_dir, OBJECTS[:6])
+    ask(store, "Where did I put the keys?", False, corrected="on the shelf")
+    ask(store, "Where did I put the keys?", True)  # contradictory labels on the same question
+    s = run_adapt(store, cfg, tiny_hf, _judge(lambda call: '{"better": "A"}'), BagOfWords(), lambda v: 1.0)
+    assert s["status"] == "skipped" and s["new_pairs"] == 0
+    assert s["reward"]["judge_disagreed"] == 6
+    assert store.pairs() == [] and store.adapters() == [] and store.active_adapter() is None
+
+
+def test_contradictory_pairs_are_rejected_by_the_gate(home, tiny_hf):
+    """Train pairs say "naming the place is better", held-out pairs say the opposite: the trained vector
+    orders held-out pairs worse than a coin flip, the gate rejects it, nothing is activated."""
+    cfg, store = home
+    wins = seed_windows(store, cfg.frames_dir, OBJECTS[:8])
+    fid = ask(store, "Where?", False)
+    for i, (seg, shelf, plain) in enumerate(wins):
+        if i < 6:
+            store.add_pair(shelf, plain, [fid], 1.0, "train")
+        else:
+            store.add_pair(plain, shelf, [fid], 1.0, "holdout")
+    s = run_adapt(store, cfg, tiny_hf, None, BagOfWords(), lambda v: 1.0, base_model_hash=HASH,
+                  reward_cfg=RewardConfig(rule="embedding"))
+    assert s["status"] == "rejected", s
+    assert s["metrics"]["holdout_accuracy"] < 0.5
+    assert "does not improve on base model 0.500" in s["reason"]
+    (row,) = store.adapters()
+    assert row["status"] == "rejected" and row["reason"] == s["reason"] and row["feedback_ids"] == [fid]
+    assert store.active_adapter() is None
+
+
+def test_format_compliance_drop_rejects_and_keeps_previous_adapter(home, tiny_hf):
+    cfg, store = home
+    seed_windows(store, cfg.frames_dir, OBJECTS[:8])
+    ask(store, "Where did I put the phone?", False, corrected="on the shelf")
+    reg = AdapterRegistry(store, cfg.adapters_dir)
+    # an active adapter with no effect (zeros): the baseline ties every held-out pair (accuracy 0.5)
+    prev = reg.register(SteeringVector(np.zeros(64, np.float32), 22, 1.0, HASH), status="active",
+                        extra={"scale_after_training": 1.5})["id"]
+    s = run_adapt(store, cfg, tiny_hf, _judge(prefer("shelf")), BagOfWords(),
+                  lambda v: 1.0 if v is None or v.adapter_id == prev else 0.5, init_from_active=False)
+    assert s["status"] == "rejected" and "format compliance drops 1.000 -> 0.500" in s["reason"]
+    assert store.active_adapter()["id"] == prev
+    assert s["metrics"]["baseline_accuracy"] == 0.5 and s["metrics"]["holdout_accuracy"] == 1.0
+    assert f"adapter {prev}" in store.get_adapter(s["adapter_id"])["metrics"]["gate"]["baseline"]
