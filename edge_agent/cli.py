@@ -76,10 +76,12 @@ def run(source: Annotated[str, typer.Argument(help="Camera index (0), video file
     """Watch a source and write memories into the store until it ends (or --until, or Ctrl-C)."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
+    from edge_agent.capture import open_source
     from edge_agent.runtime import Ingestor, open_backend
     from edge_agent.store import Store
 
     cfg = _config(home, config)
+    video = open_source(source, cfg.capture)
     store = Store.open(cfg.db_path)
     backend = open_backend(cfg)
     with Progress(TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.fields[info]}"),
@@ -90,7 +92,7 @@ def run(source: Annotated[str, typer.Argument(help="Camera index (0), video file
             progress.update(task, advance=1, info=f"t={seg.t_end:.0f}s written={report.segments_written} "
                                                   f"failed={report.segments_failed} dropped={report.frames_dropped}")
 
-        with Ingestor(source, store, backend, cfg) as ing:
+        with Ingestor(source, store, backend, cfg, source=video) as ing:
             try:
                 ing.advance(until, tick)
             except KeyboardInterrupt:
@@ -268,6 +270,73 @@ def eval_(bench: Annotated[str, typer.Option(help="synthetic, videomme, egolife 
     out.print(markdown_report(results), markup=False, highlight=False)
 
 
+@app.command()
+def adapt(home: Home = None, config: ConfigFile = None, json_out: Json = False) -> None:
+    """Phase Two: learn from feedback which memories matter (DPO on the layer-22 steering vector)."""
+    from edge_agent.adapt_job import run_adapt_job
+
+    cfg = _config(home, config)
+    with err.status("adapting ...") as status:
+        summary = run_adapt_job(cfg, progress=lambda stage, info: status.update(f"adapt: {stage} {info}"))
+    if json_out:
+        _print_json(summary)
+    else:
+        out.print(f"{summary['status']}: {summary['reason']}" +
+                  (f" (adapter {summary['adapter_id']})" if summary.get("adapter_id") else ""))
+
+
+@adapter_app.command("list")
+def adapter_list(home: Home = None, json_out: Json = False) -> None:
+    """Adapters with their status, metrics and provenance."""
+    from edge_agent.adapt.registry import AdapterRegistry
+    from edge_agent.store import Store
+
+    cfg = _config(home)
+    rows = AdapterRegistry(Store.open(cfg.db_path), cfg.adapters_dir).list()
+    if json_out:
+        _print_json(rows)
+        return
+    for r in rows:
+        out.print(f"{r['id']} {r['status']:<11} {r.get('reason') or ''}", markup=False)
+    if not rows:
+        err.print("no adapters yet: give feedback on answers, then run `edge-agent adapt`")
+
+
+@adapter_app.command("activate")
+def adapter_activate(adapter_id: str, home: Home = None) -> None:
+    """Make an adapter the one the writer uses (picked up between segments, no restart)."""
+    from edge_agent.adapt.registry import AdapterRegistry
+    from edge_agent.store import Store
+
+    cfg = _config(home)
+    AdapterRegistry(Store.open(cfg.db_path), cfg.adapters_dir).activate(adapter_id)
+    out.print(f"adapter {adapter_id} active")
+
+
+@adapter_app.command("rollback")
+def adapter_rollback(home: Home = None) -> None:
+    """Return to the adapter that was active before the current one (or to none)."""
+    from edge_agent.adapt.registry import AdapterRegistry
+    from edge_agent.store import Store
+
+    cfg = _config(home)
+    row = AdapterRegistry(Store.open(cfg.db_path), cfg.adapters_dir).rollback()
+    out.print(f"adapter {row['id']} active" if row else "no adapter active (base model)")
+
+
+@adapter_app.command("export")
+def adapter_export(adapter_id: str, out_file: Annotated[Path, typer.Option("--out", help=".gguf (llama.cpp control "
+                                                                         "vector) or .safetensors")],
+                   home: Home = None) -> None:
+    """Write an adapter as a llama.cpp control vector (.gguf, for llama-cli --control-vector) or safetensors."""
+    from edge_agent.adapt.registry import AdapterRegistry
+    from edge_agent.store import Store
+
+    cfg = _config(home)
+    path = AdapterRegistry(Store.open(cfg.db_path), cfg.adapters_dir).export(adapter_id, out_file)
+    out.print(f"wrote {path}")
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Models
 # ---------------------------------------------------------------------------------------------------------------
@@ -326,6 +395,7 @@ def models_quantize(src: Path, dst: Path, type_: Annotated[str, typer.Option("--
 def main() -> None:
     # OpenCV/FFmpeg warn on stderr about every broken input; our own errors say what matters.
     os.environ.setdefault("OPENCV_LOG_LEVEL", "ERROR")
+    os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "0")  # FFmpeg's own log: panics only
     try:
         app()
     except EdgeAgentError as e:

@@ -77,7 +77,7 @@ class WriterConfig:
     window_segments: int = 5  # paper: the last k=5 segments (50 s) plus the memories written for them
     max_memory_tokens: int = 150  # paper: memory token cap
     max_retries: int = 2  # re-asks after a memory fails validation, then the segment is recorded unwritten
-    candidate_share: float = 0.0  # share of segments that also get sampled alternative memories (Phase Two)
+    candidate_share: float = 0.1  # share of segments that also get sampled alternative memories (Phase Two)
     candidates_per_segment: int = 2
     keep_frames_hours: float = 24.0  # keyframes kept for Phase Two training, then deleted
 

@@ -50,7 +50,18 @@ def _build_tiny_cached(root: Path, seed: int) -> Path:
         make_tiny(tmp, seed)
         (tmp / "READY").write_text(key + "\n")
         os.replace(tmp, final)
+    _prune_stale(root, keep=final)
     return final
+
+
+def _prune_stale(root: Path, keep: Path, min_age_s: float = 3600.0) -> None:
+    """Drop tiny models built by older code (about 5 MB each); recent ones may still serve a concurrent session."""
+    import time
+
+    for d in root.glob("tiny-s*"):
+        if d.is_dir() and d != keep and time.time() - d.stat().st_mtime > min_age_s:
+            shutil.rmtree(d, ignore_errors=True)
+            Path(f"{d}.lock").unlink(missing_ok=True)
 
 
 @pytest.fixture(scope="session")

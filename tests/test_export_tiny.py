@@ -17,14 +17,17 @@ def _files(d):
 
 def test_same_seed_same_bytes(tiny_model, tmp_path):
     calls = []
-    out = make_tiny(tmp_path / "again", seed=0, progress=lambda stage, done, total: calls.append((stage, done, total)))
-    assert _files(out) == _files(tiny_model)
+    hf, model, mmproj = make_tiny(tmp_path / "again", seed=0,
+                                  progress=lambda stage, done, total: calls.append((stage, done, total)))
+    assert (hf, model, mmproj) == (tmp_path / "again" / "hf", tmp_path / "again" / "model.gguf",
+                                   tmp_path / "again" / "mmproj.gguf")
+    assert _files(tmp_path / "again") == _files(tiny_model)
     assert ("model.gguf", 267, 267) in calls and ("mmproj.gguf", 58, 58) in calls  # per-tensor progress
 
 
 def test_other_seed_other_weights_same_tokenizer(tiny_model, tmp_path):
-    out = make_tiny(tmp_path / "s1", seed=1)
-    a, b = _files(tiny_model), _files(out)
+    make_tiny(tmp_path / "s1", seed=1)
+    a, b = _files(tiny_model), _files(tmp_path / "s1")
     assert a["hf/tokenizer.json"] == b["hf/tokenizer.json"]
     assert a["hf/model.safetensors"] != b["hf/model.safetensors"]
 

@@ -38,7 +38,7 @@ from edge_agent.export.hf_checkpoint import (
     weight_files,
 )
 
-# progress(stage, done, total): stage is "model.gguf" / "mmproj.gguf" (or "hash"), counts are tensors (bytes for hash).
+# progress(stage, done, total): stage "hash" counts bytes of weights hashed; "model.gguf" / "mmproj.gguf" count tensors.
 Progress = Callable[[str, int, int], None]
 
 OUTTYPES = ("f32", "f16", "q8_0")
@@ -384,7 +384,7 @@ def export_hf(hf_dir: str | Path, out_dir: str | Path, outtype: str = "f16", *, 
     refs = read_safetensors_index(weight_files(hf_dir))
     text_planned = _plan_text(refs, hp, wanted, hf_dir)
     vision_planned = _plan_vision(refs, vp, v_wanted, hf_dir)
-    digest = base_model_hash(hf_dir)
+    digest = base_model_hash(hf_dir, progress)
     name = name or (hf_dir.resolve().name if hf_dir.resolve().name != "hf" else hf_dir.resolve().parent.name)
     from edge_agent import __version__
 

@@ -34,17 +34,23 @@ def weight_files(hf_dir: Path) -> list[Path]:
     return files
 
 
-def base_model_hash(hf_dir: str | Path) -> str:
+def base_model_hash(hf_dir: str | Path, progress: Callable[[str, int, int], None] | None = None) -> str:
     """sha256 (hex) over the contents of the checkpoint's *.safetensors files, concatenated in name order.
 
     Equal to `cat $(ls HF_DIR/*.safetensors | sort) | sha256sum`. It names the base model an adapter was trained
     on; the exporter writes it into both GGUF files as `edge_agent.base_model_hash`.
+    progress("hash", bytes_done, bytes_total) is called as the files are read (seconds for a multi-GB model).
     """
+    files = weight_files(Path(hf_dir))
+    total, done = sum(p.stat().st_size for p in files), 0
     h = hashlib.sha256()
-    for path in weight_files(Path(hf_dir)):
+    for path in files:
         with open(path, "rb") as f:
-            while chunk := f.read(1 << 20):
+            while chunk := f.read(8 << 20):
                 h.update(chunk)
+                done += len(chunk)
+                if progress:
+                    progress("hash", done, total)
     return h.hexdigest()
 
 

@@ -160,8 +160,8 @@ def preprocessor_config() -> dict:
 
 
 def make_tiny(out_dir: str | Path, seed: int = 0, *, outtype: str = "f32",
-              progress: Progress | None = None) -> Path:
-    """Build the tiny Qwen3-VL into OUT_DIR (hf/, model.gguf, mmproj.gguf) and return OUT_DIR.
+              progress: Progress | None = None) -> tuple[Path, Path, Path]:
+    """Build the tiny Qwen3-VL into OUT_DIR; returns (OUT_DIR/hf, OUT_DIR/model.gguf, OUT_DIR/mmproj.gguf).
 
     Deterministic: the same seed gives byte-identical files. Needs torch and transformers (extra `adapt`).
     """
@@ -187,7 +187,15 @@ def make_tiny(out_dir: str | Path, seed: int = 0, *, outtype: str = "f32",
         model = Qwen3VLForConditionalGeneration(tiny_config(vocab_size, ids)).to(torch.float32).eval()
     model.generation_config.eos_token_id = ids["<|im_end|>"]
     model.generation_config.pad_token_id = ids["<|endoftext|>"]
-    model.save_pretrained(hf)
+    from transformers.utils import logging as hf_logging
+
+    bars_were_on = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()  # a one-shard "Writing model shards" bar is noise here
+    try:
+        model.save_pretrained(hf)
+    finally:
+        if bars_were_on:
+            hf_logging.enable_progress_bar()
     (hf / "preprocessor_config.json").write_text(json.dumps(preprocessor_config(), indent=2) + "\n")
-    export_hf(hf, out, outtype, name=f"edge-agent-tiny-qwen3vl-s{seed}", progress=progress)
-    return out
+    model_path, mmproj_path = export_hf(hf, out, outtype, name=f"edge-agent-tiny-qwen3vl-s{seed}", progress=progress)
+    return hf, model_path, mmproj_path

@@ -7,11 +7,12 @@ import re
 from dataclasses import dataclass
 from typing import Callable
 
-# Constrains decoding (llama.cpp grammar). The length bound is in characters and only keeps a runaway
+# Constrains decoding (llama.cpp grammar). The length bound is in characters (llama.cpp refuses grammars
+# that expand past ~1000 repetitions) and only keeps a runaway
 # model from decoding forever; the real cap is in tokens and is checked below.
 MEMORY_SCHEMA = {
     "type": "object",
-    "properties": {"description": {"type": "string", "minLength": 1, "maxLength": 1200}},
+    "properties": {"description": {"type": "string", "minLength": 1, "maxLength": 800}},
     "required": ["description"],
     "additionalProperties": False,
 }

@@ -9,7 +9,7 @@ from typing import Sequence
 from edge_agent.config import WriterConfig
 from edge_agent.memory.prompts import writer_messages
 from edge_agent.memory.validate import MEMORY_SCHEMA, Validation, validate_memory
-from edge_agent.types import CANDIDATE_SAMPLING, GREEDY, Sampling, Segment
+from edge_agent.types import CANDIDATE_SAMPLING, GREEDY, Message, Sampling, Segment
 from edge_agent.vlm.base import Backend
 
 # Room for the JSON wrapper around the description, on top of the memory token cap.
@@ -48,10 +48,22 @@ class MemoryWriter:
     def _ask(self, context: Sequence[WindowEntry], new: Segment, sampling: Sampling,
              retry_note: str | None) -> tuple[str, Validation]:
         messages = writer_messages(self.stream_key, [(e.segment, e.memory) for e in context], new, retry_note)
+        return self._generate(messages, sampling)
+
+    def _generate(self, messages: list[Message], sampling: Sampling) -> tuple[str, Validation]:
         sampling = Sampling(sampling.temperature, sampling.top_p, sampling.top_k,
                             self.cfg.max_memory_tokens + _JSON_OVERHEAD_TOKENS, sampling.seed)
         gen = self.backend.generate(messages, sampling, json_schema=MEMORY_SCHEMA)
         return gen.text, validate_memory(gen.text, self.backend.count_tokens, self.cfg.max_memory_tokens)
+
+    def greedy_check(self, messages: list[Message]) -> Validation:
+        """One greedy memory for a ready-made prompt, validated (Phase Two's format-compliance gate)."""
+        return self._generate(messages, GREEDY)[1]
+
+    def sample_messages(self, messages: list[Message], n: int, seed: int = 0) -> list[tuple[str, Validation]]:
+        """`n` sampled memories for a ready-made prompt (a window rebuilt from kept frames)."""
+        return [self._generate(messages, Sampling(**{**CANDIDATE_SAMPLING.__dict__, "seed": seed + i}))
+                for i in range(n)]
 
     def write(self, context: Sequence[WindowEntry], new: Segment) -> WriteResult:
         """Greedy first; each retry samples (a greedy re-ask would repeat itself) and says what was wrong."""
@@ -73,8 +85,6 @@ class MemoryWriter:
     def sample_candidates(self, context: Sequence[WindowEntry], new: Segment, n: int,
                           seed: int = 0) -> list[tuple[str, Validation]]:
         """Alternative memories for the same window (paper: T 0.6, top_p 0.95, top_k 20), kept for Phase Two."""
-        out = []
-        for i in range(n):
-            sampling = Sampling(**{**CANDIDATE_SAMPLING.__dict__, "seed": seed + i})
-            out.append(self._ask(self._earlier(context), new, sampling, None))
-        return out
+        earlier = self._earlier(context)
+        messages = writer_messages(self.stream_key, [(e.segment, e.memory) for e in earlier], new)
+        return self.sample_messages(messages, n, seed)
