@@ -92,3 +92,26 @@ def tiny_backend(tiny_model):
                               image_cache_size=16, seed=0)
     yield backend
     backend.close()
+
+
+# --- command line (owner: lead) ---------------------------------------------------------------------------------
+
+REPO = Path(__file__).resolve().parents[1]
+# The random tiny model never closes its JSON on its own: keep its attempts short in CLI tests.
+FAST_WRITER_ENV = {"EDGE_AGENT_WRITER__MAX_RETRIES": "0", "EDGE_AGENT_WRITER__MAX_MEMORY_TOKENS": "16",
+                   "EDGE_AGENT_WRITER__CANDIDATE_SHARE": "0", "EDGE_AGENT_MODEL__N_CTX": "2048",
+                   # llama.cpp's worker threads spin-wait: on a loaded 2-core machine one thread is far faster
+                   "EDGE_AGENT_MODEL__N_THREADS": "1"}
+
+
+def run_cli(home: Path, *args, model: Path | None = None, env: dict | None = None, timeout: float = 600):
+    """Run `edge-agent ARGS` in a subprocess as a user would, with its own data folder (and model folder)."""
+    import subprocess
+    import sys
+
+    full = {**os.environ, "EDGE_AGENT_HOME": str(home), "PYTHONPATH": str(REPO), **FAST_WRITER_ENV, **(env or {})}
+    full.pop("EDGE_AGENT_MODEL__NAME", None)
+    if model is not None:
+        full["EDGE_AGENT_MODEL__NAME"] = str(model)
+    return subprocess.run([sys.executable, "-m", "edge_agent.cli", *args], env=full, capture_output=True,
+                          timeout=timeout)

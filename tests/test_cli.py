@@ -3,7 +3,6 @@
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -11,19 +10,12 @@ import pytest
 from edge_agent.store import Store
 from edge_agent.types import Segment
 
-REPO = Path(__file__).resolve().parents[1]
+from conftest import run_cli
 
 
-def cli(home: Path, *args: str | bytes, model: Path | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
-    env = {**os.environ, "EDGE_AGENT_HOME": str(home), "PYTHONPATH": str(REPO),
-           # the random tiny model never closes its JSON: keep its attempts short
-           "EDGE_AGENT_WRITER__MAX_RETRIES": "0", "EDGE_AGENT_WRITER__MAX_MEMORY_TOKENS": "16",
-           "EDGE_AGENT_WRITER__CANDIDATE_SHARE": "0", "EDGE_AGENT_MODEL__N_CTX": "2048"}
-    env.pop("EDGE_AGENT_MODEL__NAME", None)
-    if model is not None:
-        env["EDGE_AGENT_MODEL__NAME"] = str(model)
-    return subprocess.run([sys.executable, "-m", "edge_agent.cli", *args], env=env, capture_output=True,
-                          timeout=timeout)
+
+def cli(home: Path, *args: str | bytes, model: Path | None = None, timeout: float = 300):
+    return run_cli(home, *args, model=model, timeout=timeout)
 
 
 def assert_clean_error(proc: subprocess.CompletedProcess, *needles: str) -> str:

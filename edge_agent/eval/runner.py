@@ -73,10 +73,12 @@ class RuntimeRunner:
         from edge_agent.qa.answer import answer
 
         self.backend.set_steering(self.vector)
-        res = answer(self._stores[question.video], self.backend, question.question, question.lettered_options(),
+        store = self._stores[question.video]
+        res = answer(store, self.backend, question.question, question.lettered_options(),
                      asked_at=until, cfg=self.cfg.qa, until=None if math.isinf(until) else until,
                      embedder=self.embedder)
-        shown = [m["t_end"] for m in res.get("shown", res["citations"])]
+        # every memory the answerer was shown, not only the cited ones: the replay checks none is from the future
+        shown = [m["t_end"] for m in store.get_memories(res["shown"])]
         return Answer(choice=res["choice"], text=res["text"], abstained=res["abstained"], memory_t_ends=shown,
                       answer_id=res["answer_id"], seconds=res.get("seconds", 0.0))
 
