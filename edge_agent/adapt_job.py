@@ -13,6 +13,7 @@ def run_adapt_job(cfg: Config, progress: Callable[[str, dict[str, Any]], None] |
     """Candidates for asked-about segments -> reward -> pairs -> DPO -> gate -> registry. Returns the summary."""
     from edge_agent.adapt.loop import run_adapt
     from edge_agent.adapt.pairs import holdout_segment_ids
+    from edge_agent.adapt.reward import RewardConfig
     from edge_agent.models import resolve
     from edge_agent.runtime import (asked_segment_ids, fill_candidates, format_compliance, kept_window_messages,
                                     open_backend, open_embedder)
@@ -32,7 +33,7 @@ def run_adapt_job(cfg: Config, progress: Callable[[str, dict[str, Any]], None] |
             store, cfg, model.hf_dir, backend, open_embedder(cfg),
             format_compliance(store, backend, cfg, holdout_segment_ids(store)), progress,
             prompt_fn=lambda st, sid: kept_window_messages(st, sid, cfg.writer.window_segments),
-            base_model_hash=backend.model_hash)
+            reward_cfg=RewardConfig(rule=cfg.adapt.reward_rule), base_model_hash=backend.model_hash)
     finally:
         backend.close()
     summary["candidates_added"] = added

@@ -117,6 +117,9 @@ class AdaptConfig:
     holdout_share: float = 0.25
     min_pairs: int = 4
     seed: int = 0
+    # How candidate pairs are judged: "judge_and_embedding" (the local model in both orderings, agreeing with
+    # MiniLM relevance to the wearer's questions), "judge", or "embedding" (no model calls).
+    reward_rule: str = "judge_and_embedding"
 
     def __post_init__(self) -> None:
         _check(self.layer >= 0, "adapt.layer", self.layer, "must be >= 0")
@@ -126,6 +129,8 @@ class AdaptConfig:
         _check(self.scale_after_training > 0, "adapt.scale_after_training", self.scale_after_training, "must be > 0")
         _check(0 < self.holdout_share < 1, "adapt.holdout_share", self.holdout_share, "must be in (0, 1)")
         _check(self.min_pairs >= 2, "adapt.min_pairs", self.min_pairs, "must be >= 2")
+        _check(self.reward_rule in ("judge_and_embedding", "judge", "embedding"), "adapt.reward_rule",
+               self.reward_rule, "must be judge_and_embedding, judge or embedding")
 
 
 @dataclass
