@@ -93,6 +93,13 @@ def _current_rss_mb() -> float | None:
     return pages * os.sysconf("SC_PAGE_SIZE") / (1 << 20)
 
 
+def _load_average() -> float | None:
+    try:
+        return round(os.getloadavg()[0], 2)
+    except (AttributeError, OSError):
+        return None
+
+
 def _cpu_count() -> int:
     try:
         return len(os.sched_getaffinity(0))
@@ -233,6 +240,7 @@ def _environment(cfg: Config, backend, model, load_seconds: float, quick: bool) 
         "n_layers": backend.n_layers,
         "n_ctx": backend.n_ctx,
         "model_load_seconds": round(load_seconds, 4),
+        "load_average_1m": _load_average(),  # > cpu_count: other processes compete; ratios still hold
         "quick": quick,
         "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
@@ -550,14 +558,17 @@ def run_bench(cfg: Config, *, quick: bool = False, model_dir: Path | None = None
         with backend:
             result: dict[str, Any] = {"version": BENCH_VERSION,
                                       "environment": _environment(cfg, backend, model, load_s, quick)}
-            paths = generate(seed=CAPTION_SEED, minutes=sizes.clip_minutes, out_dir=home / "clip")
+            # Long enough that the window fills and then slides at least twice, whatever k and segment length.
+            seg_s = bcfg.capture.segment_seconds
+            minutes = min(max(sizes.clip_minutes, (bcfg.writer.window_segments + 2) * seg_s / 60.0), 60.0)
+            paths = generate(seed=CAPTION_SEED, minutes=minutes, out_dir=home / "clip", segment_seconds=seg_s)
             questions = json.loads(paths.questions.read_text(encoding="utf-8"))["questions"]
             segments = _clip_segments(paths.video, bcfg)
             result["settings"] = {
-                "clip_seconds": round(sizes.clip_minutes * 60.0, 3), "segments": len(segments),
+                "clip_seconds": round(minutes * 60.0, 3), "segments": len(segments),
                 "window_segments": bcfg.writer.window_segments, "max_memory_tokens": MEMORY_TOKEN_CAP,
                 "max_retries": 0, "candidate_share": 0.0, "frame_size": bcfg.capture.frame_size,
-                "keyframes_per_segment": bcfg.capture.keyframes_per_segment, **dataclasses.asdict(sizes)}
+                "keyframes_per_segment": bcfg.capture.keyframes_per_segment, **dataclasses.asdict(sizes), "clip_minutes": minutes}
 
             stage("vision_cache")
             result["vision_cache"] = _vision_cache(backend, bcfg.writer, segments, cache_size)
@@ -575,6 +586,7 @@ def run_bench(cfg: Config, *, quick: bool = False, model_dir: Path | None = None
     ends = [t for _, t in marks[1:]] + [end]
     result["stage_seconds"] = {name: round(e - t, 3) for (name, t), e in zip(marks, ends)}
     result["seconds"] = round(end - started, 3)
+    result["environment"]["load_average_1m_end"] = _load_average()
     return result
 
 
