@@ -77,7 +77,7 @@ def run(source: Annotated[str, typer.Argument(help="Camera index (0), video file
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
     from edge_agent.capture import open_source
-    from edge_agent.runtime import Ingestor, open_backend
+    from edge_agent.runtime import Ingestor, open_backend, open_embedder
     from edge_agent.store import Store
 
     cfg = _config(home, config)
@@ -92,7 +92,7 @@ def run(source: Annotated[str, typer.Argument(help="Camera index (0), video file
             progress.update(task, advance=1, info=f"t={seg.t_end:.0f}s written={report.segments_written} "
                                                   f"failed={report.segments_failed} dropped={report.frames_dropped}")
 
-        with Ingestor(source, store, backend, cfg, source=video) as ing:
+        with Ingestor(source, store, backend, cfg, source=video, embedder=open_embedder(cfg)) as ing:
             try:
                 ing.advance(until, tick)
             except KeyboardInterrupt:
@@ -335,6 +335,30 @@ def adapter_export(adapter_id: str, out_file: Annotated[Path, typer.Option("--ou
     cfg = _config(home)
     path = AdapterRegistry(Store.open(cfg.db_path), cfg.adapters_dir).export(adapter_id, out_file)
     out.print(f"wrote {path}")
+
+
+@app.command()
+def bench(quick: Annotated[bool, typer.Option(help="Small sizes: about a minute on the tiny model.")] = False,
+          home: Home = None, config: ConfigFile = None, json_out: Json = False) -> None:
+    """Measure speed and memory on this device, as ratios within one run (frame cache, merging, ingest, ask)."""
+    from rich.progress import Progress
+    from rich.table import Table
+
+    from edge_agent.bench import STAGES, run_bench, summary_rows
+
+    with Progress(console=err, disable=json_out) as progress:
+        task = progress.add_task("bench", total=len(STAGES))
+        result = run_bench(_config(home, config), quick=quick,
+                           progress=lambda stage: progress.update(task, description=f"bench: {stage}",
+                                                                  completed=STAGES.index(stage)))
+        progress.update(task, completed=len(STAGES))
+    if json_out:
+        _print_json(result)
+        return
+    table = Table("measure", "raw", "ratio")
+    for row in summary_rows(result):
+        table.add_row(*(str(x) for x in row))
+    out.print(table)
 
 
 # ---------------------------------------------------------------------------------------------------------------

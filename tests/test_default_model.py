@@ -94,6 +94,7 @@ def test_writes_valid_memories_naming_the_room(backend, heldout):
         valid += r.text is not None
         room_right += bool(r.text) and _room(r.text) == _room(captions[seg.index])
         window = (window + [WindowEntry(seg, r.text)])[-4:]
+    print(f"default model: {valid}/{n} valid memories, room right in {room_right}/{n}")
     assert valid == n  # every memory passes the runtime's format rules without a retry
     assert room_right >= ROOM_MIN, f"room right in {room_right}/{n}"
 
@@ -126,6 +127,7 @@ def test_answers_from_memories_better_than_chance(backend, heldout):
             else:
                 right += got == q["answer"]
     n = len([q for q in questions if any(s.t_end <= q["asked_at"] + 1e-6 for s in segs)])
+    print(f"default model: {right}/{n} right with evidence, {abstained_ok}/{n} abstained without")
     assert right / n >= QA_MIN, f"{right}/{n} right with the evidence shown"
     assert abstained_ok / n >= ABSTAIN_MIN, f"{abstained_ok}/{n} abstentions without the evidence"
 
@@ -154,6 +156,7 @@ def test_transformers_and_llama_cpp_agree_on_a_writer_prompt(backend, heldout):
     with torch.no_grad():
         ref = model(**batch).logits[0, -1].numpy()
     got = backend.logits(msgs)[: ref.shape[0]]
+    print(f"default model: max |logit diff| {np.abs(got - ref).max():.2e}")
     assert np.abs(got - ref).max() < PARITY_MAX
     assert int(np.argmax(got)) == int(np.argmax(ref))
 

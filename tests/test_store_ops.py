@@ -117,7 +117,10 @@ def test_fts_search_accepts_any_text(filled, query):
 
 
 def test_match_expression_quotes_every_token():
-    assert match_expression('red "cup" OR NOT x*') == '"red" OR "cup" OR "or" OR "not" OR "x"'
+    assert match_expression('red "cup" OR NOT x*') == '"red" OR "cup" OR "not" OR "x"'
+    # function words are left out of a question's OR query unless nothing else remains
+    assert match_expression("where did I leave the cup?") == '"leave" OR "cup"'
+    assert match_expression("where is it") == '"where" OR "is" OR "it"'
     assert match_expression("red cup", "AND") == '"red" AND "cup"'
     assert match_expression("?!") is None
 

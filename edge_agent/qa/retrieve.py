@@ -57,7 +57,7 @@ def embedding_ranking(store: Store, question: str, embedder: Embedder, k: int, s
     q = np.asarray(embedder.encode([question])[0], dtype=np.float32)
     sims = mat @ q
     # Stable order: by similarity, then by id so equal scores rank the same way every time.
-    order = sorted(range(len(ids)), key=lambda i: (-float(sims[i]), ids[i]))[:k]
+    order = np.lexsort((np.asarray(ids), -sims))[:k]
     return [(ids[i], float(sims[i])) for i in order]
 
 

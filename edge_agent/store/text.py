@@ -24,6 +24,12 @@ def clean_text(text: str) -> str:
     return _UNENCODABLE.sub("\ufffd", text)
 
 
+STOPWORDS = frozenset(
+    "a an and are as at be by did do does for from had has have he her his how i in is it its me my of on or "
+    "our she so that the their them then there they this to was we were what when where which who whom why "
+    "will with you your".split())
+
+
 def tokens(text: str) -> list[str]:
     """Distinct lower-cased word tokens of `text`, in order of first appearance, at most MAX_QUERY_TOKENS."""
     seen: dict[str, None] = {}
@@ -48,6 +54,10 @@ def match_expression(text: str, op: str = "OR") -> str | None:
     if op not in ("OR", "AND"):
         raise ValueError(f"op={op!r}: expected 'OR' or 'AND'")
     toks = tokens(text)
+    if op == "OR":
+        # A question's function words ("where did I ... the") would make nearly every memory match and be
+        # BM25-scored (4x slower at 10k memories); keep them only when nothing else is left.
+        toks = [t for t in toks if t not in STOPWORDS] or toks
     if not toks:
         return None
     return f" {op} ".join(_phrase(t) for t in toks)
