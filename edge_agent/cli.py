@@ -302,6 +302,38 @@ def adapter_list(home: Home = None, json_out: Json = False) -> None:
         err.print("no adapters yet: give feedback on answers, then run `edge-agent adapt`")
 
 
+@adapter_app.command("import")
+def adapter_import(file: Annotated[Path, typer.Argument(help="A steering vector: .safetensors or a llama.cpp "
+                                                          "control-vector .gguf")],
+                   activate: Annotated[bool, typer.Option(help="Make it the active adapter.")] = False,
+                   home: Home = None, config: ConfigFile = None, json_out: Json = False) -> None:
+    """Register a steering vector made elsewhere, after checking it fits the configured model."""
+    import dataclasses
+
+    from edge_agent.adapt.registry import AdapterRegistry
+    from edge_agent.runtime import open_backend
+    from edge_agent.store import Store
+    from edge_agent.vlm import steering
+
+    cfg = _config(home, config)
+    vec = steering.load(file)
+    backend = open_backend(cfg, with_vision=False)
+    try:
+        reason = f"imported from {file}"
+        if not vec.base_model_hash:  # e.g. a stock llama.cpp control vector: bind it to the model it is used with
+            vec = dataclasses.replace(vec, base_model_hash=backend.model_hash)
+            reason += f"; no base-model hash in the file, bound to {backend.model_name}"
+        backend.set_steering(vec)  # AdapterError when hidden size, layer or base model do not fit
+    finally:
+        backend.close()
+    row = AdapterRegistry(Store.open(cfg.db_path), cfg.adapters_dir).register(
+        vec, status="active" if activate else "inactive", reason=reason)
+    if json_out:
+        _print_json(row)
+    else:
+        out.print(f"adapter {row['id']} registered ({row['status']})")
+
+
 @adapter_app.command("activate")
 def adapter_activate(adapter_id: str, home: Home = None) -> None:
     """Make an adapter the one the writer uses (picked up between segments, no restart)."""
