@@ -267,7 +267,7 @@ def eval_(bench: Annotated[str, typer.Option(help="synthetic, videomme, egolife 
         return
     from edge_agent.eval.report import markdown_report
 
-    out.print(markdown_report(results), markup=False, highlight=False)
+    out.print(markdown_report(results), markup=False, highlight=False, soft_wrap=True)
 
 
 @app.command()

@@ -43,7 +43,9 @@ def run_demo(cfg: Config, minutes: float = 1.0, seed: int = 0, console: Console 
             res = answer(store, backend, q.question, q.lettered_options(), asked_at=q.asked_at, cfg=cfg.qa,
                          until=q.asked_at, embedder=embedder)
             answers.append({"question": q.question, "truth": q.answer, **res})
-            table.add_row(q.question, res["text"], q.answer, ",".join(str(c["id"]) for c in res["citations"]))
+            truth = f"{q.answer}. {q.options['ABCD'.index(q.answer)]}"
+            given = f"{res['choice']}. {res['text']}" if res["choice"] else res["text"]
+            table.add_row(q.question, given, truth, ",".join(str(c["id"]) for c in res["citations"]))
         if console:
             console.print(table)
     finally:
