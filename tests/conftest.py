@@ -82,13 +82,14 @@ def tiny_model(request, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_backend(tiny_model):
-    """A LlamaCppBackend on the tiny model, shared by the session (2 threads, n_ctx 2048, image cache 16).
+    """A LlamaCppBackend on the tiny model, shared by the session (1 thread, n_ctx 2048, image cache 16).
 
     Tests that apply a steering vector must clear it again (`tiny_backend.set_steering(None)`) before returning.
     """
     from edge_agent.vlm.llama_cpp import LlamaCppBackend
 
-    backend = LlamaCppBackend(tiny_model / "model.gguf", tiny_model / "mmproj.gguf", n_threads=2, n_ctx=2048,
+    # one thread: llama.cpp's workers spin-wait, and on a loaded 2-core machine two threads are several times slower
+    backend = LlamaCppBackend(tiny_model / "model.gguf", tiny_model / "mmproj.gguf", n_threads=1, n_ctx=2048,
                               image_cache_size=16, seed=0)
     yield backend
     backend.close()

@@ -40,6 +40,7 @@ def numbered_memories(call):
 @pytest.fixture
 def cfg(tmp_path):
     c = load_config(tmp_path / "home", environ={})
+    c = replace(c, "writer", candidate_share=0.0)  # every backend call below is a segment's memory
     return replace(c, "capture", sample_fps=2.0)
 
 

@@ -72,7 +72,7 @@ def test_consecutive_frames_are_merged_into_temporal_pairs(backend):
 
 
 def test_each_frame_is_encoded_once_across_sliding_windows(tiny_model):
-    with LlamaCppBackend(tiny_model / "model.gguf", tiny_model / "mmproj.gguf", n_threads=2, n_ctx=2048,
+    with LlamaCppBackend(tiny_model / "model.gguf", tiny_model / "mmproj.gguf", n_threads=1, n_ctx=2048,
                          image_cache_size=8) as b:
         frames = [frame(i) for i in range(8)]
         b.generate(window(frames[0:4]), Sampling(max_tokens=2))
@@ -81,7 +81,7 @@ def test_each_frame_is_encoded_once_across_sliding_windows(tiny_model):
         assert b.stats["image_encodes"] == 3 and b.stats["image_cache_hits"] == 1
         b.generate(window(frames[4:8]), Sampling(max_tokens=2))
         assert b.stats["image_encodes"] == 4 and b.stats["image_cache_hits"] == 2
-        with LlamaCppBackend(tiny_model / "model.gguf", tiny_model / "mmproj.gguf", n_threads=2, n_ctx=2048,
+        with LlamaCppBackend(tiny_model / "model.gguf", tiny_model / "mmproj.gguf", n_threads=1, n_ctx=2048,
                              image_cache_size=0) as fresh:
             expected = fresh.logits(window(frames[2:6]))
             assert fresh.stats["image_encodes"] == 2 and fresh.stats["image_cache_hits"] == 0
@@ -89,7 +89,7 @@ def test_each_frame_is_encoded_once_across_sliding_windows(tiny_model):
 
 
 def test_image_cache_is_bounded(tiny_model):
-    with LlamaCppBackend(tiny_model / "model.gguf", tiny_model / "mmproj.gguf", n_threads=2, n_ctx=2048,
+    with LlamaCppBackend(tiny_model / "model.gguf", tiny_model / "mmproj.gguf", n_threads=1, n_ctx=2048,
                          image_cache_size=2) as b:
         for i in range(0, 8, 2):
             b.logits(window([frame(i), frame(i + 1)]))

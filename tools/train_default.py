@@ -1,9 +1,12 @@
 """Train the embedded default model (models/default/): a small Qwen3-VL trained from scratch on the synthetic world.
 
-    .venv/bin/python tools/train_default.py all --seed 0            # data -> train -> finalize -> parity -> eval
+    .venv/bin/python tools/train_default.py all --seed 0            # data -> train -> continue -> finalize
+                                                                    #   -> parity -> eval
     .venv/bin/python tools/train_default.py data                    # only render + cut the synthetic clips
-    .venv/bin/python tools/train_default.py train --seed 0          # background-friendly; checkpoints as it goes
+    .venv/bin/python tools/train_default.py train --seed 0          # phase 1; background-friendly, checkpoints
+    .venv/bin/python tools/train_default.py continue --seed 0       # phase 2: answerer-heavy continuation
     .venv/bin/python tools/train_default.py finalize                # last checkpoint -> models/default/{hf,gguf}
+                                                                    #   (--cont-steps 0: the phase-1 checkpoint)
     .venv/bin/python tools/train_default.py eval                    # held-out metrics through llama.cpp
     .venv/bin/python tools/train_default.py parity                  # transformers vs llama.cpp logits, one prompt
 
@@ -18,9 +21,10 @@ temporal_patch_size 2) like mtmd's mergeable bitmaps; each image chunk is <|visi
 <|vision_end|>; pixels are normalised (x/255 - 0.5) / 0.5 like the mmproj. `parity` checks all of it.
 
 Everything is seeded (data seeds, init, batch order); a fixed step count (not a time limit) ends training, so
-the same command rebuilds the same weights on the same library versions and thread count (1). The shipped model
-is step 250 of a 360-step cosine schedule (--stop-at 250: the 35-minute budget on a shared 2-core machine ran
-out there). Results and timings: models/default/README.md.
+the same command rebuilds the same weights on the same library versions and thread count (1). Phase 1 is step
+250 of a 360-step cosine schedule (--stop-at 250: the 35-minute budget on a shared 2-core machine ran out there);
+phase 2 (`continue`) resumes it for CONT_STEPS steps with 60 % answerer rows, lr 1e-3 cosine, and the answer
+letter's loss weighted x5 (phase 1 answered "B" to everything). Results and timings: models/default/README.md.
 """
 
 from __future__ import annotations
@@ -51,6 +55,7 @@ TRAIN_SEEDS = list(range(100, 180))  # 80 clips of 2 minutes: 960 segments, ~560
 HELDOUT_SEEDS = [9000, 9001, 9002, 9003]
 MINUTES = 2.0
 PATCH, MERGE, TPS = 16, 2, 2
+CONT_STEPS = 170  # continuation phase (answerer-heavy) after the 250 base steps; see continue_training
 
 # ---------------------------------------------------------------------------------------------------- shape
 
@@ -247,7 +252,7 @@ def common_prefix(encoded: list) -> int:
     return n
 
 
-def prefix_cached_loss(model, batch: dict, P: int):
+def prefix_cached_loss(model, batch: dict, P: int, weights=None):
     """Causal-LM loss of the batch, running the shared first P tokens once, without gradient.
 
     The prefix is the same text for every prompt (the system message), so its keys/values are a constant the
@@ -259,8 +264,9 @@ def prefix_cached_loss(model, batch: dict, P: int):
 
     ids, att = batch["input_ids"], batch["attention_mask"]
     B = ids.shape[0]
-    if P < 8:
+    if P < 8 and weights is None:
         return model(**batch).loss
+    P = max(P, 1)
     mm = batch["mm_token_type_ids"]
     with torch.no_grad():
         pos3, _ = model.model.get_rope_index(ids, mm_token_type_ids=mm, image_grid_thw=batch.get("image_grid_thw"),
@@ -276,8 +282,32 @@ def prefix_cached_loss(model, batch: dict, P: int):
                 mm_token_type_ids=mm[:, P:], use_cache=True, **kw)
     logits = out.logits[:, :-1]
     labels = batch["labels"][:, P + 1:]
-    return torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), labels.reshape(-1),
-                                             ignore_index=-100)
+    if weights is None:
+        return torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), labels.reshape(-1),
+                                                 ignore_index=-100)
+    # weighted mean over the reply tokens (weights 1 except the answer letter, see letter_weights)
+    ce = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), labels.reshape(-1),
+                                           ignore_index=-100, reduction="none")
+    w = weights[:, P + 1:].reshape(-1) * (labels.reshape(-1) != -100)
+    return (ce * w).sum() / w.sum()
+
+
+def letter_weights(grp: list, n_lead: int, letter_weight: float):
+    """Per-token loss weights of a padded sub-batch: 1 on reply tokens, `letter_weight` on the answer letter.
+
+    The letter is one of ~20 reply tokens of an answerer row (the rest is JSON and citation digits the model
+    learns quickly), so with a plain mean it barely moves the loss; weighting it makes choosing the option the
+    main signal of the continuation phase. `n_lead` = tokens of '{"answer": "' before the letter. Writer rows
+    (with image chunks) keep weight 1 everywhere."""
+    import torch
+
+    L = max(len(e[0]) for e in grp)
+    w = torch.zeros((len(grp), L))
+    for b, (seq, n_prompt, chunks) in enumerate(grp):
+        w[b, n_prompt:len(seq)] = 1.0
+        if not chunks and letter_weight != 1.0:
+            w[b, n_prompt + n_lead] = letter_weight
+    return w
 
 
 def tokenizer_and_ids():
@@ -367,6 +397,83 @@ def train(args) -> None:
     print(f"done {step + 1} steps in {time.time() - t0:.0f}s", flush=True)
 
 
+def continue_training(args) -> None:
+    """Phase 2 (`continue`): resume the base run's weights and optimizer at its last step (--stop-at) and train
+    --cont-steps more with most of each batch answerer rows (--cont-qa-share), a fresh warm-up + cosine schedule
+    from --cont-lr to 10 %, and the answer letter's loss weighted by --letter-weight. Writer rows stay in the mix
+    (windowed curriculum, as late in phase 1) so the writer does not regress. Its own RNG stream (seed + 1000),
+    so it is deterministic from --seed; checkpoints to ckpt-s<seed>-cont.pt (resumable with --resume)."""
+    import torch
+    from transformers import Qwen3VLForConditionalGeneration
+
+    torch.set_num_threads(args.threads)
+    torch.set_flush_denormal(True)
+    tok, ids, vocab = tokenizer_and_ids()
+    enc = Encoder(tok)
+    n_lead = len(enc.text('{"answer": "'))
+    clips = [clip(s) for s in TRAIN_SEEDS]
+    base = torch.load(WORK / f"ckpt-s{args.seed}.pt", weights_only=False)
+    if args.stop_at and base["step"] != args.stop_at:
+        raise SystemExit(f"base checkpoint is at step {base['step']}, expected --stop-at {args.stop_at}")
+    rng = random.Random(args.seed + 1000)
+    torch.manual_seed(args.seed + 1000)
+    model = Qwen3VLForConditionalGeneration(model_config(vocab, ids)).float()
+    model.load_state_dict(base["model"])
+    opt = torch.optim.AdamW(model.parameters(), lr=args.cont_lr, betas=(0.9, 0.95), weight_decay=0.05)
+    opt.load_state_dict(base["opt"])
+    ckpt = WORK / f"ckpt-s{args.seed}-cont.pt"
+    start, prev_seconds = 0, 0.0
+    if args.resume and ckpt.is_file():
+        state = torch.load(ckpt, weights_only=False)
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["opt"])
+        rng.setstate(state["rng"])
+        torch.set_rng_state(state["torch_rng"])
+        start, prev_seconds = state["cont_step"], state["cont_seconds"]
+    print(f"continue from base step {base['step']}: {args.cont_steps} steps, batch {args.batch}, "
+          f"qa share {args.cont_qa_share}, lr {args.cont_lr}, letter weight {args.letter_weight}, "
+          f"from step {start}", flush=True)
+    model.train()
+    t0 = time.time() - prev_seconds
+    ema = None
+    end = min(args.cont_steps, args.cont_stop_at or args.cont_steps)
+    for step in range(start, end):
+        warm = min(1.0, (step + 1) / args.cont_warmup)
+        lr = args.cont_lr * warm * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * step / args.cont_steps)))
+        for g in opt.param_groups:
+            g["lr"] = lr
+        # step 10**9: the writer rows use the late (windowed) curriculum of phase 1
+        exs = [sample_example(rng, clips, 10**9, args.steps, args.cont_qa_share) for _ in range(args.batch)]
+        encoded = [enc.encode(m, r) for m, r in exs]
+        groups = [[e for e in encoded if e[2]], [e for e in encoded if not e[2]]]
+        wts = [letter_weights(g, n_lead, args.letter_weight) if g else None for g in groups]
+        w_total = sum(float(w.sum()) for w in wts if w is not None)
+        opt.zero_grad(set_to_none=True)
+        loss_sum, L = 0.0, 0
+        for grp, w in zip(groups, wts):
+            if not grp:
+                continue
+            batch = batch_tensors(grp, ids["<|endoftext|>"], ids["<|image_pad|>"])
+            loss = prefix_cached_loss(model, batch, common_prefix(grp), weights=w) * (float(w.sum()) / w_total)
+            loss.backward()
+            loss_sum += loss.item()
+            L = max(L, batch["input_ids"].shape[1])
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        ema = loss_sum if ema is None else 0.95 * ema + 0.05 * loss_sum
+        if step % args.log_every == 0 or step == args.cont_steps - 1:
+            print(f"cont step {step} loss {loss_sum:.4f} ema {ema:.4f} lr {lr:.2e} qa {len(groups[1])} "
+                  f"len {L} {time.time() - t0:.0f}s", flush=True)
+        if (step + 1) % args.save_every == 0 or step + 1 == end:
+            tmp = ckpt.with_suffix(".tmp")
+            torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "rng": rng.getstate(),
+                        "torch_rng": torch.get_rng_state(), "step": base["step"] + step + 1,
+                        "base_step": base["step"], "base_seconds": base["seconds"], "cont_step": step + 1,
+                        "cont_seconds": time.time() - t0, "seconds": base["seconds"] + time.time() - t0}, tmp)
+            tmp.replace(ckpt)
+    print(f"continued {end} steps in {time.time() - t0:.0f}s", flush=True)
+
+
 # ---------------------------------------------------------------------------------------------------- ship
 
 
@@ -380,7 +487,8 @@ def finalize(args) -> None:
 
     torch.set_num_threads(1)
     tok, ids, vocab = tokenizer_and_ids()
-    state = torch.load(WORK / f"ckpt-s{args.seed}.pt", weights_only=False)
+    name = f"ckpt-s{args.seed}-cont.pt" if args.cont_steps else f"ckpt-s{args.seed}.pt"
+    state = torch.load(WORK / name, weights_only=False)
     model = Qwen3VLForConditionalGeneration(model_config(vocab, ids)).float().eval()
     model.load_state_dict(state["model"])
     model.generation_config.eos_token_id = ids["<|im_end|>"]
@@ -393,7 +501,9 @@ def finalize(args) -> None:
     model.save_pretrained(hf)
     (hf / "preprocessor_config.json").write_text(json.dumps(preprocessor_config(), indent=2) + "\n")
     export_hf(hf, OUT, args.outtype, name=f"edge-agent-default-s{args.seed}")
-    info = {"seed": args.seed, "steps": state["step"], "train_seconds": round(state["seconds"])}
+    info = {"seed": args.seed, "checkpoint": name, "steps": state["step"], "train_seconds": round(state["seconds"]),
+            **({"cont_steps": state["cont_step"], "cont_seconds": round(state["cont_seconds"])}
+               if "cont_step" in state else {})}
     (WORK / "train_info.json").write_text(json.dumps(info))
     print("finalized", info, flush=True)
 
@@ -516,7 +626,7 @@ def parity(args) -> float:
 def main() -> None:
     global OUT
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("what", choices=["data", "train", "finalize", "eval", "parity", "all", "stats"])
+    ap.add_argument("what", choices=["data", "train", "continue", "finalize", "eval", "parity", "all", "stats"])
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--steps", type=int, default=360)
     ap.add_argument("--batch", type=int, default=12)
@@ -530,6 +640,14 @@ def main() -> None:
                     help="torch threads; 1 is faster than 2 on a machine whose 2 cores are busy with other work")
     ap.add_argument("--log-every", type=int, default=10)
     ap.add_argument("--resume", action="store_true", help="continue from the checkpoint of --seed")
+    ap.add_argument("--cont-steps", type=int, default=CONT_STEPS,
+                    help="continuation phase length (0: none; finalize then ships the phase-1 checkpoint)")
+    ap.add_argument("--cont-stop-at", type=int, default=0, help="end the continuation early (0: run all)")
+    ap.add_argument("--cont-lr", type=float, default=1e-3)
+    ap.add_argument("--cont-warmup", type=int, default=10)
+    ap.add_argument("--cont-qa-share", type=float, default=0.6)
+    ap.add_argument("--letter-weight", type=float, default=5.0,
+                    help="loss weight of the answer letter token of answerer rows in the continuation")
     ap.add_argument("--outtype", default="f32", help="GGUF type of model.gguf and mmproj.gguf (f32 | f16 | q8_0)")
     ap.add_argument("--eval-clips", type=int, default=4)
     ap.add_argument("--eval-segments", type=int, default=12)
@@ -551,6 +669,8 @@ def main() -> None:
             print(name, "mean tokens", np.mean(lens), "max", max(lens))
     if args.what in ("train", "all"):
         train(args)
+    if args.what == "continue" or (args.what == "all" and args.cont_steps):
+        continue_training(args)
     if args.what in ("finalize", "all"):
         finalize(args)
     if args.what in ("parity", "all"):
