@@ -6,7 +6,7 @@ import json
 import os
 import sys
 import time
-from datetime import datetime, timezone
+from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -61,9 +61,9 @@ def parse_time(value: str | None, name: str) -> float | None:
 
 
 def _clock(t: float) -> str:
-    if t < 10 * 365 * 86400:  # stream seconds (replays and synthetic clips start at 0)
-        return f"{int(t // 3600):02d}:{int(t % 3600 // 60):02d}:{t % 60:04.1f}"
-    return datetime.fromtimestamp(t, tz=timezone.utc).astimezone().strftime("%Y-%m-%d %H:%M:%S")
+    from edge_agent.qa.answer import clock  # the same clock the answerer shows the model
+
+    return clock(t)
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -124,23 +124,31 @@ def build_tokenizer():
     return tok
 
 
-def tiny_config(vocab_size: int, ids: dict[str, int]):
-    """The transformers Qwen3VLConfig of the tiny model (the shape llama.cpp was verified to accept)."""
+def tiny_config(vocab_size: int, ids: dict[str, int], *, hidden: int = 64, intermediate: int = 128,
+                layers: int = 24, heads: int = 4, kv_heads: int = 2, head_dim: int = 16,
+                mrope_section: tuple[int, int, int] = (2, 3, 3), max_positions: int = 4096,
+                vision_hidden: int = 32, vision_intermediate: int = 64, vision_heads: int = 2):
+    """The transformers Qwen3VLConfig of a small Qwen3-VL (the layout llama.cpp was verified to accept).
+
+    The defaults are the tests' tiny model; the embedded default model (tools/train_default.py) is wider.
+    `mrope_section` must sum to head_dim / 2.
+    """
     from transformers import Qwen3VLConfig
 
     return Qwen3VLConfig(
         text_config=dict(
-            hidden_size=64, intermediate_size=128, num_hidden_layers=24, num_attention_heads=4,
-            num_key_value_heads=2, head_dim=16, vocab_size=vocab_size, max_position_embeddings=4096,
-            rope_parameters={"rope_type": "default", "rope_theta": 5e6, "mrope_section": [2, 3, 3],
+            hidden_size=hidden, intermediate_size=intermediate, num_hidden_layers=layers,
+            num_attention_heads=heads, num_key_value_heads=kv_heads, head_dim=head_dim, vocab_size=vocab_size,
+            max_position_embeddings=max_positions,
+            rope_parameters={"rope_type": "default", "rope_theta": 5e6, "mrope_section": list(mrope_section),
                              "mrope_interleaved": True},
             tie_word_embeddings=False, bos_token_id=ids["<|endoftext|>"], eos_token_id=ids["<|im_end|>"],
             pad_token_id=ids["<|endoftext|>"],
         ),
         vision_config=dict(
-            depth=3, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=64, patch_size=PATCH,
-            spatial_merge_size=MERGE, temporal_patch_size=2, num_position_embeddings=64,
-            deepstack_visual_indexes=[0, 1],
+            depth=3, hidden_size=vision_hidden, intermediate_size=vision_intermediate, num_heads=vision_heads,
+            out_hidden_size=hidden, patch_size=PATCH, spatial_merge_size=MERGE, temporal_patch_size=2,
+            num_position_embeddings=64, deepstack_visual_indexes=[0, 1],
         ),
         image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
         vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"],
