@@ -18,6 +18,7 @@ import logging
 import os
 import re
 import time
+from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +36,7 @@ DEFAULT_READ_TIMEOUT_S = 5.0  # how long a URL read may block before the source 
 TEXT_CODECS = {"ansi"}  # FFmpeg's tty demuxer renders any text file as "video": refuse it
 
 
-class VideoSource:
+class VideoSource(ABC):
     """A stream of frames. Subclasses implement `_connect`, `grab`, `retrieve`, `_close` (and `seek` for files).
 
     Attributes every source has: `spec` (what the user typed), `kind` ("camera", "file", "url" or a test's
@@ -106,9 +107,9 @@ class VideoSource:
             self._last_t = t
         return t
 
+    @abstractmethod
     def retrieve(self) -> np.ndarray:
         """Decode the frame last grabbed: H x W x 3 uint8, BGR."""
-        raise NotImplementedError
 
     def seek(self, t: float) -> bool:
         """Jump so the next grab returns the first frame at or after `t` seconds. False if not supported."""
@@ -123,15 +124,17 @@ class VideoSource:
         return Frame(index=self._last_index, t=t, image=np.ascontiguousarray(bgr[:, :, ::-1]))
 
     # -- subclass hooks --------------------------------------------------------------------------------
+    @abstractmethod
     def _grab(self) -> float | None:
         """Advance without decoding; the new frame's time in stream seconds, or None at the end."""
-        raise NotImplementedError
 
+    @abstractmethod
     def _connect(self) -> None:
-        raise NotImplementedError
+        """Open the device, file or stream (SourceError naming it when that fails)."""
 
     def _close(self) -> None:
-        pass
+        """Release the device; sources holding nothing need not override it."""
+        return None
 
 
 class OpenCVSource(VideoSource):
