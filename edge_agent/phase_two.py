@@ -15,6 +15,7 @@ from edge_agent.config import Config
 from edge_agent.errors import ModelError
 from edge_agent.memory import MemoryWriter, WindowEntry, WriteResult
 from edge_agent.memory.prompts import writer_messages
+from edge_agent.memory.validate import Validation
 from edge_agent.store import Store
 from edge_agent.types import CANDIDATE_SAMPLING, Frame, Message, Segment, SteeringVector
 from edge_agent.vlm.base import Backend
@@ -76,6 +77,18 @@ def kept_window_messages(store: Store, segment_id: int, window_segments: int) ->
     return writer_messages(stream["fingerprint"][:16], context, new)
 
 
+def _add_candidates(store: Store, segment_id: int, memory: str | None,
+                    sampled: list[tuple[str, Validation]]) -> int:
+    """One window's written (greedy) memory and its sampled alternatives, stored as Phase Two candidates."""
+    if memory:
+        store.add_candidate(segment_id, json.dumps({"description": memory}), valid=True, failure=None,
+                            sampling={"temperature": 0.0}, source="writer")
+    for raw, check in sampled:
+        store.add_candidate(segment_id, raw, valid=check.ok, failure=check.failure,
+                            sampling=CANDIDATE_SAMPLING.__dict__, source="sampled")
+    return len(sampled)
+
+
 def keep_for_phase_two(store: Store, writer: MemoryWriter, cfg: Config, segment_id: int, seg: Segment,
                        result: WriteResult, window: list[WindowEntry]) -> None:
     """Keep the segment's keyframes (bounded time) and, for a share of segments, sampled alternatives.
@@ -90,12 +103,8 @@ def keep_for_phase_two(store: Store, writer: MemoryWriter, cfg: Config, segment_
     store.keep_frames(segment_id, paths, expires_at=time.time() + wcfg.keep_frames_hours * 3600)
     if not _sampled_for_candidates(writer.stream_key, seg.index, wcfg.candidate_share):
         return
-    if result.text is not None:
-        store.add_candidate(segment_id, json.dumps({"description": result.text}), valid=True, failure=None,
-                            sampling={"temperature": 0.0}, source="writer")
-    for raw, check in writer.sample_candidates(window, seg, wcfg.candidates_per_segment, seed=seg.index * 1000):
-        store.add_candidate(segment_id, raw, valid=check.ok, failure=check.failure,
-                            sampling=CANDIDATE_SAMPLING.__dict__, source="sampled")
+    _add_candidates(store, segment_id, result.text,
+                    writer.sample_candidates(window, seg, wcfg.candidates_per_segment, seed=seg.index * 1000))
 
 
 def asked_segment_ids(store: Store) -> list[int]:
@@ -117,13 +126,8 @@ def fill_candidates(store: Store, backend: Backend, cfg: Config, segment_ids: li
         seg = store.get_segment(sid)
         memory = next((m["text"] for m in store.recent_memories(seg["stream_id"], seg["idx"] + 1, 1)
                        if m["segment_id"] == sid), None)
-        if memory:
-            store.add_candidate(sid, json.dumps({"description": memory}), valid=True, failure=None,
-                                sampling={"temperature": 0.0}, source="writer")
-        for raw, check in writer.sample_messages(messages, cfg.writer.candidates_per_segment, seed=sid * 1000):
-            store.add_candidate(sid, raw, valid=check.ok, failure=check.failure,
-                                sampling=CANDIDATE_SAMPLING.__dict__, source="sampled")
-            added += 1
+        added += _add_candidates(store, sid, memory, writer.sample_messages(
+            messages, cfg.writer.candidates_per_segment, seed=sid * 1000))
     return added
 
 
