@@ -166,13 +166,23 @@ def memories(since: Annotated[Optional[str], typer.Option(help="From this time (
 def feedback(answer_id: Annotated[int, typer.Argument(help="The id `ask` printed.")],
              correct: Annotated[Optional[bool], typer.Option("--correct/--wrong", help="Was the answer right?")] = None,
              answer_text: Annotated[Optional[str], typer.Option("--answer", help="The right answer, if it was wrong.")] = None,
+             delete: Annotated[bool, typer.Option("--delete", help="Take back the feedback given on this answer "
+                                                                     "(and the training pairs made from it).")] = False,
              home: Home = None, json_out: Json = False) -> None:
     """Tell the device whether an answer was right; Phase Two learns from this."""
     from edge_agent.store import Store
 
-    if correct is None:
-        raise ConfigError("feedback: say --correct or --wrong")
     cfg = _config(home)
+    if delete:
+        store = Store.open(cfg.db_path)
+        counts = store.delete_feedback(f["id"] for f in store.get_answer(answer_id)["feedback"])
+        if json_out:
+            _print_json({"answer_id": answer_id, **counts})
+        else:
+            out.print(f"deleted {counts['feedback']} feedback and {counts['pairs']} training pairs of answer {answer_id}")
+        return
+    if correct is None:
+        raise ConfigError("feedback: say --correct or --wrong (or --delete)")
     fid = Store.open(cfg.db_path).add_feedback(answer_id, correct, answer_text)
     if json_out:
         _print_json({"feedback_id": fid, "answer_id": answer_id, "correct": correct})

@@ -85,6 +85,9 @@ def test_ask_answers_from_stored_memories_and_feedback_is_traced(tmp_path, tiny_
     assert fb.returncode == 0, fb.stderr.decode()
     stored = Store.open(home / "memory.db").get_answer(res["answer_id"])
     assert stored["feedback"][0]["correct"] is False and stored["feedback"][0]["corrected"] == "on the shelf"
+    taken_back = cli(home, "feedback", str(res["answer_id"]), "--delete", "--json")
+    assert json.loads(taken_back.stdout)["feedback"] == 1
+    assert Store.open(home / "memory.db").get_answer(res["answer_id"])["feedback"] == []
 
 
 def test_memories_search_and_forget(tmp_path):
