@@ -602,20 +602,19 @@ def summary_rows(result: dict[str, Any]) -> list[tuple[str, str, str]]:
         return str(x)
 
     rows: list[tuple[str, str, str]] = []
+
+    def versus(label: str, section: dict, a: str, b: str, key: str) -> None:
+        """One row comparing `key` between the two variants `a` and `b` of a section, with its ratio."""
+        rows.append((label, f"{f(section[a][key])} / {f(section[b][key])}", f(section[f"{key}_ratio"])))
+
     v = result.get("vision_cache")
     if v:
-        rows.append(("vision encoder runs, cache on/off",
-                     f"{v['cache_on']['encoder_runs']} / {v['cache_off']['encoder_runs']}", f(v["encoder_runs_ratio"])))
-        rows.append(("s per segment, cache on/off",
-                     f"{f(v['cache_on']['seconds_per_segment'])} / {f(v['cache_off']['seconds_per_segment'])}",
-                     f(v["seconds_per_segment_ratio"])))
+        versus("vision encoder runs, cache on/off", v, "cache_on", "cache_off", "encoder_runs")
+        versus("s per segment, cache on/off", v, "cache_on", "cache_off", "seconds_per_segment")
     t = result.get("temporal_merging")
     if t:
-        rows.append(("prompt tokens per window, merged/separated",
-                     f"{t['merged']['prompt_tokens']} / {t['separated']['prompt_tokens']}", f(t["prompt_tokens_ratio"])))
-        rows.append(("prefill s, merged/separated",
-                     f"{f(t['merged']['prefill_seconds'])} / {f(t['separated']['prefill_seconds'])}",
-                     f(t["prefill_seconds_ratio"])))
+        versus("prompt tokens per window, merged/separated", t, "merged", "separated", "prompt_tokens")
+        versus("prefill s, merged/separated", t, "merged", "separated", "prefill_seconds")
     g = result.get("ingest")
     if g:
         rows.append(("ingest real-time factor (>1 faster than real time)",

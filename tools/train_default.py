@@ -334,6 +334,18 @@ def sample_example(rng: random.Random, clips: list[dict], step: int, steps: int,
     return writer_example(c, i, k)
 
 
+def restore(ckpt: Path, model, opt, rng: random.Random) -> dict:
+    """Resume from a checkpoint: weights, optimizer, both random generators. Returns the saved state."""
+    import torch
+
+    state = torch.load(ckpt, weights_only=False)
+    model.load_state_dict(state["model"])
+    opt.load_state_dict(state["opt"])
+    rng.setstate(state["rng"])
+    torch.set_rng_state(state["torch_rng"])
+    return state
+
+
 def train(args) -> None:
     import torch
     from transformers import Qwen3VLForConditionalGeneration
@@ -350,12 +362,7 @@ def train(args) -> None:
     start = 0
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.95), weight_decay=0.05)
     if args.resume and ckpt.is_file():
-        state = torch.load(ckpt, weights_only=False)
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["opt"])
-        rng.setstate(state["rng"])
-        torch.set_rng_state(state["torch_rng"])
-        start = state["step"]
+        start = restore(ckpt, model, opt, rng)["step"]
     n_params = sum(p.numel() for p in model.parameters())
     print(f"params {n_params / 1e6:.2f}M, steps {args.steps}, batch {args.batch}, from step {start}", flush=True)
     model.train()
@@ -426,11 +433,7 @@ def continue_training(args) -> None:
     ckpt = WORK / f"ckpt-s{args.seed}-cont.pt"
     start, prev_seconds = 0, 0.0
     if args.resume and ckpt.is_file():
-        state = torch.load(ckpt, weights_only=False)
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["opt"])
-        rng.setstate(state["rng"])
-        torch.set_rng_state(state["torch_rng"])
+        state = restore(ckpt, model, opt, rng)
         start, prev_seconds = state["cont_step"], state["cont_seconds"]
     print(f"continue from base step {base['step']}: {args.cont_steps} steps, batch {args.batch}, "
           f"qa share {args.cont_qa_share}, lr {args.cont_lr}, letter weight {args.letter_weight}, "
