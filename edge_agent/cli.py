@@ -14,14 +14,16 @@ import typer
 from rich.console import Console
 
 from edge_agent.config import ENV_HOME, Config, load_config
-from edge_agent.errors import ConfigError, EdgeAgentError
+from edge_agent.errors import ConfigError, EdgeAgentError, ModelError
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
                   help="On-device memory for a wearable camera: watch, remember, answer, learn from feedback.")
 models_app = typer.Typer(no_args_is_help=True, help="Model catalog, download, export and quantization.")
 adapter_app = typer.Typer(no_args_is_help=True, help="Phase Two steering-vector adapters.")
+config_app = typer.Typer(no_args_is_help=True, help="The effective settings.")
 app.add_typer(models_app, name="models")
 app.add_typer(adapter_app, name="adapter")
+app.add_typer(config_app, name="config")
 
 out = Console()
 err = Console(stderr=True)
@@ -29,6 +31,7 @@ err = Console(stderr=True)
 Home = Annotated[Optional[Path], typer.Option("--home", envvar=ENV_HOME, help="Data folder (default ~/.edge-agent).")]
 ConfigFile = Annotated[Optional[Path], typer.Option("--config", help="TOML file overriding <home>/config.toml.")]
 Json = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
+AdapterId = Annotated[str, typer.Argument(help="An adapter id (`edge-agent adapter list`).")]
 
 
 def _config(home: Path | None, config_file: Path | None = None) -> Config:
@@ -77,13 +80,10 @@ def run(source: Annotated[str, typer.Argument(help="Camera index (0), video file
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
     from edge_agent.capture import open_source
-    from edge_agent.runtime import Ingestor, open_backend, open_embedder
-    from edge_agent.store import Store
+    from edge_agent.runtime import run_source
 
     cfg = _config(home, config)
-    video = open_source(source, cfg.capture)
-    store = Store.open(cfg.db_path)
-    backend = open_backend(cfg)
+    video = open_source(source, cfg.capture)  # a wrong path fails here, before any progress bar or model load
     with Progress(TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.fields[info]}"),
                   TimeElapsedColumn(), console=err, disable=json_out) as progress:
         task = progress.add_task("remembering", total=None, info="")
@@ -92,15 +92,7 @@ def run(source: Annotated[str, typer.Argument(help="Camera index (0), video file
             progress.update(task, advance=1, info=f"t={seg.t_end:.0f}s written={report.segments_written} "
                                                   f"failed={report.segments_failed} dropped={report.frames_dropped}")
 
-        with Ingestor(source, store, backend, cfg, source=video, embedder=open_embedder(cfg)) as ing:
-            try:
-                ing.advance(until, tick)
-            except KeyboardInterrupt:
-                err.print("stopped; everything committed so far is kept")
-            except EdgeAgentError as e:
-                ing.report.error = str(e)
-            report = ing.report
-    backend.close()
+        report = run_source(cfg, source, until=until, video=video, on_segment=tick)
     if json_out:
         _print_json(report.as_dict())
     else:
@@ -122,8 +114,9 @@ def ask(question: Annotated[str, typer.Argument(help="The question, in plain wor
         home: Home = None, config: ConfigFile = None, json_out: Json = False) -> None:
     """Answer from the stored memories only, citing them; says "not in memory" when they don't hold it."""
     from edge_agent.qa.answer import answer
-    from edge_agent.runtime import open_backend, open_embedder
+    from edge_agent.qa.embed import open_embedder
     from edge_agent.store import Store
+    from edge_agent.vlm.factory import open_backend
 
     cfg = _config(home, config)
     store = Store.open(cfg.db_path)
@@ -145,7 +138,7 @@ def ask(question: Annotated[str, typer.Argument(help="The question, in plain wor
 def memories(since: Annotated[Optional[str], typer.Option(help="From this time (epoch, ISO, or 10m).")] = None,
              until: Annotated[Optional[str], typer.Option(help="Up to this time.")] = None,
              search: Annotated[Optional[str], typer.Option(help="Full-text search.")] = None,
-             limit: Annotated[Optional[int], typer.Option(min=1)] = None,
+             limit: Annotated[Optional[int], typer.Option(min=1, help="At most this many, newest first.")] = None,
              home: Home = None, json_out: Json = False) -> None:
     """List stored memories."""
     from edge_agent.store import Store
@@ -174,8 +167,8 @@ def feedback(answer_id: Annotated[int, typer.Argument(help="The id `ask` printed
 
     cfg = _config(home)
     if delete:
-        store = Store.open(cfg.db_path)
-        counts = store.delete_feedback(f["id"] for f in store.get_answer(answer_id)["feedback"])
+        with Store.open(cfg.db_path) as store:
+            counts = store.delete_answer_feedback(answer_id)
         if json_out:
             _print_json({"answer_id": answer_id, **counts})
         else:
@@ -226,7 +219,7 @@ def synth(seed: Annotated[int, typer.Option(help="World seed.")] = 0,
 
 @app.command()
 def demo(home: Home = None, minutes: Annotated[float, typer.Option(help="Length of the synthetic clip.")] = 1.0,
-         seed: Annotated[int, typer.Option()] = 0, json_out: Json = False) -> None:
+         seed: Annotated[int, typer.Option(help="Synthetic world seed.")] = 0, json_out: Json = False) -> None:
     """End to end, offline: a synthetic clip -> memories -> questions answered from memory."""
     from edge_agent.demo import run_demo
 
@@ -266,9 +259,9 @@ def eval_(bench: Annotated[str, typer.Option(help="synthetic, videomme, egolife 
           report: Annotated[Optional[Path], typer.Option(help="Write report.md, results.json and charts here.")] = None,
           home: Home = None, settings: ConfigFile = None, json_out: Json = False) -> None:
     """Replay a benchmark through the runtime and score memory-only answers (Acc, Cov, Prec)."""
-    from edge_agent.eval.run import run_eval
+    from edge_agent.eval.benchmark_run import run_benchmark
 
-    results = run_eval(_config(home, settings), bench, data=data, seed=seed, minutes=minutes,
+    results = run_benchmark(_config(home, settings), bench, data=data, seed=seed, minutes=minutes,
                        configs=compare or ["baseline"], max_questions=max_questions, judge_url=judge_url,
                        judge_model=judge_model, judge_key_env=judge_key_env, report_dir=report,
                        console=err, progress=True)
@@ -283,11 +276,20 @@ def eval_(bench: Annotated[str, typer.Option(help="synthetic, videomme, egolife 
 @app.command()
 def adapt(home: Home = None, config: ConfigFile = None, json_out: Json = False) -> None:
     """Phase Two: learn from feedback which memories matter (DPO on the layer-22 steering vector)."""
-    from edge_agent.phase_two import run_adapt_job
+    from edge_agent.adapt.job import run_adapt_job
+    from edge_agent.models import resolve
+    from edge_agent.qa.embed import open_embedder
+    from edge_agent.store import Store
+    from edge_agent.vlm.factory import open_backend
 
     cfg = _config(home, config)
-    with err.status("adapting ...") as status:
-        summary = run_adapt_job(cfg, progress=lambda stage, info: status.update(f"adapt: {stage} {info}"))
+    model = resolve(cfg.model.name, cfg.home)
+    if model.hf_dir is None or not model.hf_dir.is_dir():
+        raise ModelError(f"model {model.name!r}: Phase Two trains against the full-precision Hugging Face "
+                         f"checkpoint, and none is installed beside {model.model_path}")
+    with Store.open(cfg.db_path) as store, open_backend(cfg) as backend, err.status("adapting ...") as status:
+        summary = run_adapt_job(store, cfg, model.hf_dir, backend, open_embedder(cfg),
+                                progress=lambda stage, info: status.update(f"adapt: {stage} {info}"))
     if json_out:
         _print_json(summary)
     else:
@@ -299,10 +301,10 @@ def adapt(home: Home = None, config: ConfigFile = None, json_out: Json = False) 
 def adapter_list(home: Home = None, json_out: Json = False) -> None:
     """Adapters with their status, metrics and provenance."""
     from edge_agent.adapt.registry import AdapterRegistry
-    from edge_agent.store import Store
 
     cfg = _config(home)
-    rows = AdapterRegistry(Store.open(cfg.db_path), cfg.adapters_dir).list()
+    with AdapterRegistry.open(cfg) as registry:
+        rows = registry.list()
     if json_out:
         _print_json(rows)
         return
@@ -318,26 +320,12 @@ def adapter_import(file: Annotated[Path, typer.Argument(help="A steering vector:
                    activate: Annotated[bool, typer.Option(help="Make it the active adapter.")] = False,
                    home: Home = None, config: ConfigFile = None, json_out: Json = False) -> None:
     """Register a steering vector made elsewhere, after checking it fits the configured model."""
-    import dataclasses
-
     from edge_agent.adapt.registry import AdapterRegistry
-    from edge_agent.runtime import open_backend
-    from edge_agent.store import Store
-    from edge_agent.vlm import steering
+    from edge_agent.vlm.factory import open_backend
 
     cfg = _config(home, config)
-    vec = steering.load(file)
-    backend = open_backend(cfg, with_vision=False)
-    try:
-        reason = f"imported from {file}"
-        if not vec.base_model_hash:  # e.g. a stock llama.cpp control vector: bind it to the model it is used with
-            vec = dataclasses.replace(vec, base_model_hash=backend.model_hash)
-            reason += f"; no base-model hash in the file, bound to {backend.model_name}"
-        backend.set_steering(vec)  # AdapterError when hidden size, layer or base model do not fit
-    finally:
-        backend.close()
-    row = AdapterRegistry(Store.open(cfg.db_path), cfg.adapters_dir).register(
-        vec, status="active" if activate else "inactive", reason=reason)
+    with open_backend(cfg, with_vision=False) as backend, AdapterRegistry.open(cfg) as registry:
+        row = registry.import_vector(file, backend, activate=activate)
     if json_out:
         _print_json(row)
     else:
@@ -345,13 +333,13 @@ def adapter_import(file: Annotated[Path, typer.Argument(help="A steering vector:
 
 
 @adapter_app.command("activate")
-def adapter_activate(adapter_id: str, home: Home = None) -> None:
+def adapter_activate(adapter_id: AdapterId, home: Home = None) -> None:
     """Make an adapter the one the writer uses (picked up between segments, no restart)."""
     from edge_agent.adapt.registry import AdapterRegistry
-    from edge_agent.store import Store
 
     cfg = _config(home)
-    AdapterRegistry(Store.open(cfg.db_path), cfg.adapters_dir).activate(adapter_id)
+    with AdapterRegistry.open(cfg) as registry:
+        registry.activate(adapter_id)
     out.print(f"adapter {adapter_id} active")
 
 
@@ -359,23 +347,23 @@ def adapter_activate(adapter_id: str, home: Home = None) -> None:
 def adapter_rollback(home: Home = None) -> None:
     """Return to the adapter that was active before the current one (or to none)."""
     from edge_agent.adapt.registry import AdapterRegistry
-    from edge_agent.store import Store
 
     cfg = _config(home)
-    row = AdapterRegistry(Store.open(cfg.db_path), cfg.adapters_dir).rollback()
+    with AdapterRegistry.open(cfg) as registry:
+        row = registry.rollback()
     out.print(f"adapter {row['id']} active" if row else "no adapter active (base model)")
 
 
 @adapter_app.command("export")
-def adapter_export(adapter_id: str, out_file: Annotated[Path, typer.Option("--out", help=".gguf (llama.cpp control "
+def adapter_export(adapter_id: AdapterId, out_file: Annotated[Path, typer.Option("--out", help=".gguf (llama.cpp control "
                                                                          "vector) or .safetensors")],
                    home: Home = None) -> None:
     """Write an adapter as a llama.cpp control vector (.gguf, for llama-cli --control-vector) or safetensors."""
     from edge_agent.adapt.registry import AdapterRegistry
-    from edge_agent.store import Store
 
     cfg = _config(home)
-    path = AdapterRegistry(Store.open(cfg.db_path), cfg.adapters_dir).export(adapter_id, out_file)
+    with AdapterRegistry.open(cfg) as registry:
+        path = registry.export(adapter_id, out_file)
     out.print(f"wrote {path}")
 
 
@@ -403,6 +391,24 @@ def bench(quick: Annotated[bool, typer.Option(help="Small sizes: about a minute 
     out.print(table)
 
 
+@config_app.command("show")
+def config_show(home: Home = None, config: ConfigFile = None, json_out: Json = False) -> None:
+    """Every setting with its effective value, where that value came from, and what it does."""
+    from rich.table import Table
+
+    from edge_agent.config import describe
+
+    cfg = _config(home, config)
+    rows = describe(cfg)
+    if json_out:
+        _print_json({"home": str(cfg.home), "settings": rows})
+        return
+    table = Table("setting", "value", "source", "help", title=f"home {cfg.home}")
+    for r in rows:
+        table.add_row(r["name"], repr(r["value"]), r["source"], r["help"])
+    out.print(table)
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Models
 # ---------------------------------------------------------------------------------------------------------------
@@ -421,7 +427,8 @@ def models_list(home: Home = None, json_out: Json = False) -> None:
 
 
 @models_app.command("pull")
-def models_pull(name: str, home: Home = None) -> None:
+def models_pull(name: Annotated[str, typer.Argument(help="A catalog name (`edge-agent models list`).")],
+                home: Home = None) -> None:
     """Download a catalog model (the only command that uses the network), verifying checksums."""
     from edge_agent.models import pull
 
@@ -430,7 +437,8 @@ def models_pull(name: str, home: Home = None) -> None:
 
 
 @models_app.command("make-tiny")
-def models_make_tiny(out_dir: Annotated[Path, typer.Option("--out")], seed: int = 0) -> None:
+def models_make_tiny(out_dir: Annotated[Path, typer.Option("--out", help="Folder to write hf/, model.gguf, mmproj.gguf.")],
+                     seed: Annotated[int, typer.Option(help="Weight and tokenizer seed.")] = 0) -> None:
     """Build a seeded tiny Qwen3-VL (transformers) and export it to GGUF: for tests and experiments."""
     from edge_agent.export import make_tiny
 
@@ -439,7 +447,8 @@ def models_make_tiny(out_dir: Annotated[Path, typer.Option("--out")], seed: int 
 
 
 @models_app.command("export")
-def models_export(hf_dir: Path, out_dir: Annotated[Path, typer.Option("--out")],
+def models_export(hf_dir: Annotated[Path, typer.Argument(help="A Hugging Face Qwen3-VL checkpoint folder.")],
+                  out_dir: Annotated[Path, typer.Option("--out", help="Folder for model.gguf + mmproj.gguf.")],
                   outtype: Annotated[str, typer.Option(help="f32, f16 or q8_0")] = "f16") -> None:
     """Export a Hugging Face Qwen3-VL checkpoint to model.gguf + mmproj.gguf."""
     from edge_agent.export import export_hf
@@ -449,8 +458,11 @@ def models_export(hf_dir: Path, out_dir: Annotated[Path, typer.Option("--out")],
 
 
 @models_app.command("quantize")
-def models_quantize(src: Path, dst: Path, type_: Annotated[str, typer.Option("--type")] = "Q4_K_M",
-                    imatrix: Optional[Path] = None) -> None:
+def models_quantize(src: Annotated[Path, typer.Argument(help="The GGUF to quantize (f32/f16).")],
+                    dst: Annotated[Path, typer.Argument(help="Where to write the quantized GGUF.")],
+                    type_: Annotated[str, typer.Option("--type", help="Q4_K_M, Q5_K_M or Q8_0.")] = "Q4_K_M",
+                    imatrix: Annotated[Optional[Path], typer.Option(help="Importance matrix (llama-imatrix GGUF).")] = None
+                    ) -> None:
     """Quantize a GGUF (Q4_K_M, Q5_K_M, Q8_0) through llama.cpp."""
     from edge_agent.export import quantize
 

@@ -1,146 +1,227 @@
-"""Configuration: dataclasses with the paper's defaults, overridable from home/config.toml and EDGE_AGENT_* variables.
+"""Configuration: one dataclass tree with the paper's defaults and help on every field, loaded from TOML and env.
 
 Precedence, lowest first: defaults < `<home>/config.toml` (or `--config FILE`) < environment variables
-named `EDGE_AGENT_<SECTION>__<FIELD>` (e.g. `EDGE_AGENT_WRITER__WINDOW_SEGMENTS=3`) < explicit CLI flags.
+named `EDGE_AGENT_<SECTION>__<FIELD>` (nested sections join with `__`: `EDGE_AGENT_ADAPT__REWARD__RULE=judge`)
+< explicit CLI flags. `edge-agent config show` prints every effective value with its source and help.
+
+Every field is declared with `setting(default, help, check, why)`; `Section.__post_init__` runs the checks
+and refuses non-finite numbers, so a bad value fails at load time with its name and value, never mid-run.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Iterator
 
 from edge_agent.errors import ConfigError
 
 ENV_HOME = "EDGE_AGENT_HOME"
+ENV_PREFIX = "EDGE_AGENT_"
 DEFAULT_HOME = Path("~/.edge-agent")
 
 
-def _check(cond: bool, name: str, value: Any, why: str) -> None:
-    if not cond:
-        raise ConfigError(f"{name}={value!r}: {why}")
+def setting(default: Any, help: str, check: Callable[[Any], bool] | None = None, why: str = "") -> Any:
+    """A config field: its default, the help text shown by `config show`, and an optional check."""
+    return field(default=default, metadata={"help": help, "check": check, "why": why})
+
+
+def at_least(lo: float) -> Callable[[Any], bool]:
+    return lambda v: v >= lo
+
+
+def between(lo: float, hi: float) -> Callable[[Any], bool]:
+    return lambda v: lo <= v <= hi
+
+
+def one_of(*choices: str) -> Callable[[Any], bool]:
+    return lambda v: v in choices
+
+
+class Section:
+    """Base of every config section: checks each field against its `setting` when built."""
+
+    section = ""  # dotted name in TOML and messages, e.g. "adapt.reward"
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ConfigError(f"{self.section}.{f.name}={value!r}: must be a finite number")
+            check = f.metadata.get("check")
+            if check is not None and not check(value):
+                raise ConfigError(f"{self.section}.{f.name}={value!r}: {f.metadata.get('why') or 'out of range'}")
 
 
 @dataclass
-class CaptureConfig:
+class CaptureConfig(Section):
     """How the video stream is cut into segments and which frames reach the model."""
 
-    segment_seconds: float = 10.0  # paper: 10 s clips
-    keyframes_per_segment: int = 4  # at most this many frames per segment go to the model
-    sample_fps: float = 2.0  # frames per second the segmenter examines (others are skipped unseen)
-    frame_size: int = 128  # longest side after downscaling, pixels (multiple of 32 for Qwen3-VL patches)
-    scene_change_threshold: float = 0.03  # mean absolute difference (0..1) below which a frame is a duplicate
-    queue_segments: int = 4  # bounded keep-newest queue between capture thread and writer
-    reconnect_attempts: int = 5  # a live source that stops delivering is retried this many times
-    reconnect_backoff_seconds: float = 0.5  # first wait; doubles each attempt
-
-    def __post_init__(self) -> None:
-        _check(self.segment_seconds > 0, "capture.segment_seconds", self.segment_seconds, "must be > 0")
-        _check(self.keyframes_per_segment >= 1, "capture.keyframes_per_segment", self.keyframes_per_segment, "must be >= 1")
-        _check(self.sample_fps > 0, "capture.sample_fps", self.sample_fps, "must be > 0")
-        _check(self.frame_size >= 32 and self.frame_size % 32 == 0, "capture.frame_size", self.frame_size,
-               "must be a multiple of 32, at least 32")
-        _check(0 <= self.scene_change_threshold < 1, "capture.scene_change_threshold", self.scene_change_threshold,
-               "must be in [0, 1)")
-        _check(self.queue_segments >= 1, "capture.queue_segments", self.queue_segments, "must be >= 1")
-        _check(self.reconnect_attempts >= 0, "capture.reconnect_attempts", self.reconnect_attempts, "must be >= 0")
-        _check(self.reconnect_backoff_seconds >= 0, "capture.reconnect_backoff_seconds",
-               self.reconnect_backoff_seconds, "must be >= 0")
+    section = "capture"
+    segment_seconds: float = setting(10.0, "Segment (clip) length in seconds; paper: 10 s.",
+                                     lambda v: 0 < v <= 3600, "must be in (0, 3600]")
+    keyframes_per_segment: int = setting(4, "At most this many frames per segment go to the model.",
+                                         between(1, 64), "must be in [1, 64]")
+    sample_fps: float = setting(2.0, "Frames per second the segmenter examines (others are skipped unseen).",
+                                lambda v: 0 < v <= 1000, "must be in (0, 1000]")
+    frame_size: int = setting(128, "Longest side after downscaling, pixels (a multiple of 32: Qwen3-VL patches).",
+                              lambda v: 32 <= v <= 2048 and v % 32 == 0, "must be a multiple of 32 in [32, 2048]")
+    scene_change_threshold: float = setting(
+        0.03, "Mean absolute difference (0..1) below which a frame counts as a duplicate of the last kept one.",
+        lambda v: 0 <= v < 1, "must be in [0, 1)")
+    queue_segments: int = setting(4, "Bounded keep-newest queue between the capture thread and the writer.",
+                                  between(1, 1024), "must be in [1, 1024]")
+    reconnect_attempts: int = setting(5, "A live source that stops delivering is retried this many times.",
+                                      between(0, 1000), "must be in [0, 1000]")
+    reconnect_backoff_seconds: float = setting(0.5, "First wait before reconnecting; doubles each attempt.",
+                                               between(0, 600), "must be in [0, 600]")
 
 
 @dataclass
-class ModelConfig:
+class ModelConfig(Section):
     """Which model writes and answers, and how llama.cpp runs it."""
 
-    name: str = "default"  # a catalog name (see `edge-agent models list`) or a folder with model.gguf + mmproj.gguf
-    n_threads: int = 0  # 0 = all cores
-    n_ctx: int = 8192
-    n_gpu_layers: int = 0  # -1 = offload everything (llama.cpp built with CUDA, e.g. on Jetson)
-    image_cache_size: int = 64  # encoded frames kept so each frame goes through the vision tower once
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        _check(bool(self.name), "model.name", self.name, "must not be empty")
-        _check(self.n_threads >= 0, "model.n_threads", self.n_threads, "must be >= 0")
-        _check(self.n_ctx >= 512, "model.n_ctx", self.n_ctx, "must be >= 512")
-        _check(self.n_gpu_layers >= -1, "model.n_gpu_layers", self.n_gpu_layers, "must be >= -1")
-        _check(self.image_cache_size >= 0, "model.image_cache_size", self.image_cache_size, "must be >= 0")
+    section = "model"
+    name: str = setting("default", "A catalog name (`edge-agent models list`) or a folder with model.gguf + "
+                        "mmproj.gguf (and hf/ for Phase Two).", bool, "must not be empty")
+    n_threads: int = setting(0, "llama.cpp threads; 0 = all usable cores but one (llama.cpp spin-waits).",
+                             between(0, 512), "must be in [0, 512]")
+    n_ctx: int = setting(8192, "llama.cpp context size in tokens (the writer's window must fit).",
+                         between(512, 262144), "must be in [512, 262144]")
+    n_gpu_layers: int = setting(0, "Layers offloaded to the GPU; -1 = all (llama.cpp built with CUDA, e.g. Jetson).",
+                                at_least(-1), "must be >= -1")
+    image_cache_size: int = setting(64, "Encoded frames kept so each frame goes through the vision tower once.",
+                                    between(0, 100000), "must be in [0, 100000]")
+    seed: int = setting(0, "Seed of llama.cpp's sampler (candidates, retries).", at_least(0), "must be >= 0")
 
 
 @dataclass
-class WriterConfig:
+class WriterConfig(Section):
     """The memory-writing policy of the paper."""
 
-    window_segments: int = 5  # paper: the last k=5 segments (50 s) plus the memories written for them
-    max_memory_tokens: int = 150  # paper: memory token cap
-    max_retries: int = 2  # re-asks after a memory fails validation, then the segment is recorded unwritten
-    candidate_share: float = 0.1  # share of segments that also get sampled alternative memories (Phase Two)
-    candidates_per_segment: int = 2
-    keep_frames_hours: float = 24.0  # keyframes kept for Phase Two training, then deleted
-
-    def __post_init__(self) -> None:
-        _check(self.window_segments >= 1, "writer.window_segments", self.window_segments, "must be >= 1")
-        _check(8 <= self.max_memory_tokens <= 1024, "writer.max_memory_tokens", self.max_memory_tokens,
-               "must be in [8, 1024]")
-        _check(self.max_retries >= 0, "writer.max_retries", self.max_retries, "must be >= 0")
-        _check(0.0 <= self.candidate_share <= 1.0, "writer.candidate_share", self.candidate_share, "must be in [0, 1]")
-        _check(self.candidates_per_segment >= 1, "writer.candidates_per_segment", self.candidates_per_segment,
-               "must be >= 1")
-        _check(self.keep_frames_hours >= 0, "writer.keep_frames_hours", self.keep_frames_hours, "must be >= 0")
+    section = "writer"
+    window_segments: int = setting(5, "Segments in the writer's window, the new one included; paper: k=5 (50 s).",
+                                   between(1, 64), "must be in [1, 64]")
+    max_memory_tokens: int = setting(150, "Memory token cap (paper: 150), counted with the model's tokenizer.",
+                                     between(8, 1024), "must be in [8, 1024]")
+    max_retries: int = setting(2, "Re-asks after a memory fails validation; then the segment is recorded unwritten.",
+                               between(0, 10), "must be in [0, 10]")
+    candidate_share: float = setting(0.1, "Share of segments that also get sampled alternative memories (Phase Two).",
+                                     between(0, 1), "must be in [0, 1]")
+    candidates_per_segment: int = setting(2, "Sampled alternatives per chosen segment.", between(1, 16),
+                                          "must be in [1, 16]")
+    keep_frames_hours: float = setting(24.0, "Keyframes are kept this long for Phase Two, then deleted; 0 = never kept.",
+                                       between(0, 24 * 365), "must be in [0, 8760]")
 
 
 @dataclass
-class QAConfig:
+class QAConfig(Section):
     """Retrieval and answering from memory."""
 
-    top_k: int = 8  # memories shown to the answerer
-    rrf_k: int = 60  # reciprocal-rank-fusion constant for FTS5 + embedding ranks
-    use_embeddings: bool = True  # MiniLM through onnxruntime beside FTS5
-
-    def __post_init__(self) -> None:
-        _check(self.top_k >= 1, "qa.top_k", self.top_k, "must be >= 1")
-        _check(self.rrf_k >= 1, "qa.rrf_k", self.rrf_k, "must be >= 1")
+    section = "qa"
+    top_k: int = setting(8, "Memories shown to the answerer.", between(1, 256), "must be in [1, 256]")
+    rrf_k: int = setting(60, "Reciprocal-rank-fusion constant for the FTS5 and embedding ranks.", between(1, 10000),
+                         "must be in [1, 10000]")
+    use_embeddings: bool = setting(True, "MiniLM sentence embeddings (onnxruntime) beside FTS5.")
 
 
 @dataclass
-class AdaptConfig:
-    """Phase Two: DPO on the steering vector (paper defaults)."""
+class RewardConfig(Section):
+    """Phase Two's task-relevance reward: how the wearer's questions are weighted and pairs are decided."""
 
-    layer: int = 22
-    beta: float = 0.1
-    learning_rate: float = 1e-3
-    steps: int = 10
-    scale_after_training: float = 1.5
-    holdout_share: float = 0.25
-    min_pairs: int = 4
-    seed: int = 0
-    # How candidate pairs are judged: "judge_and_embedding" (the local model in both orderings, agreeing with
-    # MiniLM relevance to the wearer's questions), "judge", or "embedding" (no model calls).
-    reward_rule: str = "judge_and_embedding"
+    section = "adapt.reward"
+    rule: str = setting("judge_and_embedding", '"judge_and_embedding" (the local model judges in both orderings and '
+                        'MiniLM relevance agrees), "judge", or "embedding" (no model calls).',
+                        one_of("judge_and_embedding", "judge", "embedding"),
+                        "must be judge_and_embedding, judge or embedding")
+    max_questions: int = setting(64, "The most recent answered questions that form the task distribution.",
+                                 at_least(1), "must be >= 1")
+    judge_questions: int = setting(8, "The highest-weighted questions shown to the judge (the prompt stays short).",
+                                   at_least(1), "must be >= 1")
+    correct_weight: float = setting(1.0, "Weight of a question answered correctly, or with no feedback.",
+                                    lambda v: v > 0, "must be > 0")
+    wrong_weight: float = setting(3.0, "Weight of a question answered wrongly: the memory missed what mattered.",
+                                  lambda v: v > 0, "must be > 0")
+    corrected_bonus: float = setting(2.0, "Extra factor when the wearer gave the right answer (its text joins the "
+                                     "question: it says what a memory should have held).", lambda v: v > 0,
+                                     "must be > 0")
+    min_relevance_gap: float = setting(0.0, "Embedding relevance of the chosen memory must exceed the rejected "
+                                       "one's by more than this.", at_least(0), "must be >= 0")
+    max_pairs_per_segment: int = setting(6, "At most this many candidate pairs of one window are compared (each "
+                                         "costs 2 judge generations).", at_least(1), "must be >= 1")
+
+
+@dataclass
+class GateConfig(Section):
+    """When a newly trained adapter may become active."""
+
+    section = "adapt.gate"
+    min_accuracy_gain: float = setting(0.0, "Held-out preference accuracy must exceed the baseline's by MORE than "
+                                       "this (0 = any strict improvement).", lambda v: 0 <= v < 1,
+                                       "must be in [0, 1)")
+    max_compliance_drop: float = setting(0.0, "Format compliance may fall below the baseline's by at most this.",
+                                         between(0, 1), "must be in [0, 1]")
+    min_holdout_pairs: int = setting(1, "Fewer held-out pairs than this: no evidence, reject.", at_least(1),
+                                     "must be >= 1")
+    require_compliance: bool = setting(True, "Refuse when no format-compliance check can be run.")
+
+
+@dataclass
+class AdaptConfig(Section):
+    """Phase Two on the device: DPO on the steering vector (the paper's defaults), its reward and its gate."""
+
+    section = "adapt"
+    layer: int = setting(22, "Text layer (0-indexed) whose OUTPUT receives the vector (llama.cpp `direction.<L>`).",
+                         between(1, 1024), "must be >= 1 (llama.cpp control vectors have no layer-0 slot)")
+    beta: float = setting(0.1, "DPO temperature: how far the policy may move from the reference.", lambda v: v > 0,
+                          "must be > 0")
+    learning_rate: float = setting(1e-3, "Optimizer step size on the vector.", lambda v: 0 < v <= 10,
+                                   "must be in (0, 10]")
+    steps: int = setting(10, "Optimizer steps; each sees `batch_pairs` training pairs.", between(1, 100000),
+                         "must be in [1, 100000]")
+    scale_after_training: float = setting(1.5, "The trained vector is multiplied by this before it is gated and "
+                                          "deployed.", lambda v: 0 < v <= 100, "must be in (0, 100]")
+    optimizer: str = setting("adamw", '"adamw", "adam" or "sgd".', one_of("adamw", "adam", "sgd"),
+                             'must be "adamw", "adam" or "sgd"')
+    weight_decay: float = setting(0.0, "AdamW decoupled weight decay on the vector.", at_least(0), "must be >= 0")
+    init: str = setting("zeros", '"zeros" (the reference itself, the paper\'s start) or "normal" (N(0, init_std^2)).',
+                        one_of("zeros", "normal"), 'must be "zeros" or "normal"')
+    init_std: float = setting(0.0, 'Standard deviation of the "normal" init.', at_least(0), "must be >= 0")
+    batch_pairs: int = setting(0, "Pairs per optimizer step; 0 = all training pairs.", at_least(0),
+                               "must be >= 0 (0 = all pairs)")
+    max_grad_norm: float = setting(0.0, "Clip the vector's gradient to this L2 norm; 0 = no clipping.", at_least(0),
+                                   "must be >= 0 (0 = no clipping)")
+    dtype: str = setting("float32", 'Weights of the frozen model: "float32" (exact parity with an f32 GGUF) or '
+                         '"bfloat16" (half the memory; the vector and log-probs stay float32).',
+                         one_of("float32", "bfloat16"), 'must be "float32" or "bfloat16"')
+    holdout_share: float = setting(0.25, "Share of windows whose pairs are held out for the gate.",
+                                   lambda v: 0 < v < 1, "must be in (0, 1)")
+    min_pairs: int = setting(4, "Fewer kept pairs than this: no training.", at_least(2), "must be >= 2")
+    seed: int = setting(0, "Seeds the split, the init and the mini-batch order.", at_least(0), "must be >= 0")
+    reward: RewardConfig = field(default_factory=RewardConfig, metadata={"help": "The task-relevance reward."})
+    gate: GateConfig = field(default_factory=GateConfig, metadata={"help": "The adapter gate."})
 
     def __post_init__(self) -> None:
-        _check(self.layer >= 0, "adapt.layer", self.layer, "must be >= 0")
-        _check(self.beta > 0, "adapt.beta", self.beta, "must be > 0")
-        _check(self.learning_rate > 0, "adapt.learning_rate", self.learning_rate, "must be > 0")
-        _check(self.steps >= 1, "adapt.steps", self.steps, "must be >= 1")
-        _check(self.scale_after_training > 0, "adapt.scale_after_training", self.scale_after_training, "must be > 0")
-        _check(0 < self.holdout_share < 1, "adapt.holdout_share", self.holdout_share, "must be in (0, 1)")
-        _check(self.min_pairs >= 2, "adapt.min_pairs", self.min_pairs, "must be >= 2")
-        _check(self.reward_rule in ("judge_and_embedding", "judge", "embedding"), "adapt.reward_rule",
-               self.reward_rule, "must be judge_and_embedding, judge or embedding")
+        super().__post_init__()
+        if self.init == "normal" and self.init_std <= 0:
+            raise ConfigError(f"adapt.init_std={self.init_std!r}: must be > 0 with init=\"normal\"")
 
 
 @dataclass
 class Config:
+    """The whole tree. `sources` says where each dotted setting's value came from (for `config show`)."""
+
     home: Path = field(default_factory=lambda: DEFAULT_HOME.expanduser())
     capture: CaptureConfig = field(default_factory=CaptureConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     writer: WriterConfig = field(default_factory=WriterConfig)
     qa: QAConfig = field(default_factory=QAConfig)
     adapt: AdaptConfig = field(default_factory=AdaptConfig)
+    sources: dict[str, str] = field(default_factory=dict, compare=False, repr=False)
 
     @property
     def db_path(self) -> Path:
@@ -163,12 +244,24 @@ class Config:
         return self.home / "cache"
 
 
-SECTIONS = {"capture": CaptureConfig, "model": ModelConfig, "writer": WriterConfig, "qa": QAConfig,
-            "adapt": AdaptConfig}
+SECTIONS: dict[str, type[Section]] = {"capture": CaptureConfig, "model": ModelConfig, "writer": WriterConfig,
+                                      "qa": QAConfig, "adapt": AdaptConfig}
 
 
-def _coerce(section: str, name: str, ftype: Any, raw: Any) -> Any:
-    """Turn a TOML or environment value into the field's type, naming the field when it does not fit."""
+def _section_fields(cls: type[Section]) -> dict[str, dataclasses.Field]:
+    return {f.name: f for f in dataclasses.fields(cls)}
+
+
+def _subsection(cls: type[Section], name: str) -> type[Section] | None:
+    f = _section_fields(cls).get(name)
+    if f is None or f.default_factory is dataclasses.MISSING:
+        return None
+    sub = f.default_factory
+    return sub if isinstance(sub, type) and issubclass(sub, Section) else None
+
+
+def _coerce(where: str, ftype: Any, raw: Any) -> Any:
+    """Turn a TOML or environment value into the field's type, naming the setting when it does not fit."""
     kind = ftype if isinstance(ftype, type) else {"int": int, "float": float, "bool": bool, "str": str}.get(str(ftype))
     try:
         if kind is bool:
@@ -180,23 +273,68 @@ def _coerce(section: str, name: str, ftype: Any, raw: Any) -> Any:
             if s in ("0", "false", "no", "off"):
                 return False
             raise ValueError(raw)
+        if isinstance(raw, bool):  # TOML `top_k = true` is not the number 1
+            raise ValueError(raw)
         if kind is int:
             if isinstance(raw, float) and not raw.is_integer():
                 raise ValueError(raw)
             return int(raw)
         if kind is float:
             return float(raw)
+        if not isinstance(raw, (str, int, float)):
+            raise ValueError(raw)
         return str(raw)
-    except (TypeError, ValueError):
-        raise ConfigError(f"{section}.{name}={raw!r}: expected {getattr(kind, '__name__', kind)}") from None
+    except (TypeError, ValueError, OverflowError):
+        raise ConfigError(f"{where}={raw!r}: expected {getattr(kind, '__name__', kind)}") from None
+
+
+def _build(cls: type[Section], prefix: str, values: dict[str, Any]) -> Section:
+    """A section from raw values (nested dicts for subsections), each coerced to its field's type."""
+    fields = _section_fields(cls)
+    kwargs: dict[str, Any] = {}
+    for name, raw in values.items():
+        where = f"{prefix}.{name}"
+        if name not in fields:
+            known = ", ".join(n for n in fields)
+            raise ConfigError(f"{where}: unknown setting (known in [{prefix}]: {known})")
+        sub = _subsection(cls, name)
+        if sub is not None:
+            if not isinstance(raw, dict):
+                raise ConfigError(f"{where}={raw!r}: is a section ([{where}]), not a value")
+            kwargs[name] = _build(sub, where, raw)
+        else:
+            if isinstance(raw, dict):
+                raise ConfigError(f"{where}: is a value, not a section")
+            kwargs[name] = _coerce(where, fields[name].type, raw)
+    return cls(**kwargs)
+
+
+def _put(values: dict[str, Any], path: list[str], raw: Any) -> None:
+    for key in path[:-1]:
+        values = values.setdefault(key, {})
+        if not isinstance(values, dict):
+            raise ConfigError(f"{'.'.join(path)}: {key} is a value, not a section")
+    values[path[-1]] = raw
+
+
+def _leaves(values: dict[str, Any], prefix: str = "") -> Iterator[tuple[str, Any]]:
+    for k, v in values.items():
+        if isinstance(v, dict):
+            yield from _leaves(v, f"{prefix}{k}.")
+        else:
+            yield f"{prefix}{k}", v
 
 
 def load_config(home: Path | str | None = None, config_file: Path | str | None = None,
                 environ: dict[str, str] | None = None) -> Config:
     """Build the configuration for a data folder: defaults, then TOML, then environment."""
     env = os.environ if environ is None else environ
-    home_path = Path(home or env.get(ENV_HOME) or DEFAULT_HOME).expanduser()
-    values: dict[str, dict[str, Any]] = {s: {} for s in SECTIONS}
+    home_raw = home if home is not None else env.get(ENV_HOME)
+    if home_raw is not None and str(home_raw).strip() == "":
+        raise ConfigError(f"{ENV_HOME}='': empty; unset it to use {DEFAULT_HOME} or name a folder")
+    home_path = Path(home_raw or DEFAULT_HOME).expanduser()
+    values: dict[str, Any] = {s: {} for s in SECTIONS}
+    sources: dict[str, str] = {}
 
     path = Path(config_file) if config_file else home_path / "config.toml"
     if config_file and not path.is_file():
@@ -204,32 +342,45 @@ def load_config(home: Path | str | None = None, config_file: Path | str | None =
     if path.is_file():
         try:
             data = tomllib.loads(path.read_text(encoding="utf-8"))
-        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError, OSError) as e:
             raise ConfigError(f"config file {str(path)!r}: {e}") from None
         for section, table in data.items():
             if section not in SECTIONS or not isinstance(table, dict):
-                raise ConfigError(f"config file {str(path)!r}: unknown section [{section}]")
+                raise ConfigError(f"config file {str(path)!r}: unknown section [{section}] "
+                                  f"(known: {', '.join(SECTIONS)})")
             values[section].update(table)
+        for key, _ in _leaves(data):
+            sources[key] = str(path)
 
-    prefix = "EDGE_AGENT_"
     for key, raw in env.items():
-        if not key.startswith(prefix) or "__" not in key:
+        if not key.startswith(ENV_PREFIX) or "__" not in key:
             continue
-        section, _, name = key[len(prefix):].lower().partition("__")
-        if section not in SECTIONS:
-            raise ConfigError(f"{key}={raw!r}: unknown section {section!r}")
-        values[section][name] = raw
+        parts = key[len(ENV_PREFIX):].lower().split("__")
+        if parts[0] not in SECTIONS or not all(parts):
+            raise ConfigError(f"{key}={raw!r}: unknown section {parts[0]!r} (known: {', '.join(SECTIONS)})")
+        _put(values, parts, raw)
+        sources[".".join(parts)] = f"env {key}"
 
-    built = {}
-    for section, cls in SECTIONS.items():
-        fields = {f.name: f for f in dataclasses.fields(cls)}
-        kwargs = {}
-        for name, raw in values[section].items():
-            if name not in fields:
-                raise ConfigError(f"{section}.{name}: unknown setting (known: {', '.join(fields)})")
-            kwargs[name] = _coerce(section, name, fields[name].type, raw)
-        built[section] = cls(**kwargs)
-    return Config(home=home_path, **built)
+    built = {section: _build(cls, section, values[section]) for section, cls in SECTIONS.items()}
+    return Config(home=home_path, sources=sources, **built)
+
+
+def describe(cfg: Config) -> list[dict[str, Any]]:
+    """Every effective setting: {"name", "value", "source", "help"}, in tree order (for `config show`)."""
+    rows: list[dict[str, Any]] = []
+
+    def walk(obj: Section, prefix: str) -> None:
+        for f in dataclasses.fields(obj):
+            name, value = f"{prefix}.{f.name}", getattr(obj, f.name)
+            if isinstance(value, Section):
+                walk(value, name)
+            else:
+                rows.append({"name": name, "value": value, "source": cfg.sources.get(name, "default"),
+                             "help": f.metadata.get("help", "")})
+
+    for section in SECTIONS:
+        walk(getattr(cfg, section), section)
+    return rows
 
 
 def replace(cfg: Config, section: str, **changes: Any) -> Config:

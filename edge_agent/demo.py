@@ -15,7 +15,9 @@ def run_demo(cfg: Config, minutes: float = 1.0, seed: int = 0, console: Console 
     """Render a clip, remember it, answer a few of its questions from memory, and show it all."""
     from edge_agent.eval.loaders import load_synthetic
     from edge_agent.qa.answer import answer
-    from edge_agent.runtime import ingest, open_backend, open_embedder
+    from edge_agent.qa.embed import open_embedder
+    from edge_agent.runtime import ingest
+    from edge_agent.vlm.factory import open_backend
     from edge_agent.synth import generate
 
     say = console.print if console else (lambda *a, **k: None)

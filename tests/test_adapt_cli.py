@@ -10,7 +10,7 @@ from conftest import run_cli
 
 # One segment per window so each segment is its own train/held-out block; MiniLM relevance decides the pairs
 # (the random tiny model is no judge).
-ADAPT_ENV = {"EDGE_AGENT_WRITER__WINDOW_SEGMENTS": "1", "EDGE_AGENT_ADAPT__REWARD_RULE": "embedding",
+ADAPT_ENV = {"EDGE_AGENT_WRITER__WINDOW_SEGMENTS": "1", "EDGE_AGENT_ADAPT__REWARD__RULE": "embedding",
              "EDGE_AGENT_ADAPT__MIN_PAIRS": "2"}
 
 CHOSEN = "I put the red cup on the shelf in the kitchen."

@@ -15,7 +15,7 @@ pytest.importorskip("transformers")
 from adapt_support import OBJECTS, hf_dir, one_torch_thread, window_prompt  # noqa: E402
 
 from edge_agent.adapt.dpo import (  # noqa: E402
-    DPOVectorConfig, PreferencePair, completion_text, dpo_loss, evaluate, prepare_pairs, train_vector,
+    PreferencePair, completion_text, dpo_loss, evaluate, prepare_pairs, train_vector,
     vector_gradient)
 from edge_agent.config import AdaptConfig  # noqa: E402
 from edge_agent.errors import AdapterError, ConfigError  # noqa: E402
@@ -82,16 +82,16 @@ def test_loss_equals_trl_dpo_loss():
 
 
 def test_config_checks_and_defaults():
-    c = DPOVectorConfig.from_adapt(AdaptConfig())
+    c = AdaptConfig()
     assert (c.layer, c.beta, c.learning_rate, c.steps, c.scale_after_training) == (22, 0.1, 1e-3, 10, 1.5)
     with pytest.raises(ConfigError, match=r"adapt.beta=0"):
-        DPOVectorConfig(beta=0)
+        AdaptConfig(beta=0)
     with pytest.raises(ConfigError, match=r"adapt.optimizer='lion'"):
-        DPOVectorConfig(optimizer="lion")
+        AdaptConfig(optimizer="lion")
     with pytest.raises(ConfigError, match=r"adapt.layer=0"):
-        DPOVectorConfig(layer=0)
+        AdaptConfig(layer=0)
     with pytest.raises(ConfigError, match="init_std"):
-        DPOVectorConfig(init="normal")
+        AdaptConfig(init="normal")
 
 
 def test_completion_text():
@@ -112,7 +112,7 @@ def shelf_pairs(ids, with_images=True):
 
 @pytest.fixture(scope="module")
 def policy(request, tmp_path_factory):
-    from edge_agent.adapt.hf import FrozenQwen3VL
+    from edge_agent.adapt.frozen_model import FrozenQwen3VL
 
     torch.manual_seed(0)
     return FrozenQwen3VL(hf_dir(request, tmp_path_factory), layer=22)
@@ -155,7 +155,7 @@ def test_cached_gradient_equals_full_forward_gradient(policy, prepared):
 
 def test_cache_with_deepstack_layers(request, tmp_path_factory):
     """With L inside the DeepStack range (tiny model: layers 0 and 1) the tail re-adds the visual features."""
-    from edge_agent.adapt.hf import FrozenQwen3VL
+    from edge_agent.adapt.frozen_model import FrozenQwen3VL
 
     pol = FrozenQwen3VL(hf_dir(request, tmp_path_factory), layer=1)
     enc = pol.encode(window_prompt(3, 3), completion_text("I saw the keys on the shelf."))
@@ -169,7 +169,7 @@ def test_cache_with_deepstack_layers(request, tmp_path_factory):
 
 def test_training_moves_only_the_vector_and_lowers_the_loss(policy, prepared):
     before = policy.weights_fingerprint()
-    cfg = DPOVectorConfig(steps=10)  # paper defaults: beta 0.1, lr 1e-3, 10 steps, x1.5
+    cfg = AdaptConfig(steps=10)  # paper defaults: beta 0.1, lr 1e-3, 10 steps, x1.5
     res = train_vector(policy, prepared[:6], cfg, base_model_hash="h")
     after = policy.weights_fingerprint()
     assert before.keys() == after.keys()
@@ -185,7 +185,7 @@ def test_training_moves_only_the_vector_and_lowers_the_loss(policy, prepared):
 def test_heldout_preference_accuracy_and_logratio_rise(policy, prepared):
     """Chosen always names the place: a vector trained on 6 windows generalises to 4 unseen ones."""
     train, hold = prepared[:6], prepared[6:]
-    res = train_vector(policy, train, DPOVectorConfig(steps=10))
+    res = train_vector(policy, train, AdaptConfig(steps=10))
     base = evaluate(policy, hold, None, 0.1)
     new = evaluate(policy, hold, res.vector.applied(), 0.1)
     assert base.accuracy == 0.5 and base.mean_margin == 0.0  # the zero vector ties every pair
@@ -197,6 +197,6 @@ def test_heldout_preference_accuracy_and_logratio_rise(policy, prepared):
 
 def test_wrong_layer_and_empty_set(policy, prepared):
     with pytest.raises(AdapterError, match="no training pairs"):
-        train_vector(policy, [], DPOVectorConfig())
+        train_vector(policy, [], AdaptConfig())
     with pytest.raises(AdapterError, match="adapt.layer=5"):
-        train_vector(policy, prepared[:1], DPOVectorConfig(layer=5))
+        train_vector(policy, prepared[:1], AdaptConfig(layer=5))

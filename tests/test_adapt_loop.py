@@ -14,8 +14,7 @@ from adapt_support import OBJECTS, BagOfWords, ask, hf_dir, one_torch_thread, pr
 
 from edge_agent.adapt.loop import run_adapt  # noqa: E402
 from edge_agent.adapt.registry import AdapterRegistry  # noqa: E402
-from edge_agent.adapt.reward import RewardConfig  # noqa: E402
-from edge_agent.config import Config  # noqa: E402
+from edge_agent.config import AdaptConfig, Config, RewardConfig  # noqa: E402
 from edge_agent.store import Store  # noqa: E402
 from edge_agent.types import SteeringVector  # noqa: E402
 from edge_agent.vlm.fake import ScriptedBackend  # noqa: E402
@@ -106,8 +105,8 @@ def test_contradictory_pairs_are_rejected_by_the_gate(home, tiny_hf):
             store.add_pair(shelf, plain, [fid], 1.0, "train")
         else:
             store.add_pair(plain, shelf, [fid], 1.0, "holdout")
-    s = run_adapt(store, cfg, tiny_hf, None, BagOfWords(), lambda v: 1.0, base_model_hash=HASH,
-                  reward_cfg=RewardConfig(rule="embedding"))
+    cfg = Config(home=cfg.home, adapt=AdaptConfig(reward=RewardConfig(rule="embedding")))
+    s = run_adapt(store, cfg, tiny_hf, None, BagOfWords(), lambda v: 1.0, base_model_hash=HASH)
     assert s["status"] == "rejected", s
     assert s["metrics"]["holdout_accuracy"] < 0.5
     assert "does not improve on base model 0.500" in s["reason"]

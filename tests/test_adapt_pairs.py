@@ -7,7 +7,7 @@ import pytest
 
 from adapt_support import BagOfWords, OBJECTS, ask, prefer, seed_windows
 
-from edge_agent.adapt.loop import default_prompt_fn
+from edge_agent.memory.keep import kept_window_messages
 from edge_agent.adapt.pairs import (
     assign_splits, holdout_segment_ids, judge_new_pairs, preference_pairs, store_pairs)
 from edge_agent.adapt.reward import RelevanceReward, RewardConfig, task_distribution
@@ -92,13 +92,18 @@ def test_delete_feedback_removes_derived_pairs(store, tmp_path):
     assert store.pairs() == []
 
 
+def new_segment_only(store, segment_id):
+    """The writer's prompt with a window of one segment: the new frames only."""
+    return kept_window_messages(store, segment_id, 1)
+
+
 def test_preference_pairs_need_frames(store, tmp_path):
     wins = seed_windows(store, tmp_path / "frames", OBJECTS[:4])
     ask(store, "Where?", False, corrected="on the shelf")
     store_pairs(store, judge_new_pairs(store, _reward(store, ScriptedBackend(prefer("shelf")))),
                 holdout_share=0.25, seed=0)
-    train, skipped = preference_pairs(store, "train", default_prompt_fn)
-    hold, _ = preference_pairs(store, "holdout", default_prompt_fn)
+    train, skipped = preference_pairs(store, "train", new_segment_only)
+    hold, _ = preference_pairs(store, "holdout", new_segment_only)
     assert len(train) == 3 and len(hold) == 1 and skipped == []
     assert holdout_segment_ids(store) == [r["segment_id"] for r in store.pairs(split="holdout")]
     p = train[0]
@@ -106,5 +111,5 @@ def test_preference_pairs_need_frames(store, tmp_path):
     images = [x for x in p.messages[-1].parts if isinstance(x, ImagePart)]
     assert len(images) == 2 and images[0].pixels.shape == (64, 64, 3) and images[0].pixels.dtype == np.uint8
     store.delete_kept_frames(segment_ids=[wins[0][0], wins[1][0], wins[2][0], wins[3][0]])
-    train, skipped = preference_pairs(store, "train", default_prompt_fn)
+    train, skipped = preference_pairs(store, "train", new_segment_only)
     assert train == [] and len(skipped) == 3

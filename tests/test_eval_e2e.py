@@ -5,7 +5,7 @@ import math
 
 from edge_agent.config import load_config, replace
 from edge_agent.eval import load_synthetic, replay
-from edge_agent.eval.runner import RuntimeRunner
+from edge_agent.eval.target import RuntimeTarget
 from edge_agent.synth import generate
 from edge_agent.vlm.fake import ScriptedBackend
 
@@ -44,7 +44,7 @@ def test_replay_answers_each_question_from_memories_written_by_its_time(tmp_path
         return json.dumps({"description": f"At {clock} I held the red cup."})
 
     backend = ScriptedBackend(reply)
-    runner = RuntimeRunner("baseline", None, None, backend, cfg, tmp_path / "work")
+    runner = RuntimeTarget("baseline", None, None, backend, cfg, tmp_path / "work")
     run = replay(bench, [runner], progress=False)
     assert len(run.outcomes) == bench.n_questions
     asked = [c for c in backend.calls if "Memories (id, time, note):" in c.prompt]

@@ -10,7 +10,7 @@ import pytest
 from rich.console import Console
 
 from edge_agent.errors import ConfigError
-from edge_agent.eval.replay import EvalRunner, FutureMemoryError, replay
+from edge_agent.eval.replay import ReplayTarget, FutureMemoryError, replay
 from edge_agent.eval.report import results_json
 from edge_agent.eval.schema import Answer, Benchmark, BenchItem, BenchQuestion, StreamStats, VideoPiece
 
@@ -78,7 +78,7 @@ class FakeRunner:
 
 
 def test_fake_runner_satisfies_the_protocol():
-    assert isinstance(FakeRunner(), EvalRunner)
+    assert isinstance(FakeRunner(), ReplayTarget)
 
 
 def test_ingests_up_to_each_question_before_asking_it_in_time_order():

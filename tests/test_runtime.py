@@ -161,7 +161,7 @@ def test_keyframes_are_kept_for_phase_two_and_candidates_sampled(tmp_path, cfg):
         assert [c["source"] for c in cands] == ["writer", "sampled", "sampled"]
         assert all(c["valid"] for c in cands)
     # the writer's window for segment 1 can be rebuilt from kept frames alone
-    from edge_agent.phase_two import kept_window_messages
+    from edge_agent.memory.keep import kept_window_messages
 
     seg1 = store.segments(report.stream_id)[1]
     messages = kept_window_messages(store, seg1["id"], cfg.writer.window_segments)

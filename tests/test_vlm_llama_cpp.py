@@ -10,7 +10,8 @@ import pytest
 from edge_agent.errors import AdapterError, ModelError
 from edge_agent.types import CANDIDATE_SAMPLING, GREEDY, ImagePart, Message, Sampling, SteeringVector
 from edge_agent.vlm.base import Backend
-from edge_agent.vlm.llama_cpp import LlamaCppBackend, render_chat
+from edge_agent.vlm.llama_cpp import LlamaCppBackend
+from edge_agent.vlm.prompt import render_chat
 from edge_agent.vlm.steering import load_control_vector, save_control_vector
 
 MEMORY_SCHEMA = {"type": "object", "properties": {"description": {"type": "string", "maxLength": 40}},

@@ -1,6 +1,6 @@
 """Phase Two trainer: DPO on one steering vector added to the output of a Qwen3-VL text layer, model frozen.
 
-Owns: the trainer's config (`DPOVectorConfig`), the DPO loss, preparing preference pairs (layer-L inputs and
+Owns: the DPO loss, preparing preference pairs (layer-L inputs and
 reference log-probs computed once), the training loop over the vector only, and held-out evaluation.
 
 The objective (Rafailov et al., DPO, sigmoid loss), per pair with sequence log-probs summed over completion
@@ -18,7 +18,6 @@ vector and the scale are kept in `TrainResult` and the adapter's metrics.
 from __future__ import annotations
 
 import json
-import math
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Sequence
@@ -26,75 +25,15 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 import numpy as np
 
 from edge_agent.config import AdaptConfig
-from edge_agent.errors import AdapterError, ConfigError
+from edge_agent.errors import AdapterError
 from edge_agent.types import Message, SteeringVector
 
 if TYPE_CHECKING:  # torch is imported inside functions so importing this module stays cheap
     import torch
 
-    from edge_agent.adapt.hf import FrozenQwen3VL, LayerInputs
+    from edge_agent.adapt.frozen_model import FrozenQwen3VL, LayerInputs
 
 Progress = Callable[[str, dict[str, Any]], None]
-
-
-@dataclass
-class DPOVectorConfig:
-    """Settings of the steering-vector DPO trainer. Defaults are the paper's (TaskMem Phase Two)."""
-
-    layer: int = 22
-    """Text layer (0-indexed) whose OUTPUT receives the vector; llama.cpp control-vector tensor `direction.<layer>`."""
-    beta: float = 0.1
-    """DPO temperature: how far the policy may move from the reference per unit of log-ratio."""
-    learning_rate: float = 1e-3
-    """Step size of the optimizer on the vector."""
-    steps: int = 10
-    """Optimizer steps. Each step sees `batch_pairs` training pairs (all of them by default)."""
-    scale_after_training: float = 1.5
-    """The trained vector is multiplied by this before it is deployed (and before the gate evaluates it)."""
-    optimizer: str = "adamw"
-    """"adamw", "adam" or "sgd"."""
-    weight_decay: float = 0.0
-    """AdamW decoupled weight decay on the vector (0 = none)."""
-    init: str = "zeros"
-    """"zeros" (the reference itself, the paper's start) or "normal" (N(0, init_std^2) per component, seeded)."""
-    init_std: float = 0.0
-    """Standard deviation of the "normal" init."""
-    batch_pairs: int = 0
-    """Pairs per optimizer step; 0 = all training pairs (full batch, gradients accumulated pair by pair)."""
-    max_grad_norm: float = 0.0
-    """Clip the vector's gradient to this L2 norm before each step; 0 = no clipping."""
-    seed: int = 0
-    """Seeds the init and the mini-batch order."""
-    dtype: str = "float32"
-    """Weights of the frozen model: "float32" (reference setup, exact parity with the f32 GGUF) or "bfloat16"
-    (half the memory on a small device; the vector and the log-probs stay float32)."""
-
-    def __post_init__(self) -> None:
-        def check(ok: bool, name: str, why: str) -> None:
-            if not ok:
-                raise ConfigError(f"adapt.{name}={getattr(self, name)!r}: {why}")
-
-        check(self.layer >= 1, "layer", "must be >= 1 (llama.cpp control vectors have no layer-0 slot)")
-        check(self.beta > 0 and math.isfinite(self.beta), "beta", "must be a finite number > 0")
-        check(self.learning_rate > 0, "learning_rate", "must be > 0")
-        check(self.steps >= 1, "steps", "must be >= 1")
-        check(self.scale_after_training > 0, "scale_after_training", "must be > 0")
-        check(self.optimizer in ("adamw", "adam", "sgd"), "optimizer", 'must be "adamw", "adam" or "sgd"')
-        check(self.weight_decay >= 0, "weight_decay", "must be >= 0")
-        check(self.init in ("zeros", "normal"), "init", 'must be "zeros" or "normal"')
-        check(self.init_std >= 0, "init_std", "must be >= 0")
-        check(self.init != "normal" or self.init_std > 0, "init_std", 'must be > 0 with init="normal"')
-        check(self.batch_pairs >= 0, "batch_pairs", "must be >= 0 (0 = all pairs)")
-        check(self.max_grad_norm >= 0, "max_grad_norm", "must be >= 0 (0 = no clipping)")
-        check(self.dtype in ("float32", "bfloat16"), "dtype", 'must be "float32" or "bfloat16"')
-
-    @classmethod
-    def from_adapt(cls, cfg: AdaptConfig, **overrides: Any) -> "DPOVectorConfig":
-        """The trainer settings of an `[adapt]` config section, with optional extra fields."""
-        base = dict(layer=cfg.layer, beta=cfg.beta, learning_rate=cfg.learning_rate, steps=cfg.steps,
-                    scale_after_training=cfg.scale_after_training, seed=cfg.seed)
-        base.update(overrides)
-        return cls(**base)
 
 
 # ---------------------------------------------------------------------------- the loss
@@ -261,7 +200,7 @@ def _pair_loss(policy: "FrozenQwen3VL", p: PreparedPair, v: "torch.Tensor", beta
     return losses[0], margin[0]
 
 
-def train_vector(policy: "FrozenQwen3VL", train: Sequence[PreparedPair], cfg: DPOVectorConfig, *,
+def train_vector(policy: "FrozenQwen3VL", train: Sequence[PreparedPair], cfg: AdaptConfig, *,
                  init: np.ndarray | None = None, base_model_hash: str = "",
                  progress: Progress | None = None) -> TrainResult:
     """Optimise the vector on `train`; the model's parameters are never handed to the optimizer and have
@@ -318,5 +257,5 @@ def train_vector(policy: "FrozenQwen3VL", train: Sequence[PreparedPair], cfg: DP
     raw = vector.detach().numpy().astype(np.float32).copy()
     deployed = SteeringVector((raw * cfg.scale_after_training).astype(np.float32), layer=cfg.layer, scale=1.0,
                               base_model_hash=base_model_hash)
-    conf = {k: getattr(cfg, k) for k in cfg.__dataclass_fields__}
+    conf = {k: getattr(cfg, k) for k in cfg.__dataclass_fields__ if k not in ("reward", "gate")}  # the trainer's own
     return TrainResult(deployed, raw, losses, accs, norms, time.perf_counter() - start, conf)

@@ -19,32 +19,10 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from edge_agent.errors import ConfigError
+from edge_agent.config import GateConfig
 from edge_agent.types import SteeringVector
 
 ComplianceFn = Callable[[SteeringVector | None], float]
-
-
-@dataclass
-class GateConfig:
-    """Acceptance thresholds of the adapter gate."""
-
-    min_accuracy_gain: float = 0.0
-    """Held-out accuracy must exceed the baseline's by MORE than this (0 = any strict improvement)."""
-    max_compliance_drop: float = 0.0
-    """Format compliance may fall below the baseline's by at most this (0 = must not drop at all)."""
-    min_holdout_pairs: int = 1
-    """Fewer held-out pairs than this: no evidence, reject."""
-    require_compliance: bool = True
-    """Refuse when no compliance function is given."""
-
-    def __post_init__(self) -> None:
-        if not (0 <= self.min_accuracy_gain < 1):
-            raise ConfigError(f"gate.min_accuracy_gain={self.min_accuracy_gain!r}: must be in [0, 1)")
-        if not (0 <= self.max_compliance_drop <= 1):
-            raise ConfigError(f"gate.max_compliance_drop={self.max_compliance_drop!r}: must be in [0, 1]")
-        if self.min_holdout_pairs < 1:
-            raise ConfigError(f"gate.min_holdout_pairs={self.min_holdout_pairs!r}: must be >= 1")
 
 
 @dataclass

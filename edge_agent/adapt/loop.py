@@ -1,6 +1,6 @@
 """Phase Two end to end: feedback -> task-relevance reward -> pairs -> DPO on the vector -> gate -> registry.
 
-Owns `run_adapt`, the one function `edge-agent adapt` calls, and the default prompt builder. It runs in its
+Owns `run_adapt`, Phase Two from stored feedback to a registered adapter (`job.py` calls it). It runs in its
 own process beside capture; the writer notices the newly active adapter through the store.
 
 Order of work (each stage reports through `progress(stage, info)`):
@@ -21,41 +21,17 @@ from typing import Any, Callable
 
 import numpy as np
 
-from edge_agent.adapt.dpo import DPOVectorConfig, evaluate, prepare_pairs, train_vector
-from edge_agent.adapt.gate import ComplianceFn, GateConfig, decide
+from edge_agent.adapt.dpo import evaluate, prepare_pairs, train_vector
+from edge_agent.adapt.gate import ComplianceFn, decide
 from edge_agent.adapt.pairs import PromptFn, judge_new_pairs, preference_pairs, store_pairs
 from edge_agent.adapt.registry import AdapterRegistry
-from edge_agent.adapt.reward import RelevanceReward, RewardConfig, task_distribution
+from edge_agent.adapt.reward import RelevanceReward, task_distribution
 from edge_agent.config import Config
-from edge_agent.types import ImagePart, Message, SteeringVector
+from edge_agent.memory.keep import kept_window_messages
+from edge_agent.types import SteeringVector
 from edge_agent.vlm.base import Backend
 
 Progress = Callable[[str, dict[str, Any]], None]
-
-DEFAULT_SYSTEM = (
-    "You are the memory of a wearable camera. Write one short memory of the new segment that will later be the "
-    'only record used to answer the wearer\'s questions. Reply with JSON {"description": "..."}.'
-)
-
-
-def default_prompt_fn(store: Any, segment_id: int) -> list[Message] | None:
-    """A generic prompt from the segment's kept keyframes; None when they are gone.
-
-    The trained vector fits the writer best when training sees the writer's own prompt: callers with the
-    writer at hand should pass a prompt function built from `memory.prompts.writer_messages` instead.
-    """
-    from PIL import Image
-
-    rows = store.kept_frames(segment_id)
-    if not rows or not all(Path(r["path"]).is_file() for r in rows):
-        return None
-    parts: list[Any] = ["New segment:"]
-    for r in rows:
-        with Image.open(r["path"]) as im:
-            parts.append(ImagePart(f"kept/{r['id']}", np.asarray(im.convert("RGB"))))
-    parts.append("\nWrite the memory for the new segment.")
-    return [Message("system", [DEFAULT_SYSTEM]), Message("user", parts)]
-
 
 def _fits(row: dict[str, Any] | None, vec: SteeringVector | None, layer: int, hidden: int, model_hash: str) -> bool:
     return (row is not None and vec is not None and vec.layer == layer and vec.hidden_size == hidden
@@ -64,8 +40,7 @@ def _fits(row: dict[str, Any] | None, vec: SteeringVector | None, layer: int, hi
 
 def run_adapt(store: Any, cfg: Config, hf_dir: str | Path, backend_for_judge: Backend | None, embedder: Any,
               compliance_fn: ComplianceFn | None, progress: Progress | None = None, *,
-              prompt_fn: PromptFn | None = None, reward_cfg: RewardConfig | None = None,
-              dpo_cfg: DPOVectorConfig | None = None, gate_cfg: GateConfig | None = None,
+              prompt_fn: PromptFn | None = None,
               base_model_hash: str | None = None, init_from_active: bool = True,
               delete_used_frames: bool = True, now: float | None = None) -> dict[str, Any]:
     """Run Phase Two once. Returns a summary dict (JSON-serialisable) with `status` one of
@@ -81,10 +56,8 @@ def run_adapt(store: Any, cfg: Config, hf_dir: str | Path, backend_for_judge: Ba
     """
     start = time.perf_counter()
     say = progress or (lambda stage, info: None)
-    rcfg = reward_cfg or RewardConfig()
-    dcfg = dpo_cfg or DPOVectorConfig.from_adapt(cfg.adapt)
-    gcfg = gate_cfg or GateConfig()
-    pf = prompt_fn or default_prompt_fn
+    rcfg, dcfg, gcfg = cfg.adapt.reward, cfg.adapt, cfg.adapt.gate
+    pf = prompt_fn or (lambda st, sid: kept_window_messages(st, sid, cfg.writer.window_segments))
     model_hash = base_model_hash if base_model_hash is not None else getattr(backend_for_judge, "model_hash", "")
     registry = AdapterRegistry(store, cfg.adapters_dir)
     summary: dict[str, Any] = {"status": "skipped", "reason": "", "adapter_id": None,
@@ -121,7 +94,7 @@ def run_adapt(store: Any, cfg: Config, hf_dir: str | Path, backend_for_judge: Ba
     # train
     import torch
 
-    from edge_agent.adapt.hf import FrozenQwen3VL
+    from edge_agent.adapt.frozen_model import FrozenQwen3VL
 
     policy = FrozenQwen3VL(hf_dir, dcfg.layer, dtype=getattr(torch, dcfg.dtype))
     active_row = store.active_adapter()

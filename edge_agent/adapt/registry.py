@@ -33,9 +33,45 @@ def new_adapter_id(vector: np.ndarray, now: float | None = None) -> str:
 
 
 class AdapterRegistry:
+    """The adapters of one home. `AdapterRegistry.open(cfg)` opens its store too and closes it on exit."""
+
     def __init__(self, store: Any, adapters_dir: str | Path):
         self.store = store
         self.dir = Path(adapters_dir)
+        self._owns_store = False
+
+    @classmethod
+    def open(cls, cfg: Any) -> "AdapterRegistry":
+        from edge_agent.store import Store
+
+        reg = cls(Store.open(cfg.db_path), cfg.adapters_dir)
+        reg._owns_store = True
+        return reg
+
+    def close(self) -> None:
+        if self._owns_store:
+            self.store.close()
+
+    def __enter__(self) -> "AdapterRegistry":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def import_vector(self, path: str | Path, backend: Any, *, activate: bool = False) -> dict[str, Any]:
+        """Register a steering vector made elsewhere (safetensors or llama.cpp control-vector GGUF) after the
+        backend accepted it. A file without a base-model hash (a stock control vector) is bound to `backend`'s
+        model, and the reason says so."""
+        import dataclasses
+
+        vec = steering.load(path)
+        reason = f"imported from {path}"
+        if not vec.base_model_hash:
+            vec = dataclasses.replace(vec, base_model_hash=backend.model_hash)
+            reason += f"; no base-model hash in the file, bound to {backend.model_name}"
+        backend.set_steering(vec)  # AdapterError when hidden size, layer or base model do not fit
+        backend.set_steering(None)
+        return self.register(vec, status="active" if activate else "inactive", reason=reason)
 
     def register(self, vector: SteeringVector, *, status: str = "candidate", reason: str | None = None,
                  pair_ids: Iterable[int] = (), feedback_ids: Iterable[int] = (),

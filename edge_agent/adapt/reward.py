@@ -23,13 +23,13 @@ is higher than to the rejected one). Deleting such feedback deletes the pair (st
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass, field
 from itertools import combinations
 from typing import Any, Protocol, Sequence
 
 import numpy as np
 
+from edge_agent.config import RewardConfig
 from edge_agent.errors import ConfigError
 from edge_agent.types import Message, Sampling
 from edge_agent.vlm.base import Backend
@@ -47,49 +47,12 @@ JUDGE_SYSTEM = (
     "questions like the ones listed. Reply with JSON {\"better\": \"A\"}, {\"better\": \"B\"} or "
     "{\"better\": \"tie\"}."
 )
-RULES = ("judge_and_embedding", "judge", "embedding")
 
 
 class Embedder(Protocol):
     """Anything with `embed(texts) -> (n, d)` (or MiniLM's `encode`), rows L2-normalised or not."""
 
     def embed(self, texts: list[str]) -> np.ndarray: ...
-
-
-@dataclass
-class RewardConfig:
-    """How the task distribution is sampled and how pairwise preferences are decided."""
-
-    max_questions: int = 64
-    """The most recent answered questions that form the task distribution."""
-    judge_questions: int = 8
-    """The highest-weighted questions shown to the judge (the prompt stays short)."""
-    correct_weight: float = 1.0
-    """Weight of a question whose answer was marked correct, or that has no feedback."""
-    wrong_weight: float = 3.0
-    """Weight of a question whose answer was marked wrong: the memory missed something that mattered."""
-    corrected_bonus: float = 2.0
-    """Extra factor when the wearer also gave the right answer; its text joins the question (it says what a
-    memory should have held)."""
-    rule: str = "judge_and_embedding"
-    """"judge_and_embedding", "judge" or "embedding" (see the module docstring)."""
-    min_relevance_gap: float = 0.0
-    """Embedding relevance (weighted mean cosine) of the chosen memory must exceed the rejected one's by more."""
-    max_pairs_per_segment: int = 6
-    """At most this many candidate pairs of one window are compared (judge calls cost 2 generations each)."""
-
-    def __post_init__(self) -> None:
-        def check(ok: bool, name: str, why: str) -> None:
-            if not ok:
-                raise ConfigError(f"reward.{name}={getattr(self, name)!r}: {why}")
-
-        check(self.max_questions >= 1, "max_questions", "must be >= 1")
-        check(self.judge_questions >= 1, "judge_questions", "must be >= 1")
-        for name in ("correct_weight", "wrong_weight", "corrected_bonus"):
-            check(getattr(self, name) > 0 and math.isfinite(getattr(self, name)), name, "must be a finite number > 0")
-        check(self.rule in RULES, "rule", f"must be one of {', '.join(RULES)}")
-        check(self.min_relevance_gap >= 0, "min_relevance_gap", "must be >= 0")
-        check(self.max_pairs_per_segment >= 1, "max_pairs_per_segment", "must be >= 1")
 
 
 @dataclass
@@ -204,7 +167,7 @@ class RelevanceReward:
     def __init__(self, task: TaskDistribution, embedder: Any, cfg: RewardConfig,
                  judge: Backend | None = None):
         if cfg.rule != "embedding" and judge is None:
-            raise ConfigError(f"reward.rule={cfg.rule!r}: needs a judge backend (or rule 'embedding')")
+            raise ConfigError(f"adapt.reward.rule={cfg.rule!r}: needs a judge backend (or rule 'embedding')")
         self.task, self.embedder, self.cfg, self.judge = task, embedder, cfg, judge
         if task.questions and task.matrix is None:
             task.matrix = embed_texts(embedder, [q.text for q in task.questions])

@@ -11,13 +11,13 @@ from edge_agent.eval.loaders import (BENCHMARKS, egolife_clock, load_benchmark, 
                                      load_synthetic, load_videomme, probe_duration)
 from edge_agent.eval.metrics import (LatencyStats, Outcome, Scores, by_category, latency_stats, memory_bytes,
                                      memory_bytes_per_minute, summarize)
-from edge_agent.eval.replay import (ConfigSpec, EvalRunner, FutureMemoryError, ReplayRun, parse_config_spec, replay,
+from edge_agent.eval.replay import (ConfigSpec, ReplayTarget, FutureMemoryError, ReplayRun, parse_config_spec, replay,
                                     replay_stream)
 from edge_agent.eval.report import markdown_report, results_json, write_report
 from edge_agent.eval.schema import Answer, Benchmark, BenchItem, BenchQuestion, StreamStats, VideoPiece
 
 __all__ = [
-    "Answer", "BackendJudge", "Benchmark", "BENCHMARKS", "BenchItem", "BenchQuestion", "CachedJudge", "ConfigSpec", "EvalRunner",
+    "Answer", "BackendJudge", "Benchmark", "BENCHMARKS", "BenchItem", "BenchQuestion", "CachedJudge", "ConfigSpec", "ReplayTarget",
     "FutureMemoryError", "Judge", "JudgeError", "LatencyStats", "OpenAIJudge", "Outcome", "ReplayRun", "Scores",
     "StreamStats", "VideoPiece", "by_category", "egolife_clock", "grade", "judge_prompt", "latency_stats",
     "load_benchmark", "load_egolife", "load_egotempo", "load_synthetic", "load_videomme", "markdown_report",

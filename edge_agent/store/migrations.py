@@ -4,7 +4,7 @@ Rules (as in sqlite-utils / llm): a migration that has shipped is never edited. 
 function appended to MIGRATIONS. tests/test_store_schema.py migrates an empty database and compares the
 result with a snapshot, so an accidental edit shows up as a failing test.
 
-Time model (see notes/contracts.md): segments keep stream seconds; memories keep absolute seconds
+Time model (docs/architecture.md, "Times"): segments keep stream seconds; memories keep absolute seconds
 (stream origin + stream seconds).
 """
 

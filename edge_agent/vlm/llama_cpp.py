@@ -44,11 +44,11 @@ import numpy as np
 from edge_agent.errors import AdapterError, ModelError
 from edge_agent.types import Generation, ImagePart, Message, Sampling, SteeringVector
 from edge_agent.vlm.gguf_info import check_model_pair, inspect_gguf
+from edge_agent.vlm.prompt import PromptPart, render_chat
 from edge_agent.vlm.steering import check_compatible
 
 log = logging.getLogger("edge_agent.llama_cpp")
 
-ROLES = ("system", "user", "assistant")
 
 
 # ---------------------------------------------------------------- native logs -> Python logging
@@ -93,52 +93,6 @@ def sha256_of(path: Path) -> str:
         while block := f.read(8 << 20):
             h.update(block)
     return h.hexdigest()
-
-
-# ---------------------------------------------------------------- chat rendering
-
-@dataclass(frozen=True)
-class PromptPart:
-    """A piece of the rendered chat: template text (special tokens parsed), message text (not parsed), or image."""
-
-    text: str | None = None
-    special: bool = False
-    image: ImagePart | None = None
-    mergeable: bool = False
-
-
-def render_chat(messages: list[Message], add_generation_prompt: bool = True) -> list[PromptPart]:
-    """Qwen chat format `<|im_start|>{role}\\n...<|im_end|>\\n` (+ `<|im_start|>assistant\\n`).
-
-    Adjacent text parts are joined; ImageParts with no text between them are marked mergeable (temporal pairs).
-    """
-    out: list[PromptPart] = []
-    for m in messages:
-        if m.role not in ROLES:
-            raise ValueError(f"message role {m.role!r}: expected one of {ROLES}")
-        out.append(PromptPart(text=f"<|im_start|>{m.role}\n", special=True))
-        body: list[str | ImagePart] = []
-        for p in m.parts:
-            if isinstance(p, str):
-                if p and body and isinstance(body[-1], str):
-                    body[-1] += p
-                elif p:
-                    body.append(p)
-            elif isinstance(p, ImagePart):
-                body.append(p)
-            else:
-                raise ValueError(f"message part of type {type(p).__name__}: expected str or ImagePart")
-        for i, p in enumerate(body):
-            if isinstance(p, str):
-                out.append(PromptPart(text=p))
-            else:
-                run = (i > 0 and isinstance(body[i - 1], ImagePart)) or (
-                    i + 1 < len(body) and isinstance(body[i + 1], ImagePart))
-                out.append(PromptPart(image=p, mergeable=run))
-        out.append(PromptPart(text="<|im_end|>\n", special=True))
-    if add_generation_prompt:
-        out.append(PromptPart(text="<|im_start|>assistant\n", special=True))
-    return out
 
 
 # ---------------------------------------------------------------- JSON schema -> llama.cpp grammar

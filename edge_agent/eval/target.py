@@ -1,4 +1,4 @@
-"""The runtime-backed EvalRunner: replays a benchmark stream through the same Ingestor and answerer as `run`/`ask`.
+"""The runtime-backed ReplayTarget: replays a benchmark stream through the same Ingestor and answerer as `run`/`ask`.
 
 One store per (config, stream), so configs never see each other's memories and a stream's questions see only
 that stream's memories. A stream of several pieces (EgoLife's 30 s files) is ingested piece after piece with
@@ -22,7 +22,7 @@ def _safe(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", name)[:80]
 
 
-class RuntimeRunner:
+class RuntimeTarget:
     """One config under evaluation: a name, an optional pinned adapter, its own stores under `work_dir`."""
 
     def __init__(self, name: str, adapter_id: str | None, vector: SteeringVector | None, backend: Backend,

@@ -12,7 +12,8 @@ pytest.importorskip("llama_cpp")
 
 from adapt_support import OBJECTS, one_torch_thread, window_prompt  # noqa: E402
 
-from edge_agent.adapt.dpo import DPOVectorConfig, PreferencePair, completion_text, prepare_pairs, train_vector  # noqa: E402,E501
+from edge_agent.config import AdaptConfig  # noqa: E402
+from edge_agent.adapt.dpo import PreferencePair, completion_text, prepare_pairs, train_vector  # noqa: E402,E501
 from edge_agent.types import Message, Sampling, SteeringVector  # noqa: E402
 
 
@@ -23,7 +24,7 @@ def _one_thread():
 
 @pytest.fixture(scope="module")
 def policy(tiny_model):
-    from edge_agent.adapt.hf import FrozenQwen3VL
+    from edge_agent.adapt.frozen_model import FrozenQwen3VL
 
     return FrozenQwen3VL(tiny_model / "hf", layer=22)
 
@@ -55,7 +56,7 @@ def test_prompt_ids_match_backend(policy, backend, n_frames):
     """Includes merged temporal pairs (2 and 4 frames: 1 and 2 chunks; 3 frames: a pair and a single)."""
     msgs = window_prompt(1, n_frames, with_images=n_frames > 0)
     enc = policy.encode(msgs, '{"description": "x"}')
-    ids = [-1 if t == policy._image_pad_id else t for t in enc.input_ids[0, :enc.completion_start].tolist()]
+    ids = [-1 if t == policy.encoder.image_pad else t for t in enc.input_ids[0, :enc.completion_start].tolist()]
     assert ids == backend.prompt_tokens(msgs)
 
 
@@ -83,7 +84,7 @@ def test_trained_vector_shifts_llama_cpp_generation(policy, backend):
     objs = OBJECTS + ["lamp", "pen", "book", "shoes", "coat", "bottle"]
     pairs = [PreferencePair(window_prompt(i, 2), completion_text(f"I saw the {o} on the shelf."),
                             completion_text(f"I saw the {o}."), i) for i, o in enumerate(objs[:8])]
-    res = train_vector(policy, prepare_pairs(policy, pairs), DPOVectorConfig(), base_model_hash=backend.model_hash)
+    res = train_vector(policy, prepare_pairs(policy, pairs), AdaptConfig(), base_model_hash=backend.model_hash)
 
     def shelf_share(vec):
         backend.set_steering(vec)

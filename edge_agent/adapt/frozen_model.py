@@ -1,7 +1,7 @@
 """The full-precision Qwen3-VL (transformers) as Phase Two sees it: frozen, with one steering vector at layer L.
 
-Owns: loading the Hugging Face checkpoint frozen, rendering chat messages the way the llama.cpp backend
-renders them, caching everything that enters layer L once per sequence, and the steered forward through
+Owns: loading the Hugging Face checkpoint frozen, encoding chat messages with the shared prompt encoder
+(`vlm/prompt.py`, the same tokens and pixels llama.cpp sees), caching everything that enters layer L once per sequence, and the steered forward through
 layers L..end that training differentiates.
 
 Why the cache is exact: the vector is added to the OUTPUT of `language_model.layers[L]`, so nothing that
@@ -21,19 +21,16 @@ torch and transformers are imported here only; `edge-agent ask` never loads this
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-import numpy as np
 import torch
 
 from edge_agent.errors import AdapterError, ModelError
-from edge_agent.types import ImagePart, Message
+from edge_agent.types import Message
+from edge_agent.vlm.prompt import PromptEncoder, pixel_inputs
 
-IM_START, IM_END = "<|im_start|>", "<|im_end|>"
-VISION_START, VISION_END, IMAGE_PAD = "<|vision_start|>", "<|vision_end|>", "<|image_pad|>"
 
 
 @dataclass
@@ -67,30 +64,6 @@ class LayerInputs:
         return int(self.hidden.shape[1])
 
 
-def _image_processor(hf_dir: Path):
-    """The PIL Qwen2-VL image processor with the checkpoint's patch/merge/normalisation settings.
-
-    The PIL backend is used on purpose: the fast (torchvision) processor is not needed and on some device
-    images torchvision does not load beside the installed torch.
-    """
-    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
-
-    path = hf_dir / "preprocessor_config.json"
-    cfg = json.loads(path.read_text()) if path.is_file() else {}
-    kwargs: dict[str, Any] = {}
-    for key in ("patch_size", "temporal_patch_size", "merge_size", "image_mean", "image_std"):
-        if key in cfg:
-            kwargs[key] = cfg[key]
-    size = dict(cfg.get("size") or {})
-    if "min_pixels" in cfg:
-        size["shortest_edge"] = cfg["min_pixels"]
-    if "max_pixels" in cfg:
-        size["longest_edge"] = cfg["max_pixels"]
-    if size.get("shortest_edge") and size.get("longest_edge"):
-        kwargs["size"] = {"shortest_edge": size["shortest_edge"], "longest_edge": size["longest_edge"]}
-    return Qwen2VLImageProcessorPil(**kwargs)
-
-
 class FrozenQwen3VL:
     """A Qwen3-VL checkpoint loaded in float32, eval mode, every parameter with requires_grad False.
 
@@ -110,7 +83,7 @@ class FrozenQwen3VL:
             raise ModelError(f"hf checkpoint {str(self.hf_dir)!r}: cannot load as Qwen3-VL ({e})") from None
         self.model.requires_grad_(False)
         self.tokenizer = AutoTokenizer.from_pretrained(self.hf_dir)
-        self.image_processor = _image_processor(self.hf_dir)
+        self.encoder = PromptEncoder.from_tokenizer(self.tokenizer)
         self.text = self.model.model.language_model  # Qwen3VLTextModel: embed_tokens, layers, norm, rotary_emb
         self.layers = self.text.layers
         self.n_layers = len(self.layers)
@@ -119,99 +92,19 @@ class FrozenQwen3VL:
             raise AdapterError(f"adapt.layer={layer}: the model has text layers 0..{self.n_layers - 1}")
         self.layer = layer
         self.dtype = dtype
-        self._image_pad_id = self.tokenizer.convert_tokens_to_ids(IMAGE_PAD)
 
     # ---------------------------------------------------------------- rendering
 
-    def _pixels(self, group: Sequence[ImagePart]) -> tuple[np.ndarray, list[int]]:
-        """Patches of one image chunk: one frame (duplicated over time, as transformers and mtmd do for a
-        still image) or two consecutive frames merged as one temporal patch pair (mtmd "mergeable" bitmaps)."""
-        out = self.image_processor(images=[p.pixels for p in group], return_tensors="np")
-        pv, grid = np.asarray(out["pixel_values"], np.float32), np.asarray(out["image_grid_thw"])
-        if len(group) == 1:
-            return pv, [int(x) for x in grid[0]]
-        # Each patch row is laid out (C, T, P, P); the processor fills T with copies of the same frame.
-        # A merged pair keeps frame a at t=0 and frame b at t=1, on the grid of one image.
-        c = 3
-        t = int(self.image_processor.temporal_patch_size)
-        p = int(self.image_processor.patch_size)
-        n = int(np.prod(grid[0]))
-        rows = pv.reshape(len(group), n, c, t, p, p)
-        merged = np.stack([rows[0, :, :, 0], rows[1, :, :, 0]], axis=2)  # (n, C, 2, P, P)
-        return merged.reshape(n, -1), [int(x) for x in grid[0]]
-
-    def _image_groups(self, parts: Sequence[Any]) -> list[Any]:
-        """Text parts unchanged; runs of consecutive images cut into chunks of temporal_patch_size frames of the
-        same size (the backend marks consecutive frames mergeable, so llama.cpp pairs them the same way)."""
-        out: list[Any] = []
-        run: list[ImagePart] = []
-        t = int(self.image_processor.temporal_patch_size)
-
-        def flush() -> None:
-            i = 0
-            while i < len(run):
-                group = run[i:i + t]
-                if len(group) == t and len({g.pixels.shape for g in group}) == 1:
-                    out.append(list(group))
-                    i += t
-                else:
-                    out.append([run[i]])
-                    i += 1
-            run.clear()
-
-        for part in parts:
-            if isinstance(part, ImagePart):
-                run.append(part)
-            else:
-                flush()
-                out.append(part)
-        flush()
-        return out
-
-    def _text_ids(self, text: str, special: bool) -> list[int]:
-        """Template text parses special tokens; message text does not (as the backend tokenizes them)."""
-        if not text:
-            return []
-        return list(self.tokenizer(text, add_special_tokens=False, split_special_tokens=not special)["input_ids"])
-
     def encode(self, messages: Sequence[Message], completion: str) -> Encoded:
-        """Token ids as the llama.cpp backend builds them (vlm/llama_cpp.py `render_chat` + mtmd):
-        `<|im_start|>{role}\\n` body `<|im_end|>\\n` per message, then `<|im_start|>assistant\\n`, then the
-        completion and `<|im_end|>`. Adjacent text parts are joined; message text is tokenized without
-        parsing special tokens; each image chunk becomes `<|vision_start|>` n x `<|image_pad|>` `<|vision_end|>`.
-        (tests/test_adapt_hf_parity.py checks ids and logits against the backend.)"""
-        ids: list[int] = []
-        pixel_blocks: list[np.ndarray] = []
-        grids: list[list[int]] = []
-        merge = int(self.image_processor.merge_size)
-        vs, ve = self.tokenizer.convert_tokens_to_ids([VISION_START, VISION_END])
-        for m in messages:
-            ids += self._text_ids(f"{IM_START}{m.role}\n", special=True)
-            body: list[Any] = []
-            for part in m.parts:
-                if isinstance(part, str) and body and isinstance(body[-1], str):
-                    body[-1] += part
-                elif not (isinstance(part, str) and not part):
-                    body.append(part)
-            for item in self._image_groups(body):
-                if isinstance(item, str):
-                    ids += self._text_ids(item, special=False)
-                    continue
-                pv, grid = self._pixels(item)
-                pixel_blocks.append(pv)
-                grids.append(grid)
-                n_tokens = grid[0] * grid[1] * grid[2] // (merge * merge)
-                ids += [vs] + [self._image_pad_id] * n_tokens + [ve]
-            ids += self._text_ids(f"{IM_END}\n", special=True)
-        ids += self._text_ids(f"{IM_START}assistant\n", special=True)
-        start = len(ids)
-        ids += self._text_ids(completion, special=False) + self._text_ids(IM_END, special=True)
-        t = torch.tensor([ids], dtype=torch.long)
-        enc = Encoded(t, start, (t == self._image_pad_id).long())
-        if pixel_blocks:
-            enc.pixel_values = torch.from_numpy(np.concatenate(pixel_blocks, axis=0)).to(self.dtype)
-            enc.image_grid_thw = torch.tensor(grids, dtype=torch.long)
-        return enc
+        """Token ids and pixels exactly as the llama.cpp backend feeds them (the shared `vlm.prompt` encoder)."""
+        enc = self.encoder.encode(messages, completion)
+        t = torch.tensor([enc.ids], dtype=torch.long)
+        out = Encoded(t, enc.n_prompt, (t == self.encoder.image_pad).long())
+        pixels, grids = pixel_inputs(enc.chunks)
+        if pixels is not None:
+            out.pixel_values = torch.from_numpy(pixels).to(self.dtype)
+            out.image_grid_thw = torch.tensor(grids, dtype=torch.long)
+        return out
 
     def _model_inputs(self, enc: Encoded) -> dict[str, Any]:
         kw: dict[str, Any] = {"input_ids": enc.input_ids, "mm_token_type_ids": enc.mm_token_type_ids,

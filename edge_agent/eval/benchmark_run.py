@@ -12,7 +12,7 @@ from edge_agent.eval.grading import BackendJudge, CachedJudge, OpenAIJudge
 from edge_agent.eval.loaders import load_benchmark, load_synthetic
 from edge_agent.eval.replay import parse_config_spec, replay
 from edge_agent.eval.report import results_json, write_report
-from edge_agent.eval.runner import RuntimeRunner
+from edge_agent.eval.target import RuntimeTarget
 
 
 def synthetic_data(cfg: Config, seed: int, minutes: float) -> Path:
@@ -35,12 +35,13 @@ def _adapter_vector(cfg: Config, adapter_id: str | None):
     return load_steering_vector(row["path"])
 
 
-def run_eval(cfg: Config, bench: str, *, data: Path | None = None, seed: int = 0, minutes: float = 2.0,
+def run_benchmark(cfg: Config, bench: str, *, data: Path | None = None, seed: int = 0, minutes: float = 2.0,
              configs: Sequence[str] = ("baseline",), max_questions: int | None = None,
              judge_url: str | None = None, judge_model: str | None = None, judge_key_env: str | None = None,
              report_dir: Path | None = None, console: Any = None, progress: bool = True) -> list[dict]:
     """Replay `bench` for every config (\"baseline\", an adapter id, or NAME=ADAPTER_ID) and return the scores."""
-    from edge_agent.runtime import open_backend, open_embedder
+    from edge_agent.qa.embed import open_embedder
+    from edge_agent.vlm.factory import open_backend
 
     if bench == "synthetic" and data is None:
         benchmark = load_synthetic(synthetic_data(cfg, seed, minutes))
@@ -55,7 +56,7 @@ def run_eval(cfg: Config, bench: str, *, data: Path | None = None, seed: int = 0
     backend = open_backend(cfg)
     work = cfg.home / "eval" / "runs" / f"{bench}-{time.strftime('%Y%m%d-%H%M%S')}"
     embedder = open_embedder(cfg)
-    runners = [RuntimeRunner(s.name, s.adapter_id, _adapter_vector(cfg, s.adapter_id), backend, cfg, work, embedder)
+    runners = [RuntimeTarget(s.name, s.adapter_id, _adapter_vector(cfg, s.adapter_id), backend, cfg, work, embedder)
                for s in specs]
     judge = None
     if benchmark.has_open_ended:

@@ -1,0 +1,94 @@
+"""The base every query module of the store builds on: the connection, one-transaction writes, row helpers,
+the time-filter rule and the column lists shared by the table groups."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from contextlib import contextmanager
+from typing import Any, Iterable, Iterator, Sequence
+
+import sqlite_utils
+
+from edge_agent.errors import StoreError
+
+BUSY_TIMEOUT_S = 30.0
+ADAPTER_STATUSES = ("candidate", "active", "inactive", "rejected", "rolled_back")
+ADAPTER_COLUMNS = ("id", "status", "reason", "path", "gguf_path", "layer", "scale", "hidden_size",
+                    "base_model_hash", "pair_ids", "feedback_ids", "metrics", "extra", "previous_id",
+                    "created_at", "activated_at")
+ADAPTER_JSON = {"pair_ids": [], "feedback_ids": [], "metrics": {}}
+MEMORY_COLUMNS = ("id", "stream_id", "segment_id", "text", "t_start", "t_end", "writer_model", "adapter_id",
+                  "n_tokens", "created_at")
+MEM_SELECT = ", ".join(f"m.{c}" for c in MEMORY_COLUMNS)
+
+
+def time_filter(since: float | None, until: float | None, alias: str = "m") -> tuple[str, list[Any]]:
+    """SQL conditions (joined with AND, leading ' AND ') selecting memories by the module's time rule."""
+    sql, params = "", []
+    if since is not None:
+        sql += f" AND {alias}.t_end > ?"
+        params.append(float(since))
+    if until is not None:
+        sql += f" AND {alias}.t_end <= ?"
+        params.append(float(until))
+    return sql, params
+
+
+class Queries:
+    """Shared state and helpers; `Store` (db.py) combines this with one query class per table group."""
+
+    path: "os.PathLike"
+    conn: sqlite3.Connection
+    db: sqlite_utils.Database
+    _lock: Any
+
+
+    @contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction (BEGIN IMMEDIATE); nested uses join the outer one."""
+        with self._lock:
+            if self.conn.in_transaction:
+                yield self.conn
+                return
+            self.conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield self.conn
+            except BaseException:
+                if self.conn.in_transaction:
+                    self.conn.execute("ROLLBACK")
+                raise
+            self.conn.execute("COMMIT")
+
+    def _rows(self, sql: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
+        with self._lock:
+            cur = self.conn.execute(sql, tuple(params))
+            keys = [d[0] for d in cur.description]
+            return [dict(zip(keys, r)) for r in cur.fetchall()]
+
+    def _one(self, sql: str, params: Sequence[Any] = ()) -> dict[str, Any] | None:
+        rows = self._rows(sql, params)
+        return rows[0] if rows else None
+
+    def _insert(self, table: str, record: dict[str, Any]) -> int:
+        try:
+            return int(self.db[table].insert(record).last_pk)
+        except sqlite3.IntegrityError as e:
+            raise StoreError(f"{table}: cannot insert ({e})") from None
+
+    @staticmethod
+    def _ids(ids: Iterable[int]) -> tuple[str, list[int]]:
+        vals = [int(i) for i in ids]
+        return ",".join("?" * len(vals)), vals
+
+
+def unlink_all(paths: Iterable[str]) -> int:
+    """Remove files; a file already gone is fine. Returns how many existed."""
+    n = 0
+    for p in paths:
+        try:
+            os.unlink(p)
+            n += 1
+        except FileNotFoundError:
+            pass
+    return n
