@@ -1,13 +1,17 @@
-"""The embedded default model (models/default/): files and size, loads in llama.cpp, writes valid memories for
-held-out synthetic segments, answers held-out questions from memories better than chance, and transformers and
+"""The embedded default model (models/default/): the shipped files are the ones the manifest names, it loads in
+llama.cpp, writes valid memories for held-out synthetic segments, answers held-out questions from memories far
+from a constant letter, cites what it answers from, gives open questions a text answer, and transformers and
 llama.cpp agree on a real writer prompt. Thresholds are the numbers measured at training time (models/default/
-README.md) minus a margin; they guard against a broken export or a prompt drift, not against small noise."""
+README.md, manifest.json) minus a margin; the accuracy floors are one-sided and above chance."""
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import json
+import random
 import re
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -15,14 +19,14 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT = ROOT / "models" / "default"
-HELDOUT_SEED = 9001  # tools/train_default.py trains on seeds 100..179 and evaluates on 9000..9003
-MAX_BYTES = 40 * 1024 * 1024
+HELDOUT_SEED = 9001  # tools/train_default.py never trains on seeds 9000..9999
+MAX_BYTES = 60 * 1024 * 1024
 
 ROOMS = ("kitchen", "office", "living room", "bedroom")
 
 
 def _recipe():
-    """tools/train_default.py as a module: its Encoder is the exact token sequence the model was trained on."""
+    """tools/train_default.py as a module: its question groups are the exact rows the model was trained on."""
     spec = importlib.util.spec_from_file_location("train_default", ROOT / "tools" / "train_default.py")
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
@@ -33,15 +37,25 @@ def _room(text: str) -> set[str]:
     return {r for r in ROOMS if r in text.lower()}
 
 
-def test_files_size_and_identity():
+def _sha256(p: Path) -> str:
+    return hashlib.sha256(p.read_bytes()).hexdigest()
+
+
+def test_shipped_files_match_the_manifest():
     from edge_agent.export import base_model_hash
     from edge_agent.vlm.gguf_info import check_model_pair
 
-    files = [DEFAULT / "model.gguf", DEFAULT / "mmproj.gguf", DEFAULT / "README.md", DEFAULT / "hf" / "config.json",
-             DEFAULT / "hf" / "model.safetensors", DEFAULT / "hf" / "tokenizer.json",
-             DEFAULT / "hf" / "preprocessor_config.json"]
-    for f in files:
-        assert f.is_file(), f
+    manifest = json.loads((DEFAULT / "manifest.json").read_text())
+    listed = manifest["files"]
+    on_disk = {str(p.relative_to(DEFAULT)) for p in DEFAULT.rglob("*") if p.is_file() and p.name != "manifest.json"}
+    assert on_disk == set(listed), f"unlisted {on_disk - set(listed)}, missing {set(listed) - on_disk}"
+    for name, meta in listed.items():
+        p = DEFAULT / name
+        if name != "README.md":  # the README may gain notes; weights and configs never change silently
+            assert p.stat().st_size == meta["bytes"], name
+            assert _sha256(p) == meta["sha256"], name
+    for key in ("seed", "generator", "recipe", "stages", "measured"):
+        assert key in manifest, key
     total = sum(f.stat().st_size for f in DEFAULT.rglob("*") if f.is_file())
     assert total <= MAX_BYTES, f"models/default is {total / 2**20:.1f} MB"
     text, proj = check_model_pair(DEFAULT / "model.gguf", DEFAULT / "mmproj.gguf")
@@ -96,82 +110,132 @@ def test_writes_valid_memories_naming_the_room(backend, heldout):
         failures += [r.failure] if r.failure else []
         room_right += bool(r.text) and _room(r.text) == _room(captions[seg.index])
         window = (window + [WindowEntry(seg, r.text)])[-4:]
-    print(f"default model: {valid}/{n} valid memories, room right in {room_right}/{n}; failures {failures}")
     assert valid >= VALID_MIN, failures  # memories that pass the runtime's format rules without a retry
     assert room_right >= ROOM_MIN, f"room right in {room_right}/{n}"
 
 
-@pytest.mark.slow
-def test_answers_from_memories_better_than_chance(backend, heldout):
-    """Held-out questions over ground-truth memories. The shipped model answers in format but at chance level
-    (it learned to always answer "B": 2/7 here, 25 % on 28 held-out questions); the accuracy bound only
-    catches a model that stopped answering the options at all."""
+@pytest.fixture(scope="module")
+def answered(backend):
+    """Held-out world questions over ground-truth memories, one option rotation each (the recipe's rows):
+    [(kind, wanted answer, parsed reply, shown ids)]."""
     from edge_agent.qa.answer import LETTERS, answer_schema, parse_reply
     from edge_agent.types import Sampling
 
     rec = _recipe()
-    segs, captions, questions = heldout
-    c = {"seed": HELDOUT_SEED, "questions": questions,
-         "segments": [{"index": s.index, "t_start": s.t_start, "t_end": s.t_end, "caption": captions[s.index]}
-                      for s in segs]}
-    import random
-
     rng = random.Random(0)
-    right = abstained_ok = 0
-    unreadable: list[str] = []
-    for q in questions:
-        for abstain in (False, True):
-            msgs, ref = rec.qa_example(c, q, rng, abstain)
-            shown = [int(x) for x in re.findall(r"^\[(\d+)\]", msgs[1].parts[0], flags=re.M)]
-            if not shown:  # nothing before the question: the runtime abstains without asking the model
+    out = []
+    for seed in (9004, 9005):
+        c = rec.text_world(seed, 4.0)
+        for q in c["questions"]:
+            g = rec.qa_group(c, q, rng)
+            if not g:
                 continue
-            g = backend.generate(msgs, Sampling(max_tokens=96), json_schema=answer_schema(LETTERS, shown))
-            parsed = parse_reply(g.text, q["options"], shown)
-            unreadable += [g.text] if parsed["reason"] else []
-            got = parsed["choice"]
-            if abstain:
-                abstained_ok += got == "E"
-            else:
-                right += got == q["answer"]
-    n = len([q for q in questions if any(s.t_end <= q["asked_at"] + 1e-6 for s in segs)])
-    print(f"default model: {right}/{n} right with evidence, {abstained_ok}/{n} abstained without; "
-          f"unreadable replies: {unreadable}")
-    assert n >= 5 and not unreadable  # every reply is a valid letter with citations among the shown ids
-    assert right / n >= QA_MIN, f"{right}/{n} right with the evidence shown"
+            for msgs, ref, kind in [g[rng.randrange(4)]] + g[4:]:
+                body = msgs[1].parts[0]
+                shown = [int(x) for x in re.findall(r"^\[(\d+)\]", body, flags=re.M)]
+                opts = [ln[3:] for ln in body.splitlines() if re.match(r"^[A-D]\. ", ln)]
+                gen = backend.generate(msgs, Sampling(max_tokens=96 if opts else 64),
+                                       json_schema=answer_schema(LETTERS if opts else "", shown))
+                out.append((kind, json.loads(ref)["answer"], parse_reply(gen.text, opts, shown), shown))
+    return out
+
+
+@pytest.mark.slow
+def test_answers_from_memories_far_from_a_constant_letter(answered):
+    mc = [(want, p) for kind, want, p, _ in answered if kind == "mc" and want != "E"]
+    assert len(mc) >= 15 and not [p for _, p in mc if p["reason"]]  # every reply is a valid letter
+    right = sum(p["choice"] == want for want, p in mc)
+    letters = {p["choice"] for _, p in mc}
+    assert right / len(mc) >= MC_MIN, f"{right}/{len(mc)} right with the evidence shown"
+    assert len(letters - {"E"}) >= 2, f"letters used: {letters}"  # not a constant answer
+
+
+@pytest.mark.slow
+def test_answers_cite_the_memories_they_rest_on(answered):
+    ans = [p for kind, want, p, _ in answered if kind == "mc" and p["choice"] not in (None, "E")]
+    assert ans
+    cited = sum(bool(p["cited"]) for p in ans)
+    assert cited / len(ans) >= CITED_MIN, f"{cited}/{len(ans)} answers cite a shown memory"
+
+
+@pytest.mark.slow
+def test_open_questions_get_text_answers(answered):
+    opened = [(want, p) for kind, want, p, _ in answered if kind == "open" and want != "not in memory"]
+    assert opened
+    text = [p for _, p in opened if not p["abstained"] and p["text"] and not re.fullmatch(r"[A-E]", p["text"])]
+    assert len(text) / len(opened) >= OPEN_TEXT_MIN, [p["text"] for _, p in opened][:10]
+
+
+@pytest.fixture(scope="module")
+def end_to_end(tmp_path_factory):
+    """`edge-agent eval --bench synthetic` on a held-out seed: its own memories, retrieval, answers."""
+    sys.path.insert(0, str(ROOT / "tools"))
+    try:
+        from default_heldout import one_seed
+    finally:
+        sys.path.pop(0)
+    return one_seed(HELDOUT_SEED, E2E_MINUTES, tmp_path_factory.mktemp("e2e") / "home")
+
+
+@pytest.mark.slow
+def test_end_to_end_on_a_heldout_seed_answers_cites_and_varies(end_to_end):
+    r = end_to_end
+    assert r["n"] >= 20
+    assert r["correct"] / r["n"] >= E2E_MIN, r
+    letters = {k for k, v in r["hist"].items() if v and k not in ("E", "open")}
+    assert len(letters) >= 2, r["hist"]  # not a constant letter
+    assert r["cited_when_answered"] / max(1, r["n_answered_rows"]) >= CITED_MIN, r
+    assert r["repeated_sentence_memories"] == 0, r
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(strict=True, reason="issue 9 target not reached: the default answers at chance end to end "
+                   "(22.8 % [18.6, 27.7] on 324 held-out questions; models/default/README.md)")
+def test_end_to_end_far_above_chance(end_to_end):
+    """The issue's bar: end to end >= 50 % on a held-out seed. Strict xfail: it starts failing (= passing) the day
+    a retrained default reaches it, and then the xfail must go."""
+    assert end_to_end["correct"] / end_to_end["n"] >= 0.5, end_to_end
 
 
 @pytest.mark.slow
 def test_transformers_and_llama_cpp_agree_on_a_writer_prompt(backend, heldout):
-    """Same tokens (chat template, image markers, temporal pairs) and logits within f16 export error."""
+    """Same tokens (chat template, image markers, temporal pairs) and logits within export error."""
     import torch
     from transformers import Qwen3VLForConditionalGeneration
 
     from edge_agent.memory.prompts import writer_messages
 
     rec = _recipe()
-    tok, ids, _ = rec.tokenizer_and_ids()
+    tok, penc = rec.tokenizer_from(DEFAULT / "hf")
+    ids = {t: tok.token_to_id(t) for t in ("<|endoftext|>", "<|image_pad|>")}
     segs, captions, _ = heldout
     # 3 earlier segments with memories, then the new one; a 3-frame segment exercises an unpaired frame
     segs = list(segs[:4])
     odd = segs[1]
     segs[1] = type(odd)(odd.index, odd.t_start, odd.t_end, odd.keyframes[:3])
     msgs = writer_messages("heldout", [(s, captions[s.index]) for s in segs[:3]], segs[3])
-    seq, n_prompt, chunks = rec.Encoder(tok).encode(msgs, None)
-    assert backend.prompt_tokens(msgs) == [-1 if t == ids["<|image_pad|>"] else t for t in seq]
-    batch = rec.batch_tensors([(seq, n_prompt, chunks)], ids["<|endoftext|>"], ids["<|image_pad|>"])
-    batch.pop("labels")
+    e = penc.encode(msgs, None)
+    assert backend.prompt_tokens(msgs) == [-1 if t == ids["<|image_pad|>"] else t for t in e.ids]
+    batch = rec.batch_tensors([(e, [], "write")], ids["<|endoftext|>"], ids["<|image_pad|>"], "cpu")
     model = Qwen3VLForConditionalGeneration.from_pretrained(DEFAULT / "hf", dtype=torch.float32).eval()
     with torch.no_grad():
-        ref = model(**batch).logits[0, -1].numpy()
+        ref = model(input_ids=batch["input_ids"], mm_token_type_ids=batch["mm_token_type_ids"],
+                    pixel_values=batch["pixel_values"], image_grid_thw=batch["image_grid_thw"]).logits[0, -1].numpy()
     got = backend.logits(msgs)[: ref.shape[0]]
-    print(f"default model: max |logit diff| {np.abs(got - ref).max():.2e}")
     assert np.abs(got - ref).max() < PARITY_MAX
     assert int(np.argmax(got)) == int(np.argmax(ref))
 
 
-# Measured on the shipped model for seed 9001 (see models/default/README.md), minus a margin:
-# valid 7/8, room right 6/8 (chance 2/8), QA 2/7 (chance), max |logit diff| 3.7e-4 (f32 GGUF).
-VALID_MIN = 6
-ROOM_MIN = 4
-QA_MIN = 0.1
+# Measured on the shipped model (models/default/README.md, manifest.json "measured"), minus a margin:
+# held-out clips 9000-9011: valid memories 144/144, room 89.6 %; MC over ground-truth memories 20.5 % (chance 25 %,
+# letters spread), citations 100 %, open questions with text 93.8 %; end to end 22.8 % [18.6, 27.7] over 324
+# questions (seed 9001: 8/27), parity 4.8e-4. The accuracy floors guard against a broken export or prompt drift;
+# they are NOT above chance, because the model is not (see test_end_to_end_far_above_chance).
+VALID_MIN = 7
+ROOM_MIN = 6
+MC_MIN = 0.08
+CITED_MIN = 0.90
+OPEN_TEXT_MIN = 0.8
+E2E_MINUTES = 9.0
+E2E_MIN = 0.10
 PARITY_MAX = 2e-3

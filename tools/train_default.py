@@ -1,50 +1,38 @@
-"""Train the embedded default model (models/default/): a small Qwen3-VL trained from scratch on the synthetic world.
+"""Train the embedded default model (models/default/): a small Qwen3-VL trained on the synthetic world, in stages.
 
-    .venv/bin/python tools/train_default.py all --seed 0            # data -> train -> continue -> finalize
-                                                                    #   -> parity -> eval
-    .venv/bin/python tools/train_default.py data                    # only render + cut the synthetic clips
-    .venv/bin/python tools/train_default.py train --seed 0          # phase 1; background-friendly, checkpoints
-    .venv/bin/python tools/train_default.py continue --seed 0       # phase 2: answerer-heavy continuation
-    .venv/bin/python tools/train_default.py finalize                # last checkpoint -> models/default/{hf,gguf}
-                                                                    #   (--cont-steps 0: the phase-1 checkpoint)
-    .venv/bin/python tools/train_default.py eval                    # held-out metrics through llama.cpp
-    .venv/bin/python tools/train_default.py parity                  # transformers vs llama.cpp logits, one prompt
+    .venv/bin/python tools/train_default.py run                 # every stage not yet done, in order; resumable
+    .venv/bin/python tools/train_default.py stage answer        # one stage (resumes its own checkpoint)
+    .venv/bin/python tools/train_default.py data                # render + cut the clips the vision stages use
+    .venv/bin/python tools/train_default.py finalize            # last finished stage -> models/default/ + manifest
+    .venv/bin/python tools/train_default.py parity              # transformers vs llama.cpp logits, one prompt
+    .venv/bin/python tools/train_default.py eval                # held-out metrics through llama.cpp
 
-The model learns two tasks, each on exactly the prompt the runtime renders:
-  * writer: `edge_agent.memory.prompts.writer_messages` (system, up to 4 earlier segments' frames + memories, the
-    new segment's frames) -> `{"description": "<ground-truth caption of the segment>"}`;
-  * answerer: `edge_agent.qa.answer.build_messages` (memories with ids and times, question, options A-D + E) ->
-    `{"answer": "<letter>", "citations": [<ids>]}`; E with no citations when the evidence was left out.
-Token sequences are built from `edge_agent.vlm.llama_cpp.render_chat` (the backend's own renderer), each part
-tokenized on its own as mtmd does; consecutive frames are paired into one temporal patch (Qwen3-VL
-temporal_patch_size 2) like mtmd's mergeable bitmaps; each image chunk is <|vision_start|><|image_pad|>*n
-<|vision_end|>; pixels are normalised (x/255 - 0.5) / 0.5 like the mmproj. `parity` checks all of it.
+Stages (each checkpoints weights, optimizer, RNG and data position to /tmp/edge_agent_default/<stage>.pt every
+--save-minutes and resumes from there; each prints its own held-out probe while it trains):
 
-Everything is seeded (data seeds, init, batch order); a fixed step count (not a time limit) ends training, so
-the same command rebuilds the same weights on the same library versions and thread count (1). Phase 1 is step
-250 of a 360-step cosine schedule (--stop-at 250: the 35-minute budget on a shared 2-core machine ran out there);
-that is the shipped model. Results and timings: models/default/README.md.
+  answer  text only: questions from fresh world seeds over ground-truth memories, in contrastive groups (the same
+          question with the right option rotated through A-D, the evidence removed -> E, the open form -> short
+          text); questions the memories cannot answer -> E; citations = the memories holding the evidence; judge
+          rows (Phase Two's pairwise prompt, both orderings) mixed in. Loss weighted on answer and citation tokens.
+  vision  vision tower only, training-only heads on the merger output (room, shot kind, focus object kind and
+          colour, person present, activity) on keyframes cut by the runtime's capture path. Heads are dropped.
+  write   vision + text: the runtime's writer prompt, windows of 0-4 earlier segments whose memories are partly
+          "(none)" or degraded, content tokens weighted up, replay of answer/judge rows.
 
-Phase 2 (`continue`, an experiment, NOT shipped) resumes phase 1's weights + optimizer with a CONT_STEPS-step
-schedule: 60 % answerer rows, lr 1e-3 warm-up 10 + cosine to 10 %, the answer letter's loss weighted x5 (phase 1
-answers "B" to everything). Tried once (2026-11-24), 25-minute budget:
-    .venv/bin/python tools/train_default.py continue --seed 0 --cont-stop-at 130     # 1298 s, 1 thread
-    .venv/bin/python tools/train_default.py finalize --seed 0 --cont-steps 170 --out /tmp/edge_agent_default/cand
-    .venv/bin/python tools/train_default.py eval --out /tmp/edge_agent_default/cand
-Held-out (same eval as the shipped model, which measured valid 95.8 %, room 68.8 %, exact 4.2 %, QA 25 % all
-"B", abstain 0 %): valid 100 %, room 83.3 %, exact 14.6 %, event 14.6 %, but QA 0 % with evidence - it now answers
-"E" to every question (abstain 100 %). The letter collapsed from one constant to another: the option/memory
-matching was not learned in 130 steps, so the phase is not shipped (the QA bar was >= 40 %). A teacher-forced
-probe at step ~70 already answered a constant "A". Needs many more answerer steps (an induction-like copy task).
+Every stage starts from the previous stage's weights; the first from the shipped checkpoint (copied once to
+/tmp/edge_agent_default/base). Held-out seeds 9000-9999 are never trained or tuned on. Results and timings:
+models/default/README.md and models/default/manifest.json.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import math
 import random
 import re
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -54,60 +42,91 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from edge_agent.adapt.reward import JUDGE_SYSTEM, TaskQuestion, judge_messages  # noqa: E402,F401
 from edge_agent.config import CaptureConfig  # noqa: E402
 from edge_agent.memory.prompts import writer_messages  # noqa: E402
-from edge_agent.qa.answer import LETTERS, answer_schema, build_messages, parse_reply  # noqa: E402
+from edge_agent.qa.answer import LETTERS, NOT_IN_MEMORY, answer_schema, build_messages, parse_reply  # noqa: E402
 from edge_agent.types import Frame, Message, Segment  # noqa: E402
-from edge_agent.vlm.llama_cpp import render_chat  # noqa: E402
+from edge_agent.vlm.prompt import PromptEncoder, pixel_inputs  # noqa: E402
 
 OUT = ROOT / "models" / "default"
 WORK = Path("/tmp/edge_agent_default")  # data cache + checkpoints (not shipped)
-TRAIN_SEEDS = list(range(100, 180))  # 80 clips of 2 minutes: 960 segments, ~560 questions
-HELDOUT_SEEDS = [9000, 9001, 9002, 9003]
+VIDEO_SEEDS = list(range(100, 300))  # rendered clips (vision + writing)
+TEXT_SEED0 = 20000  # text-only worlds: seeds 20000 + n, drawn without end
+HELDOUT_SEEDS = list(range(9000, 9012))  # never trained on; probes and eval
 MINUTES = 2.0
-PATCH, MERGE, TPS = 16, 2, 2
-CONT_STEPS = 170  # answerer-heavy continuation schedule (`continue`); not part of the shipped model, see below
+STAGES = ("answer", "vision", "write")
+GENERATOR_VERSION = "edge_agent.synth FORMAT_VERSION 1 (world.py/questions.py as of this recipe)"
 
-# ---------------------------------------------------------------------------------------------------- shape
-
-
-def model_config(vocab_size: int, ids: dict[str, int]):
-    """The tiny model's layout (edge_agent.export.tiny.tiny_config), wider: text 96 x 24 layers (layer 22 exists),
-    vision 96 x depth 3."""
-    from edge_agent.export.tiny import tiny_config
-
-    return tiny_config(vocab_size, ids, hidden=96, intermediate=256, heads=3, kv_heads=1, head_dim=32,
-                       mrope_section=(4, 6, 6), max_positions=8192, vision_hidden=96, vision_intermediate=192,
-                       vision_heads=3)
+# ---------------------------------------------------------------------------------------------------- worlds
 
 
-# ---------------------------------------------------------------------------------------------------- data
+def text_world(seed: int, minutes: float) -> dict:
+    """A world's event log, captions and questions without rendering video (same RNG streams as synth.generate)."""
+    from edge_agent.synth.questions import CATEGORIES, make_questions
+    from edge_agent.synth.world import build_script, build_world, segment_captions
+
+    rng = np.random.default_rng([seed, 0])
+    world = build_world(rng)
+    duration = round(float(minutes) * 60.0, 3)
+    script = build_script(world, duration, rng)
+    n_q = max(len(CATEGORIES), int(math.ceil(3.0 * float(minutes))))
+    qs = make_questions(world, script, 10.0, np.random.default_rng([seed, 1]), n_q)
+    return {"seed": seed, "segments": segment_captions(world, script, 10.0), "questions": qs, "world": world,
+            "script": script}
 
 
 def clip(seed: int, minutes: float = MINUTES) -> dict:
-    """One synthetic clip cut by the runtime's own capture path: segments (keyframes + caption) and questions."""
+    """A rendered clip cut by the runtime's capture path: segments (keyframes + caption + frame labels)."""
     import pickle
 
     from edge_agent.capture import open_source, segment_stream
     from edge_agent.synth import generate
 
-    cache = WORK / "data" / f"s{seed}-{minutes:g}.pkl"
+    cache = WORK / "data" / f"v2-s{seed}-{minutes:g}.pkl"
     if cache.is_file():
         return pickle.loads(cache.read_bytes())
     d = WORK / "synth" / f"s{seed}"
     paths = generate(seed=seed, minutes=minutes, out_dir=d)
     events = json.loads(paths.events.read_text())
     captions = {s["index"]: s["caption"] for s in events["segments"]}
+    tw = text_world(seed, minutes)
     with open_source(str(paths.video)) as src:
         segs = list(segment_stream(src, CaptureConfig()))
     out = {"seed": seed, "segments": [
         {"index": s.index, "t_start": s.t_start, "t_end": s.t_end, "caption": captions[s.index],
          "frames": [f.image for f in s.keyframes], "frame_idx": [f.index for f in s.keyframes],
-         "frame_t": [f.t for f in s.keyframes]} for s in segs if s.index in captions and s.keyframes],
+         "frame_t": [f.t for f in s.keyframes],
+         "labels": [frame_label(tw["world"], tw["script"], f.t) for f in s.keyframes]}
+        for s in segs if s.index in captions and s.keyframes],
         "questions": json.loads(paths.questions.read_text())["questions"]}
     cache.parent.mkdir(parents=True, exist_ok=True)
-    cache.write_bytes(pickle.dumps(out))
+    tmp = cache.with_suffix(".tmp")
+    tmp.write_bytes(pickle.dumps(out))
+    tmp.replace(cache)
+    shutil.rmtree(d, ignore_errors=True)
     return out
+
+
+# vision head classes (index 0 = none where it applies)
+SHOT_KINDS = ("look", "pick", "put", "walk_out", "walk_in", "meet", "sign", "activity")
+ROOM_NAMES = ("kitchen", "office", "living room", "bedroom")
+KINDS = ("none", "cup", "keys", "book", "phone", "bowl", "bottle")
+COLOUR_NAMES = ("none", "red", "blue", "green", "yellow", "purple", "orange")
+ACTS = ("none", "washing dishes", "cooking", "typing on the laptop", "watching tv", "folding clothes")
+HEADS = {"room": len(ROOM_NAMES), "shot": len(SHOT_KINDS), "kind": len(KINDS), "colour": len(COLOUR_NAMES),
+         "person": 2, "activity": len(ACTS)}
+
+
+def frame_label(world, script, t: float) -> dict[str, int]:
+    """What the frame at stream time t shows, from the script: the shot's room and kind, the object in focus
+    (picked, put or carried), whether a person is in view, the activity."""
+    shot = next((s for s in script.shots if s.t0 <= t < s.t1), script.shots[-1])
+    thing = shot.thing if shot.kind in ("pick", "put") else shot.holding
+    th = world.things.get(thing) if thing else None
+    return {"room": ROOM_NAMES.index(shot.room), "shot": SHOT_KINDS.index(shot.kind),
+            "kind": KINDS.index(th.kind) if th else 0, "colour": COLOUR_NAMES.index(th.colour) if th else 0,
+            "person": int(shot.kind == "meet"), "activity": ACTS.index(shot.activity) if shot.activity else 0}
 
 
 def as_segment(s: dict) -> Segment:
@@ -115,165 +134,316 @@ def as_segment(s: dict) -> Segment:
                    [Frame(i, t, im) for i, t, im in zip(s["frame_idx"], s["frame_t"], s["frames"])])
 
 
-def writer_example(c: dict, i: int, k: int) -> tuple[list[Message], str]:
-    """Segment i of clip c with its k earlier segments (ground-truth memories) -> the memory JSON."""
-    segs = c["segments"]
-    ctx = [(as_segment(s), s["caption"]) for s in segs[max(0, i - k):i]]
-    msgs = writer_messages(f"s{c['seed']}", ctx, as_segment(segs[i]))
-    return msgs, json.dumps({"description": segs[i]["caption"]})
+# ---------------------------------------------------------------------------------------------------- answers
+
+_STOP = set("the a an on in at to of from with and i my me did was were into around that said it".split()) | {
+    "put", "picked", "picking", "putting", "up", "took", "moved", "met", "read", "reading", "walked", "walking",
+    "looked", "looking", "talking", "carrying", "washed", "washing", "cooked", "cooking", "typed", "typing",
+    "watched", "watching", "folded", "folding", "note", "a"}
 
 
-def qa_example(c: dict, q: dict, rng: random.Random, abstain: bool) -> tuple[list[Message], str]:
-    """Question q of clip c over a handful of ground-truth memories (ids and times as the store gives them).
+def content(text: str) -> set[str]:
+    """Content words (4-letter stems) of an answer or caption: what must be in a memory for it to tell."""
+    return {w[:4] for w in re.findall(r"[a-z0-9_<>]+", text.lower()) if w not in _STOP}
 
-    The evidence memories are the segments holding the evidence interval's ends; with `abstain` every segment
-    overlapping the evidence is left out and the answer is E."""
+
+_COUNT = [(re.compile(r"pick up the (.+)\?$"), "the {} from"), (re.compile(r"meet (<face_\d+>)\?$"), "met {}"),
+          (re.compile(r"walk into the (.+)\?$"), "walked into the {}"), (re.compile(r"notes did I read"), "read a note")]
+
+
+def evidence(c: dict, q: dict) -> tuple[list[dict], bool]:
+    """(segments that hold the evidence, whether the ground-truth memories tell the answer)."""
     segs = [s for s in c["segments"] if s["t_end"] <= q["asked_at"] + 1e-6]
+    if q["category"] == "counting":
+        for pat, fmt in _COUNT:
+            m = pat.search(q["question"])
+            if m:
+                needle = fmt.format(*m.groups())
+                holds = [s for s in segs if needle in s["caption"]]
+                return holds, 0 < len(holds) <= 8 and str(len(holds)) == q["open_answer"]
+        return [], False
     e0, e1 = q["evidence"]
-    first_id = rng.randint(1, 300)
-    ids = {s["index"]: first_id + j for j, s in enumerate(segs)}
-    holds = [s for s in segs if s["t_start"] <= e0 < s["t_end"] or s["t_start"] <= e1 < s["t_end"]]
-    overlap = [s for s in segs if s["t_start"] < e1 and e0 < s["t_end"]]
-    others = [s for s in segs if s not in overlap]
-    n = rng.randint(2, 6)
-    shown = [] if abstain else list(holds)
-    rest = others if abstain else [s for s in segs if s not in holds]
-    shown += rng.sample(rest, min(len(rest), max(0, n - len(shown))))
-    if not shown:
-        shown = rng.sample(others, min(1, len(others)))
-    mems = [{"id": ids[s["index"]], "t_start": s["t_start"], "t_end": s["t_end"], "text": s["caption"]}
-            for s in shown]
-    msgs = build_messages(q["question"], q["options"], mems, q["asked_at"])
-    if abstain:
-        reply = {"answer": "E", "citations": []}
+    overlap = [s for s in segs if s["t_start"] < e1 + 1e-6 and e0 < s["t_end"]]
+    want = content(q["open_answer"])
+    holds = [s for s in overlap if content(s["caption"]) & want] or overlap
+    if len(holds) > 6:
+        holds = sorted(holds, key=lambda s: -len(content(s["caption"]) & want))[:6]
+        holds.sort(key=lambda s: s["t_start"])
+    told = set().union(*[content(s["caption"]) for s in holds]) if holds else set()
+    return holds, bool(holds) and want <= told and "shirt" not in q["question"]
+
+
+def show(c: dict, q: dict, rng: random.Random, holds: list[dict], remove: bool) -> tuple[list[dict], dict]:
+    """Memories for the prompt (store-like ids from a random offset) and the id of each segment."""
+    segs = [s for s in c["segments"] if s["t_end"] <= q["asked_at"] + 1e-6]
+    first = rng.randint(1, 400)
+    ids = {s["index"]: first + j for j, s in enumerate(segs)}
+    if remove:
+        e0, e1 = q["evidence"]
+        bad = {s["index"] for s in holds} | {s["index"] for s in segs if s["t_start"] < e1 and e0 < s["t_end"]}
+        pool = [s for s in segs if s["index"] not in bad]
+        shown = rng.sample(pool, min(len(pool), rng.randint(2, 8)))
     else:
-        reply = {"answer": q["answer"], "citations": sorted(ids[s["index"]] for s in holds)}
-    return msgs, json.dumps(reply)
+        rest = [s for s in segs if s not in holds]
+        n = max(len(holds), rng.choice([2, 3, 4, 5, 6, 8]))
+        shown = list(holds) + rng.sample(rest, min(len(rest), max(0, n - len(holds))))
+    mems = [{"id": ids[s["index"]], "t_start": s["t_start"], "t_end": s["t_end"], "text": s["caption"]} for s in shown]
+    return mems, ids
+
+
+def reply(answer: str, cites: list[int]) -> str:
+    return json.dumps({"answer": answer, "citations": sorted(cites)})
+
+
+def qa_group(c: dict, q: dict, rng: random.Random, open_row: bool = True,
+             e_row: bool = True) -> list[tuple[list[Message], str, str]]:
+    """One question as a contrastive group: (messages, reply, kind) rows.
+
+    The right option at each of A-D (same memories, the three distractors shuffled), the evidence removed -> E,
+    and (open_row) the open question -> its short answer. When the memories do not tell the answer every row
+    of the group is E / "not in memory", with no citations."""
+    holds, told = evidence(c, q)
+    mems, ids = show(c, q, rng, holds, remove=False)
+    if not mems:
+        return []
+    right = q["options"][LETTERS.index(q["answer"])]
+    wrong = [o for o in q["options"] if o != right]
+    cites = [ids[s["index"]] for s in holds] if told else []
+    rows = []
+    for r in range(4):
+        d = wrong[:]
+        rng.shuffle(d)
+        opts = d[:r] + [right] + d[r:]
+        rows.append((build_messages(q["question"], opts, mems, q["asked_at"]),
+                     reply(LETTERS[r] if told else "E", cites), "mc"))
+    mems_e, _ = show(c, q, rng, holds, remove=True) if e_row else ([], {})
+    if mems_e:
+        d = q["options"][:]
+        rng.shuffle(d)
+        rows.append((build_messages(q["question"], d, mems_e, q["asked_at"]), reply("E", []), "mc_e"))
+    if open_row:
+        rows.append((build_messages(q["question"], [], mems, q["asked_at"]),
+                     reply(q["open_answer"] if told else NOT_IN_MEMORY, cites), "open"))
+    return rows
+
+
+# ---------------------------------------------------------------------------------------------------- judge
+
+
+def degrade(caption: str, rng: random.Random, c: dict) -> str:
+    """A worse memory of the same moment: another segment's caption, a generic line, a fact swapped, or a
+    sentence dropped."""
+    k = rng.randrange(4)
+    sents = re.findall(r"[^.]+\.", caption)
+    if k == 0:
+        others = [s["caption"] for s in c["segments"] if s["caption"] != caption]
+        if others:
+            return rng.choice(others)
+    if k == 1 and len(sents) == 2:
+        return sents[rng.randrange(2)].strip()
+    if k == 2:
+        for group in (COLOUR_NAMES[1:], KINDS[1:], ROOM_NAMES):
+            hit = [w for w in group if w in caption]
+            if hit:
+                return caption.replace(hit[0], rng.choice([w for w in group if w != hit[0]]))
+    room = next((r for r in ROOM_NAMES if r in caption), rng.choice(ROOM_NAMES))
+    return rng.choice([f"I looked around the {room}.", f"I was in the {room}.", "I was walking."])
+
+
+def judge_pair(c: dict, rng: random.Random) -> list[tuple[list[Message], str, str]]:
+    """Phase Two's judge prompt on a (better, worse) pair, both orderings (A = better, then B = better).
+
+    Ground truth from the log: the questions listed include ones the true caption answers (their answer's
+    content words are in it and not in the worse memory); some listed questions are unrelated, as in a real
+    deployment's task distribution. Rarely the same memory twice -> tie."""
+    qs = [q for q in c["questions"]]
+    if not qs:
+        return []
+    s = rng.choice(c["segments"])
+    good = s["caption"]
+    useful = [q for q in qs if content(q["open_answer"]) and content(q["open_answer"]) <= content(good)]
+    if rng.random() < 0.06:
+        bad = good
+    else:
+        bad = degrade(good, rng, c)
+        useful = [q for q in useful if not content(q["open_answer"]) <= content(bad)]
+        if not useful or bad == good:
+            return []
+    shown = rng.sample(useful, min(len(useful), rng.randint(1, 3))) if useful else []
+    others = [q for q in qs if q not in shown]
+    shown += rng.sample(others, min(len(others), rng.randint(0, 8 - len(shown) - 1) if len(shown) < 8 else 0))
+    rng.shuffle(shown)
+    tq = [TaskQuestion(q["question"] + (f" Answer: {q['open_answer']}" if rng.random() < 0.3 else ""), 1.0)
+          for q in shown]
+    if bad == good:
+        m = judge_messages(tq, good, bad)
+        return [(m, json.dumps({"better": "tie"}), "judge")]
+    return [(judge_messages(tq, good, bad), json.dumps({"better": "A"}), "judge"),
+            (judge_messages(tq, bad, good), json.dumps({"better": "B"}), "judge")]
+
+
+# ---------------------------------------------------------------------------------------------------- writer
+
+CONTENT_WORDS = sorted({*COLOUR_NAMES[1:], *KINDS[1:], *ROOM_NAMES, *ACTS[1:], "shelf", "table", "counter", "sink",
+                        "desk", "bed", "sofa", "fridge", "door", "tv", "whiteboard", "nightstand", "dresser",
+                        "moved", "took", "picked", "put", "met", "talking", "read", "note", "walked", "looked",
+                        "carrying"}, key=len, reverse=True)
+
+
+# which facts a clip's training captions keep first: by seed, one kind of event is dropped from the candidates
+# of segments that have more facts than the 2-sentence cap keeps (so the caption stays as long and true)
+VARIANT_DROP = ({}, {"pick_up", "put_down"}, {"meet", "read_sign"}, {"activity", "enter_room"})
+
+
+def caption_variants(seed: int, minutes: float = MINUTES) -> dict[int, str]:
+    """Segment index -> the clip's training caption: the world's own caption, or for 3 of 4 seeds (by seed) the
+    same cap filled with other facts first (objects, people/text, or activity/rooms dropped where another true
+    fact can take their place). Each variant is still a true description of the segment."""
+    import dataclasses
+
+    from edge_agent.synth.world import segment_captions
+
+    tw = text_world(seed, minutes)
+    base = {s["index"]: s["caption"] for s in tw["segments"]}
+    drop = VARIANT_DROP[seed % len(VARIANT_DROP)]
+    if not drop:
+        return base
+    script = dataclasses.replace(tw["script"], events=[e for e in tw["script"].events if e["type"] not in drop])
+    out = dict(base)
+    for s in segment_captions(tw["world"], script, 10.0):
+        b = base.get(s["index"])
+        if b and s["caption"] != b and s["caption"].count(".") >= b.count(".") and "looked around" not in s[
+                "caption"] and "carrying" not in s["caption"]:
+            out[s["index"]] = s["caption"]
+    return out
+
+
+def writer_example(c: dict, i: int, k: int, rng: random.Random,
+                   captions: dict[int, str] | None = None) -> tuple[list[Message], str, str]:
+    """Segment i with its k earlier segments; each earlier memory is the truth (70 %), "(none)" (15 %) or a
+    degraded one (15 %), so the model learns to describe the new frames, not to copy the previous memory.
+    `captions` (caption_variants) replaces the target caption."""
+    segs = c["segments"]
+    ctx = []
+    for s in segs[max(0, i - k):i]:
+        r = rng.random()
+        mem = s["caption"] if r < 0.7 else (None if r < 0.85 else degrade(s["caption"], rng, c))
+        ctx.append((as_segment(s), mem))
+    msgs = writer_messages(f"s{c['seed']}", ctx, as_segment(segs[i]))
+    target = (captions or {}).get(segs[i]["index"], segs[i]["caption"])
+    return msgs, json.dumps({"description": target}), "write"
 
 
 # ---------------------------------------------------------------------------------------------------- tokens
 
 
-class Encoder:
-    """Chat -> (input ids, loss mask, image chunks), the way LlamaCppBackend + mtmd feed llama.cpp."""
+def tokenizer_from(hf_dir: Path):
+    """(tokenizers.Tokenizer, PromptEncoder) of a checkpoint folder."""
+    from tokenizers import Tokenizer
 
-    def __init__(self, tok) -> None:
-        self.tok = tok
-        self.vs, self.ve, self.pad = (tok.token_to_id(t) for t in ("<|vision_start|>", "<|vision_end|>",
-                                                                     "<|image_pad|>"))
-        self.im_end = tok.token_to_id("<|im_end|>")
-
-    def text(self, s: str) -> list[int]:
-        return self.tok.encode(s, add_special_tokens=False).ids if s else []
-
-    def encode(self, messages: list[Message], reply: str | None):
-        ids: list[int] = []
-        chunks: list[list[np.ndarray]] = []  # frames of each image chunk (1 or 2), in order
-        run: list[np.ndarray] = []
-
-        def flush() -> None:
-            # mtmd pairs consecutive mergeable bitmaps into temporal patches; an odd last frame stands alone
-            for j in range(0, len(run), TPS):
-                frames = run[j:j + TPS]
-                h, w = frames[0].shape[:2]
-                ids.extend([self.vs] + [self.pad] * ((h // (PATCH * MERGE)) * (w // (PATCH * MERGE))) + [self.ve])
-                chunks.append(frames)
-            run.clear()
-
-        for p in render_chat(messages, add_generation_prompt=True):
-            if p.image is not None:
-                if not p.mergeable:
-                    flush()
-                run.append(p.image.pixels)
-                if not p.mergeable:
-                    flush()
-                continue
-            flush()
-            ids += self.text(p.text)
-        flush()
-        n_prompt = len(ids)
-        if reply is not None:
-            ids += self.text(reply) + [self.im_end]
-        return ids, n_prompt, chunks
+    tok = Tokenizer.from_file(str(Path(hf_dir) / "tokenizer.json"))
+    return tok, PromptEncoder.from_tokenizer(tok)
 
 
-def patches(frames: list[np.ndarray]) -> tuple[np.ndarray, tuple[int, int, int]]:
-    """One image chunk -> (n_patches, 3*2*16*16) float32 in Qwen2-VL's patch order, and its grid (t, h, w).
-
-    A single frame is repeated to fill the temporal patch, as both transformers' processor and mtmd do."""
-    if len(frames) == 1:
-        frames = frames * TPS
-    x = np.stack(frames).astype(np.float32) / 255.0  # (2, H, W, 3)
-    x = (x - 0.5) / 0.5
-    x = x.transpose(0, 3, 1, 2)  # (T, C, H, W)
-    t, c, h, w = x.shape
-    gh, gw = h // PATCH, w // PATCH
-    x = x.reshape(1, TPS, c, gh // MERGE, MERGE, PATCH, gw // MERGE, MERGE, PATCH)
-    x = x.transpose(0, 3, 6, 4, 7, 2, 1, 5, 8)  # grid_t, bh, bw, mh, mw, C, T, ph, pw
-    return np.ascontiguousarray(x.reshape(gh * gw, c * TPS * PATCH * PATCH)), (1, gh, gw)
+def tokenizer():
+    return tokenizer_from(ensure_base())
 
 
-def batch_tensors(encoded: list, pad_id: int, image_pad: int):
-    """Right-padded batch: input_ids, attention_mask, labels (-100 outside replies), pixels, grids, mm types."""
-    import torch
+def reply_weights(tok, kind: str, text: str, w_key: float) -> list[float]:
+    """Per-token loss weights of a reply (+ <|im_end|>): w_key on what the task is about (the answer value and
+    citations; the verdict; the caption's content words), 1 on the rest of the JSON.
 
-    L = max(len(e[0]) for e in encoded)
-    ids = torch.full((len(encoded), L), pad_id, dtype=torch.long)
-    att = torch.zeros((len(encoded), L), dtype=torch.long)
-    lab = torch.full((len(encoded), L), -100, dtype=torch.long)
-    pix, grids = [], []
-    for b, (seq, n_prompt, chunks) in enumerate(encoded):
-        ids[b, :len(seq)] = torch.tensor(seq)
-        att[b, :len(seq)] = 1
-        lab[b, n_prompt:len(seq)] = torch.tensor(seq[n_prompt:])
-        for ch in chunks:
-            p, g = patches(ch)
-            pix.append(p)
-            grids.append(g)
-    out = {"input_ids": ids, "attention_mask": att, "labels": lab, "mm_token_type_ids": (ids == image_pad).long()}
-    if pix:
-        out["pixel_values"] = torch.from_numpy(np.concatenate(pix))
-        out["image_grid_thw"] = torch.tensor(grids, dtype=torch.long)
+    Character spans are mapped to tokens through the tokenizer's offsets, so a letter merged with its quote
+    still gets the weight."""
+    enc = tok.encode(text, add_special_tokens=False)
+    key = np.zeros(len(text), dtype=bool)
+    if kind in ("mc", "mc_e", "open", "judge"):
+        for m in re.finditer(r'"(?:answer|better)": "([^"]*)"', text):
+            key[m.start(1):m.end(1)] = True
+        for m in re.finditer(r'"citations": \[([^\]]*)\]', text):
+            key[m.start(1) - 1:m.end(1) + 1] = True
+    else:
+        low = text.lower()
+        for w in CONTENT_WORDS:
+            for m in re.finditer(re.escape(w), low):
+                key[m.start():m.end()] = True
+        for m in re.finditer(r"<face_\d+>|\"[A-Z0-9 :]+\\?\"", text):
+            key[m.start():m.end()] = True
+    ws = [w_key if key[a:b].any() else 1.0 for a, b in enc.offsets]
+    return ws + [1.0]
+
+
+def encode_rows(tok, penc: PromptEncoder, rows, w_key: float):
+    out = []
+    for msgs, rep, kind in rows:
+        e = penc.encode(msgs, rep)
+        w = reply_weights(tok, kind, rep, w_key)
+        if len(w) != len(e.ids) - e.n_prompt:  # tokenizing the reply alone must match the encoder's completion
+            raise AssertionError(f"weights {len(w)} vs reply tokens {len(e.ids) - e.n_prompt}: {rep!r}")
+        out.append((e, w, kind))
     return out
 
 
-def common_prefix(encoded: list, image_start: int | None = None) -> int:
+def batch_tensors(rows, pad_id: int, image_pad: int, device):
+    """Right-padded batch: input_ids, attention_mask, labels (-100 outside replies), weights, pixels, grids."""
+    import torch
+
+    L = max(len(e.ids) for e, _, _ in rows)
+    ids = torch.full((len(rows), L), pad_id, dtype=torch.long)
+    att = torch.zeros((len(rows), L), dtype=torch.long)
+    lab = torch.full((len(rows), L), -100, dtype=torch.long)
+    wts = torch.zeros((len(rows), L))
+    chunks = []
+    for b, (e, w, _) in enumerate(rows):
+        n = len(e.ids)
+        ids[b, :n] = torch.tensor(e.ids)
+        att[b, :n] = 1
+        lab[b, e.n_prompt:n] = torch.tensor(e.ids[e.n_prompt:])
+        wts[b, e.n_prompt:n] = torch.tensor(w)
+        chunks += e.chunks
+    out = {"input_ids": ids, "attention_mask": att, "labels": lab, "weights": wts,
+           "mm_token_type_ids": (ids == image_pad).long()}
+    if chunks:
+        pix, grids = pixel_inputs(chunks)
+        out["pixel_values"] = torch.from_numpy(pix)
+        out["image_grid_thw"] = torch.tensor(grids, dtype=torch.long)
+    return {k: v.to(device) for k, v in out.items()}
+
+
+def common_prefix(rows, vision_start: int) -> int:
     """Length of the token prefix all rows share (the system message...), stopping before any image token."""
-    first = encoded[0][0]
-    n = min(min(len(e[0]) for e in encoded), min(e[1] for e in encoded))
-    # image tokens must stay in the part that sees pixels: a lone writer row (frequent with a high --qa-share;
-    # it crashed the continuation at step 13x before this cap) would otherwise put its whole prompt in the prefix
-    if image_start is not None:
-        n = min([n] + [e[0].index(image_start) for e in encoded if e[2]])
-    for e in encoded[1:]:
+    first = rows[0][0].ids
+    n = min(min(len(e.ids) for e, _, _ in rows), min(e.n_prompt for e, _, _ in rows))
+    n = min([n] + [e.ids.index(vision_start) for e, _, _ in rows if e.chunks])
+    for e, _, _ in rows[1:]:
         k = 0
-        while k < n and e[0][k] == first[k]:
+        while k < n and e.ids[k] == first[k]:
             k += 1
         n = k
     return n
 
 
-def prefix_cached_loss(model, batch: dict, P: int, weights=None):
-    """Causal-LM loss of the batch, running the shared first P tokens once, without gradient.
+def forward_logits(model, batch: dict, P: int, prefix_grad: bool = False):
+    """Logits of positions P.. of the batch (predicting tokens P+1..), running the shared first P tokens once
+    without gradient: the prefix (the system message) is the same for every row, so its keys/values are computed
+    at batch 1 and expanded. Positions (M-RoPE, 3 rows + the text row) are those of the whole sequence, sliced.
+    With `prefix_grad` the prefix is run with gradient (a contrastive group shares its memories: the prefix
+    holds them, and they must learn too); the expanded cache carries the gradient back to it."""
+    import contextlib
 
-    The prefix is the same text for every prompt (the system message), so its keys/values are a constant the
-    later tokens attend to; computing them once (batch 1, no grad) and expanding the cache to the batch gives the
-    same loss as the full forward at a fraction of the cost. Positions (M-RoPE, 3 rows + the text row) are those
-    of the whole sequence, sliced."""
     import torch
     from transformers import DynamicCache
 
     ids, att = batch["input_ids"], batch["attention_mask"]
     B = ids.shape[0]
-    if P < 8 and weights is None:
-        return model(**batch).loss
     P = max(P, 1)
     mm = batch["mm_token_type_ids"]
     with torch.no_grad():
         pos3, _ = model.model.get_rope_index(ids, mm_token_type_ids=mm, image_grid_thw=batch.get("image_grid_thw"),
                                              attention_mask=att)
-        text_pos = torch.arange(ids.shape[1]).view(1, 1, -1).expand(1, B, -1)
+        text_pos = torch.arange(ids.shape[1], device=ids.device).view(1, 1, -1).expand(1, B, -1)
         pos = torch.cat([text_pos, pos3], dim=0)  # (4, B, L)
+    with contextlib.nullcontext() if prefix_grad else torch.no_grad():
         cache = DynamicCache(config=model.config.text_config)
         model.model.language_model(input_ids=ids[:1, :P], attention_mask=att[:1, :P], position_ids=pos[:, :1, :P],
                                    past_key_values=cache, use_cache=True)
@@ -281,245 +451,563 @@ def prefix_cached_loss(model, batch: dict, P: int, weights=None):
     kw = {k: v for k, v in batch.items() if k in ("pixel_values", "image_grid_thw")}
     out = model(input_ids=ids[:, P:], attention_mask=att, position_ids=pos[:, :, P:], past_key_values=cache,
                 mm_token_type_ids=mm[:, P:], use_cache=True, **kw)
-    logits = out.logits[:, :-1]
-    labels = batch["labels"][:, P + 1:]
-    if weights is None:
-        return torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), labels.reshape(-1),
-                                                 ignore_index=-100)
-    # weighted mean over the reply tokens (weights 1 except the answer letter, see letter_weights)
+    return out.logits
+
+
+def weighted_loss(model, batch: dict, P: int, prefix_grad: bool = False):
+    """(sum of weighted token losses, sum of weights) of the replies."""
+    import torch
+
+    logits = forward_logits(model, batch, P, prefix_grad)[:, :-1]
+    labels = batch["labels"][:, max(P, 1) + 1:]
+    w = batch["weights"][:, max(P, 1) + 1:] * (labels != -100)
     ce = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), labels.reshape(-1),
                                            ignore_index=-100, reduction="none")
-    w = weights[:, P + 1:].reshape(-1) * (labels.reshape(-1) != -100)
-    return (ce * w).sum() / w.sum()
+    return (ce * w.reshape(-1)).sum(), w.sum()
 
 
-def letter_weights(grp: list, n_lead: int, letter_weight: float):
-    """Per-token loss weights of a padded sub-batch: 1 on reply tokens, `letter_weight` on the answer letter.
+def lm_step(model, tok, penc, rows, ids, device, w_key: float) -> tuple[float, float]:
+    """Backward of the weighted mean loss over all rows; rows grouped by kind so similar lengths pad together.
+    Returns (loss, weight)."""
+    enc = encode_rows(tok, penc, rows, w_key)
+    groups: list[tuple[list, bool]] = []
+    vis = [r for r in enc if r[0].chunks]
+    if vis:
+        groups.append((vis, False))  # prefix = the system message only (images come right after it)
+    # text rows: clusters sharing a long prefix (a contrastive group's memories and question) run it once
+    text = sorted((r for r in enc if not r[0].chunks), key=lambda r: r[0].ids)
+    shared = common_prefix(text, ids["<|vision_start|>"]) if text else 0  # the system message of every row
+    for r in text:
+        if groups and groups[-1][1] and common_prefix([groups[-1][0][0], r], ids["<|vision_start|>"]) >= shared + 24:
+            groups[-1][0].append(r)
+        else:
+            groups.append(([r], True))
+    total_w = sum(float(sum(w)) for _, w, _ in enc)
+    loss_sum = 0.0
+    for grp, pg in groups:
+        batch = batch_tensors(grp, ids["<|endoftext|>"], ids["<|image_pad|>"], device)
+        P = common_prefix(grp, ids["<|vision_start|>"])
+        if len(grp) == 1:  # a lone row: its whole prompt but the last token as the prefix
+            P = grp[0][0].n_prompt - 1
+        s, _ = weighted_loss(model, batch, P, prefix_grad=pg)
+        (s / total_w).backward()
+        loss_sum += s.item()
+    return loss_sum / total_w, total_w
 
-    The letter is one of ~20 reply tokens of an answerer row (the rest is JSON and citation digits the model
-    learns quickly), so with a plain mean it barely moves the loss; weighting it makes choosing the option the
-    main signal of the continuation phase. `n_lead` = tokens of '{"answer": "' before the letter. Writer rows
-    (with image chunks) keep weight 1 everywhere."""
+
+# ---------------------------------------------------------------------------------------------------- probes
+
+
+def first_reply_token_logits(model, tok, penc, rows, ids, device, key: str):
+    """For each row, the logits at the position that predicts the first token of the reply value (the letter /
+    verdict), teacher forced. Returns (logits (n, V), target token ids)."""
     import torch
 
-    L = max(len(e[0]) for e in grp)
-    w = torch.zeros((len(grp), L))
-    for b, (seq, n_prompt, chunks) in enumerate(grp):
-        w[b, n_prompt:len(seq)] = 1.0
-        if not chunks and letter_weight != 1.0:
-            w[b, n_prompt + n_lead] = letter_weight
-    return w
+    outs, tgts = [], []
+    for msgs, rep, kind in rows:
+        e = penc.encode(msgs, rep)
+        enc = tok.encode(rep, add_special_tokens=False)
+        at = rep.index(f'"{key}": "') + len(f'"{key}": "')
+        j = next(i for i, (a, b) in enumerate(enc.offsets) if a <= at < b)
+        batch = batch_tensors([(e, [1.0] * (len(e.ids) - e.n_prompt), kind)], ids["<|endoftext|>"],
+                              ids["<|image_pad|>"], device)
+        with torch.no_grad():
+            kw = {k: v for k, v in batch.items() if k in ("pixel_values", "image_grid_thw")}
+            lg = model(input_ids=batch["input_ids"][:, :e.n_prompt + j], mm_token_type_ids=batch[
+                "mm_token_type_ids"][:, :e.n_prompt + j], **kw).logits[0, -1]
+        outs.append(lg.float().cpu())
+        tgts.append(e.ids[e.n_prompt + j])
+    return torch.stack(outs), tgts
 
 
-def tokenizer_and_ids():
-    from edge_agent.export.tiny import SPECIAL_TOKENS, VOCAB_MULTIPLE, build_tokenizer
-
-    tok = build_tokenizer()
-    ids = {s: tok.token_to_id(s) for s in SPECIAL_TOKENS}
-    n = tok.get_vocab_size(with_added_tokens=True)
-    return tok, ids, -(-n // VOCAB_MULTIPLE) * VOCAB_MULTIPLE
-
-
-# ---------------------------------------------------------------------------------------------------- train
-
-
-def sample_example(rng: random.Random, clips: list[dict], step: int, steps: int, qa_share: float):
-    """Curriculum: the first third of training writes without context; later windows of 0-4 earlier segments."""
-    c = clips[rng.randrange(len(clips))]
-    if rng.random() < qa_share and c["questions"]:
-        q = c["questions"][rng.randrange(len(c["questions"]))]
-        return qa_example(c, q, rng, abstain=rng.random() < 0.2)
-    i = rng.randrange(len(c["segments"]))
-    k = 0 if step < steps // 3 else min(i, rng.choice([0, 0, 1, 2, 4]))
-    return writer_example(c, i, k)
+def letter_ids(tok) -> dict[str, int]:
+    """Token of each answer letter right after '{"answer": "' (read back from the tokenizer, not assumed)."""
+    out = {}
+    for L in "ABCDE":
+        rep = reply(L, [])
+        enc = tok.encode(rep, add_special_tokens=False)
+        at = rep.index(L, len('{"answer": "') - 1)
+        j = next(i for i, (a, b) in enumerate(enc.offsets) if a <= at < b)
+        out[L] = enc.ids[j]
+    return out
 
 
-def restore(ckpt: Path, model, opt, rng: random.Random) -> dict:
-    """Resume from a checkpoint: weights, optimizer, both random generators. Returns the saved state."""
+def probe_answer(model, tok, penc, ids, device, n_q: int = 24) -> dict:
+    """Held-out worlds (9000+): multiple choice teacher-forced at the letter, arg-max over A-E."""
     import torch
 
-    state = torch.load(ckpt, weights_only=False)
-    model.load_state_dict(state["model"])
-    opt.load_state_dict(state["opt"])
-    rng.setstate(state["rng"])
-    torch.set_rng_state(state["torch_rng"])
-    return state
+    rng = random.Random(123)
+    lid = letter_ids(tok)
+    rows = []
+    for s in HELDOUT_SEEDS:
+        c = text_world(s, 4.0)
+        for q in c["questions"]:
+            for r in qa_group(c, q, rng, open_row=False):
+                rows.append(r)
+    rng.shuffle(rows)
+    rows = rows[: n_q * 5]
+    model.eval()
+    lg, _ = first_reply_token_logits(model, tok, penc, rows, ids, device, "answer")
+    model.train()
+    cols = torch.tensor([lid[L] for L in "ABCDE"])
+    pred = ["ABCDE"[int(i)] for i in lg[:, cols].argmax(1)]
+    want = [json.loads(r[1])["answer"] for r in rows]
+    ev = [i for i, w in enumerate(want) if w != "E"]
+    ne = [i for i, w in enumerate(want) if w == "E"]
+    hist = {L: pred.count(L) for L in "ABCDE"}
+    return {"n": len(rows), "acc": round(sum(p == w for p, w in zip(pred, want)) / len(rows), 3),
+            "acc_letter": round(sum(pred[i] == want[i] for i in ev) / max(1, len(ev)), 3),
+            "e_rate_with_evidence": round(sum(pred[i] == "E" for i in ev) / max(1, len(ev)), 3),
+            "e_acc_without": round(sum(pred[i] == "E" for i in ne) / max(1, len(ne)), 3), "hist": hist}
 
 
-def train(args) -> None:
+def probe_judge(model, tok, penc, ids, device, n: int = 40) -> dict:
+    """Held-out judge pairs in both orderings: verdict accuracy and position consistency (arg-max over A/B/tie)."""
+    import torch
+
+    rng = random.Random(7)
+    pairs = []
+    for s in HELDOUT_SEEDS:
+        c = text_world(s, 4.0)
+        for _ in range(8):
+            p = judge_pair(c, rng)
+            if len(p) == 2:
+                pairs.append(p)
+    pairs = pairs[:n]
+    rows = [r for p in pairs for r in p]
+    cand = {}
+    for v in ("A", "B", "tie"):
+        rep = json.dumps({"better": v})
+        enc = tok.encode(rep, add_special_tokens=False)
+        at = rep.index('"better": "') + len('"better": "')
+        cand[v] = enc.ids[next(i for i, (a, b) in enumerate(enc.offsets) if a <= at < b)]
+    model.eval()
+    lg, _ = first_reply_token_logits(model, tok, penc, rows, ids, device, "better")
+    model.train()
+    cols = torch.tensor([cand[v] for v in ("A", "B", "tie")])
+    pred = [("A", "B", "tie")[int(i)] for i in lg[:, cols].argmax(1)]
+    right = sum(p == json.loads(r[1])["better"] for p, r in zip(pred, rows))
+    consistent = sum(pred[2 * i] == "A" and pred[2 * i + 1] == "B" or pred[2 * i] == "B" and pred[2 * i + 1] == "A"
+                     for i in range(len(pairs)))
+    return {"pairs": len(pairs), "acc": round(right / max(1, len(rows)), 3),
+            "consistent_correct": round(sum(pred[2 * i] == "A" and pred[2 * i + 1] == "B"
+                                            for i in range(len(pairs))) / max(1, len(pairs)), 3),
+            "position_consistent": round(consistent / max(1, len(pairs)), 3),
+            "hist": {v: pred.count(v) for v in ("A", "B", "tie")}}
+
+
+def probe_write(model, tok, penc, ids, device, clips, n: int = 24) -> dict:
+    """Held-out segments, teacher forced: accuracy of the arg-max on the caption's content tokens, and on all
+    reply tokens."""
+    import torch
+
+    rng = random.Random(5)
+    rows = []
+    for c in clips:
+        for i in rng.sample(range(len(c["segments"])), min(6, len(c["segments"]))):
+            rows.append(writer_example(c, i, min(i, 2), rng))
+    rows = rows[:n]
+    model.eval()
+    hit = tot = hit_all = tot_all = 0
+    for r in encode_rows(tok, penc, rows, 3.0):
+        batch = batch_tensors([r], ids["<|endoftext|>"], ids["<|image_pad|>"], device)
+        with torch.no_grad():
+            kw = {k: v for k, v in batch.items() if k in ("pixel_values", "image_grid_thw")}
+            lg = model(input_ids=batch["input_ids"], mm_token_type_ids=batch["mm_token_type_ids"], **kw).logits[0]
+        e, w, _ = r
+        pred = lg[e.n_prompt - 1:len(e.ids) - 1].argmax(-1).cpu().tolist()
+        gold = e.ids[e.n_prompt:]
+        for p, g, wt in zip(pred, gold, w):
+            hit_all += p == g
+            tot_all += 1
+            if wt > 1:
+                hit += p == g
+                tot += 1
+    model.train()
+    return {"n": len(rows), "content_token_acc": round(hit / max(1, tot), 3),
+            "token_acc": round(hit_all / max(1, tot_all), 3)}
+
+
+# ---------------------------------------------------------------------------------------------------- vision
+
+
+class Heads:
+    """Training-only classifiers on the merger output of one image chunk (12 merged tokens x hidden, flattened).
+    Never exported."""
+
+    def __init__(self, n_tokens: int, hidden: int, device):
+        import torch
+
+        self.net = torch.nn.ModuleDict({k: torch.nn.Sequential(torch.nn.Linear(n_tokens * hidden, 128),
+                                                               torch.nn.GELU(), torch.nn.Linear(128, n))
+                                        for k, n in HEADS.items()}).to(device)
+
+
+def image_features(model, pixel_values, grid):
+    """Merger output per chunk, (n_chunks, n_tokens, hidden)."""
+    out = model.model.get_image_features(pixel_values=pixel_values, image_grid_thw=grid)
+    embeds = out[0] if isinstance(out, tuple) else getattr(out, "pooler_output", out)
+    if isinstance(embeds, (list, tuple)):
+        return torch_stack(embeds)
+    return embeds.reshape(grid.shape[0], -1, embeds.shape[-1])
+
+
+def torch_stack(xs):
+    import torch
+
+    return torch.stack(list(xs))
+
+
+def vision_chunks(clips) -> list[tuple[list[np.ndarray], dict[str, int]]]:
+    """Keyframes paired as the runtime pairs them (consecutive pairs of a segment, an odd last one alone), each
+    with the first frame's labels."""
+    out = []
+    for c in clips:
+        for s in c["segments"]:
+            fr, lb = s["frames"], s["labels"]
+            for j in range(0, len(fr), 2):
+                out.append((fr[j:j + 2], lb[j]))
+    return out
+
+
+def vision_batch(items, device):
+    import torch
+
+    from edge_agent.types import ImagePart
+    from edge_agent.vlm.prompt import ImageChunk
+
+    chunks = [ImageChunk(tuple(ImagePart(f"k{i}/{j}", f) for j, f in enumerate(frames)))
+              for i, (frames, _) in enumerate(items)]
+    pix, grids = pixel_inputs(chunks)
+    labels = {k: torch.tensor([lb[k] for _, lb in items], device=device) for k in HEADS}
+    return torch.from_numpy(pix).to(device), torch.tensor(grids, device=device), labels
+
+
+def probe_vision(model, heads, device, chunks) -> dict:
+    import torch
+
+    model.eval()
+    right = {k: 0 for k in HEADS}
+    right_obj = {"kind": [0, 0], "colour": [0, 0]}
+    with torch.no_grad():
+        for i in range(0, len(chunks), 64):
+            items = chunks[i:i + 64]
+            pix, grid, lab = vision_batch(items, device)
+            f = image_features(model, pix, grid).flatten(1)
+            for k, h in heads.net.items():
+                p = h(f).argmax(-1)
+                right[k] += int((p == lab[k]).sum())
+                if k in right_obj:
+                    m = lab[k] > 0
+                    right_obj[k][0] += int((p[m] == lab[k][m]).sum())
+                    right_obj[k][1] += int(m.sum())
+    model.train()
+    n = len(chunks)
+    return {"n": n, **{k: round(v / n, 3) for k, v in right.items()},
+            "kind_when_object": round(right_obj["kind"][0] / max(1, right_obj["kind"][1]), 3),
+            "colour_when_object": round(right_obj["colour"][0] / max(1, right_obj["colour"][1]), 3),
+            "n_object": right_obj["kind"][1]}
+
+
+# ---------------------------------------------------------------------------------------------------- stages
+
+STAGE_DEFAULTS = {  # steps, batch (rows or chunks), lr, minutes cap
+    "answer": dict(steps=150, batch=4, lr=2e-3, minutes=42, probe_every=40),
+    "vision": dict(steps=1500, batch=64, lr=2e-3, minutes=10, probe_every=300),
+    "write": dict(steps=300, batch=10, lr=1.5e-3, minutes=38, probe_every=50),
+}
+
+
+def load_model(path: Path, device):
     import torch
     from transformers import Qwen3VLForConditionalGeneration
 
-    torch.set_num_threads(args.threads)
-    torch.set_flush_denormal(True)
-    tok, ids, vocab = tokenizer_and_ids()
-    enc = Encoder(tok)
-    clips = [clip(s) for s in TRAIN_SEEDS]
-    rng = random.Random(args.seed)
-    torch.manual_seed(args.seed)
-    model = Qwen3VLForConditionalGeneration(model_config(vocab, ids)).float()
-    ckpt = WORK / f"ckpt-s{args.seed}.pt"
-    start = 0
-    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.95), weight_decay=0.05)
-    if args.resume and ckpt.is_file():
-        start = restore(ckpt, model, opt, rng)["step"]
-    n_params = sum(p.numel() for p in model.parameters())
-    print(f"params {n_params / 1e6:.2f}M, steps {args.steps}, batch {args.batch}, from step {start}", flush=True)
-    model.train()
-    t0 = time.time()
-    ema = None
-    for step in range(start, min(args.steps, args.stop_at or args.steps)):
-        warm = min(1.0, (step + 1) / args.warmup)
-        lr = args.lr * warm * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * step / args.steps)))
-        for g in opt.param_groups:
-            g["lr"] = lr
-        exs = [sample_example(rng, clips, step, args.steps, args.qa_share) for _ in range(args.batch)]
-        # Writer and QA rows differ a lot in length (~250 vs ~650 tokens): run them as two sub-batches so the
-        # short rows are not padded to the long ones; the loss is the mean over all reply tokens of the step.
-        encoded = [enc.encode(m, r) for m, r in exs]
-        groups = [[e for e in encoded if e[2]], [e for e in encoded if not e[2]]]
-        n_target = sum(len(e[0]) - e[1] for e in encoded)
-        opt.zero_grad(set_to_none=True)
-        loss_sum, L = 0.0, 0
-        for grp in groups:
-            if not grp:
-                continue
-            batch = batch_tensors(grp, ids["<|endoftext|>"], ids["<|image_pad|>"])
-            n_grp = sum(len(e[0]) - e[1] for e in grp)
-            P = common_prefix(grp, ids["<|vision_start|>"])
-            loss = prefix_cached_loss(model, batch, P) * (n_grp / n_target)
-            loss.backward()
-            loss_sum += loss.item()
-            L = max(L, batch["input_ids"].shape[1])
-        loss = torch.tensor(loss_sum)
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        ema = loss.item() if ema is None else 0.95 * ema + 0.05 * loss.item()
-        if step % args.log_every == 0 or step == args.steps - 1:
-            print(f"step {step} loss {loss.item():.4f} ema {ema:.4f} lr {lr:.2e} "
-                  f"len {L} {time.time() - t0:.0f}s", flush=True)
-        if (step + 1) % args.save_every == 0 or step + 1 in (args.steps, args.stop_at):
-            tmp = ckpt.with_suffix(".tmp")
-            torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "rng": rng.getstate(),
-                        "torch_rng": torch.get_rng_state(), "step": step + 1, "seconds": time.time() - t0}, tmp)
-            tmp.replace(ckpt)
-    print(f"done {step + 1} steps in {time.time() - t0:.0f}s", flush=True)
+    m = Qwen3VLForConditionalGeneration.from_pretrained(path, dtype=torch.float32).to(device)
+    m.train()
+    return m
 
 
-def continue_training(args) -> None:
-    """Phase 2 (`continue`): resume the base run's weights and optimizer at its last step (--stop-at) and train
-    --cont-steps more with most of each batch answerer rows (--cont-qa-share), a fresh warm-up + cosine schedule
-    from --cont-lr to 10 %, and the answer letter's loss weighted by --letter-weight. Writer rows stay in the mix
-    (windowed curriculum, as late in phase 1) so the writer does not regress. Its own RNG stream (seed + 1000),
-    so it is deterministic from --seed; checkpoints to ckpt-s<seed>-cont.pt (resumable with --resume)."""
+def ensure_base() -> Path:
+    """The starting point: a copy of the shipped checkpoint (models/default/hf), taken once."""
+    base = WORK / "base"
+    if not (base / "model.safetensors").is_file():
+        base.mkdir(parents=True, exist_ok=True)
+        for f in (ROOT / "models" / "default" / "hf").iterdir():
+            shutil.copy2(f, base / f.name)
+    return base
+
+
+def stage_dir(name: str) -> Path:
+    return WORK / f"stage-{name}"
+
+
+def previous_weights(name: str) -> Path:
+    i = STAGES.index(name)
+    for prev in reversed(STAGES[:i]):
+        d = stage_dir(prev)
+        if (d / "done.json").is_file():
+            return d / "hf"
+    return ensure_base()
+
+
+def save_hf(model, d: Path) -> None:
+    d.mkdir(parents=True, exist_ok=True)
+    tmp = d.with_name(d.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp)
+    base = ensure_base()
+    for f in base.iterdir():
+        if f.name not in ("model.safetensors", "config.json", "generation_config.json"):
+            shutil.copy2(f, tmp / f.name)
+    shutil.rmtree(d, ignore_errors=True)
+    tmp.rename(d)
+
+
+def run_stage(name: str, args) -> None:
     import torch
-    from transformers import Qwen3VLForConditionalGeneration
 
+    d = stage_dir(name)
+    if (d / "done.json").is_file():
+        print(f"[{name}] done already: {(d / 'done.json').read_text()}", flush=True)
+        return
+    cfg = dict(STAGE_DEFAULTS[name])
+    for k in ("steps", "batch", "lr", "minutes", "probe_every"):
+        v = getattr(args, k)
+        if v is not None:
+            cfg[k] = v
+    device = torch.device(args.device)
     torch.set_num_threads(args.threads)
     torch.set_flush_denormal(True)
-    tok, ids, vocab = tokenizer_and_ids()
-    enc = Encoder(tok)
-    n_lead = len(enc.text('{"answer": "'))
-    clips = [clip(s) for s in TRAIN_SEEDS]
-    base = torch.load(WORK / f"ckpt-s{args.seed}.pt", weights_only=False)
-    if args.stop_at and base["step"] != args.stop_at:
-        raise SystemExit(f"base checkpoint is at step {base['step']}, expected --stop-at {args.stop_at}")
-    rng = random.Random(args.seed + 1000)
-    torch.manual_seed(args.seed + 1000)
-    model = Qwen3VLForConditionalGeneration(model_config(vocab, ids)).float()
-    model.load_state_dict(base["model"])
-    opt = torch.optim.AdamW(model.parameters(), lr=args.cont_lr, betas=(0.9, 0.95), weight_decay=0.05)
-    opt.load_state_dict(base["opt"])
-    ckpt = WORK / f"ckpt-s{args.seed}-cont.pt"
-    start, prev_seconds = 0, 0.0
-    if args.resume and ckpt.is_file():
-        state = restore(ckpt, model, opt, rng)
-        start, prev_seconds = state["cont_step"], state["cont_seconds"]
-    print(f"continue from base step {base['step']}: {args.cont_steps} steps, batch {args.batch}, "
-          f"qa share {args.cont_qa_share}, lr {args.cont_lr}, letter weight {args.letter_weight}, "
-          f"from step {start}", flush=True)
-    model.train()
-    t0 = time.time() - prev_seconds
+    tok, penc = tokenizer()
+    ids = {t: tok.token_to_id(t) for t in ("<|endoftext|>", "<|image_pad|>", "<|vision_start|>", "<|im_end|>")}
+    start_from = previous_weights(name)
+    model = load_model(start_from, device)
+    heads = None
+    if name == "vision":
+        for p in model.parameters():
+            p.requires_grad_(False)
+        for p in model.model.visual.parameters():
+            p.requires_grad_(True)
+        heads = Heads(12, model.config.vision_config.out_hidden_size, device)
+        params = list(model.model.visual.parameters()) + list(heads.net.parameters())
+    else:
+        params = list(model.parameters())
+    opt = torch.optim.AdamW(params, lr=cfg["lr"], betas=(0.9, 0.95), weight_decay=0.05)
+    rng = random.Random(args.seed * 1000 + STAGES.index(name))
+    torch.manual_seed(args.seed * 1000 + STAGES.index(name))
+    state = {"step": 0, "seconds": 0.0, "probes": [], "text_seed": TEXT_SEED0 + 100000 * STAGES.index(name),
+             "losses": []}
+    ckpt = d / "ckpt.pt"
+    if ckpt.is_file():
+        st = torch.load(ckpt, weights_only=False)
+        model.load_state_dict(st["model"])
+        if heads is not None:
+            heads.net.load_state_dict(st["heads"])
+        opt.load_state_dict(st["opt"])
+        rng.setstate(st["rng"])
+        torch.set_rng_state(st["torch_rng"])
+        state = st["state"]
+        print(f"[{name}] resumed at step {state['step']} ({state['seconds']:.0f}s)", flush=True)
+    d.mkdir(parents=True, exist_ok=True)
+
+    # data
+    video = held = chunks = held_chunks = None
+    if name in ("vision", "write"):
+        video = [clip(s) for s in VIDEO_SEEDS]
+        held = [clip(s) for s in HELDOUT_SEEDS[:4]]
+        variants = [caption_variants(s) for s in VIDEO_SEEDS] if name == "write" else None
+    if name == "vision":
+        chunks = vision_chunks(video)
+        held_chunks = vision_chunks(held)
+        print(f"[vision] {len(chunks)} training chunks, {len(held_chunks)} held-out", flush=True)
+
+    def probe() -> dict:
+        t = time.time()
+        if name == "answer":
+            p = {"answer": probe_answer(model, tok, penc, ids, device), "judge": probe_judge(model, tok, penc, ids,
+                                                                                            device)}
+        elif name == "vision":
+            p = {"vision": probe_vision(model, heads, device, held_chunks)}
+        else:
+            p = {"write": probe_write(model, tok, penc, ids, device, held),
+                 "answer": probe_answer(model, tok, penc, ids, device, n_q=12)}
+        p["step"] = state["step"]
+        p["probe_seconds"] = round(time.time() - t)
+        print(f"[{name}] probe {json.dumps(p)}", flush=True)
+        return p
+
+    def save() -> None:
+        tmp = d / "ckpt.tmp"
+        torch.save({"model": model.state_dict(), "heads": heads.net.state_dict() if heads else None,
+                    "opt": opt.state_dict(), "rng": rng.getstate(), "torch_rng": torch.get_rng_state(),
+                    "state": state, "cfg": cfg}, tmp)
+        tmp.replace(ckpt)
+
+    def next_text_world():
+        state["text_seed"] += 1
+        return text_world(state["text_seed"], rng.choice([2.0, 3.0, 4.0, 6.0]))
+
+    def answer_rows(n_groups: int, n_judge: int, e_share: float = 1.0) -> list:
+        rows = []
+        while n_groups > 0:
+            c = next_text_world()
+            qs = c["questions"][:]
+            rng.shuffle(qs)
+            for q in qs[:2]:
+                g = qa_group(c, q, rng, e_row=rng.random() < e_share)
+                if g:
+                    rows += g
+                    n_groups -= 1
+            for _ in range(n_judge):
+                rows += judge_pair(c, rng)
+            n_judge = 0
+        return rows
+
+    print(f"[{name}] from {start_from}, {cfg}, threads {args.threads}, device {device}", flush=True)
+    if not state["probes"]:
+        state["probes"].append(probe())
+    t0 = time.time() - state["seconds"]
+    last_save = time.time()
     ema = None
-    end = min(args.cont_steps, args.cont_stop_at or args.cont_steps)
-    for step in range(start, end):
-        warm = min(1.0, (step + 1) / args.cont_warmup)
-        lr = args.cont_lr * warm * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * step / args.cont_steps)))
+    while state["step"] < cfg["steps"]:
+        step = state["step"]
+        # the schedule runs on whichever ends first, the planned steps or the stage's wall-clock cap, so a stage
+        # slowed by a busy machine still anneals to its final learning rate
+        frac = max(step / cfg["steps"], (time.time() - t0) / 60 / cfg["minutes"])
+        if frac >= 1:
+            print(f"[{name}] time cap {cfg['minutes']} min reached at step {step}", flush=True)
+            break
+        warm = min(1.0, (step + 1) / 20)
+        lr = cfg["lr"] * warm * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * frac)))
         for g in opt.param_groups:
             g["lr"] = lr
-        # step 10**9: the writer rows use the late (windowed) curriculum of phase 1
-        exs = [sample_example(rng, clips, 10**9, args.steps, args.cont_qa_share) for _ in range(args.batch)]
-        encoded = [enc.encode(m, r) for m, r in exs]
-        groups = [[e for e in encoded if e[2]], [e for e in encoded if not e[2]]]
-        wts = [letter_weights(g, n_lead, args.letter_weight) if g else None for g in groups]
-        w_total = sum(float(w.sum()) for w in wts if w is not None)
         opt.zero_grad(set_to_none=True)
-        loss_sum, L = 0.0, 0
-        for grp, w in zip(groups, wts):
-            if not grp:
-                continue
-            batch = batch_tensors(grp, ids["<|endoftext|>"], ids["<|image_pad|>"])
-            P = common_prefix(grp, ids["<|vision_start|>"])
-            loss = prefix_cached_loss(model, batch, P, weights=w) * (float(w.sum()) / w_total)
-            loss.backward()
-            loss_sum += loss.item()
-            L = max(L, batch["input_ids"].shape[1])
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        if name == "answer":
+            loss, _ = lm_step(model, tok, penc, answer_rows(cfg["batch"], 2), ids, device, args.w_key)
+        elif name == "vision":
+            items = [chunks[rng.randrange(len(chunks))] for _ in range(cfg["batch"])]
+            pix, grid, lab = vision_batch(items, device)
+            f = image_features(model, pix, grid).flatten(1)
+            ls = {k: torch.nn.functional.cross_entropy(h(f), lab[k]) for k, h in heads.net.items()}
+            total = ls["room"] + ls["shot"] + 2 * ls["kind"] + 2 * ls["colour"] + ls["person"] + ls["activity"]
+            total.backward()
+            loss = total.item()
+        else:
+            rows = []
+            for _ in range(cfg["batch"]):
+                j = rng.randrange(len(video))
+                c = video[j]
+                i = rng.randrange(len(c["segments"]))
+                rows.append(writer_example(c, i, min(i, rng.choice([0, 1, 2, 3, 4])), rng, variants[j]))
+            # replay; the evidence-removed row in 1 group of 3 only: the answer stage (E in ~30 % of its rows)
+            # ended with E as the arg-max whenever the model cannot match (E above each letter's ~18 %)
+            rows += answer_rows(2, 1, e_share=0.33)
+            loss, _ = lm_step(model, tok, penc, rows, ids, device, args.w_key)
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
-        ema = loss_sum if ema is None else 0.95 * ema + 0.05 * loss_sum
-        if step % args.log_every == 0 or step == args.cont_steps - 1:
-            print(f"cont step {step} loss {loss_sum:.4f} ema {ema:.4f} lr {lr:.2e} qa {len(groups[1])} "
-                  f"len {L} {time.time() - t0:.0f}s", flush=True)
-        if (step + 1) % args.save_every == 0 or step + 1 == end:
-            tmp = ckpt.with_suffix(".tmp")
-            torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "rng": rng.getstate(),
-                        "torch_rng": torch.get_rng_state(), "step": base["step"] + step + 1,
-                        "base_step": base["step"], "base_seconds": base["seconds"], "cont_step": step + 1,
-                        "cont_seconds": time.time() - t0, "seconds": base["seconds"] + time.time() - t0}, tmp)
-            tmp.replace(ckpt)
-    print(f"continued {end} steps in {time.time() - t0:.0f}s", flush=True)
+        state["step"] += 1
+        ema = loss if ema is None else 0.95 * ema + 0.05 * loss
+        state["losses"].append(round(loss, 4))
+        if step % 10 == 0:
+            print(f"[{name}] step {step} loss {loss:.4f} ema {ema:.4f} lr {lr:.2e} {time.time() - t0:.0f}s",
+                  flush=True)
+        if state["step"] % cfg["probe_every"] == 0:
+            state["probes"].append(probe())
+        if time.time() - last_save > args.save_minutes * 60:
+            state["seconds"] = time.time() - t0
+            save()
+            last_save = time.time()
+    state["seconds"] = time.time() - t0
+    if not state["probes"] or state["probes"][-1]["step"] != state["step"]:
+        state["probes"].append(probe())
+    save()
+    save_hf(model, d / "hf")
+    done = {"stage": name, "steps": state["step"], "planned_steps": cfg["steps"], "seconds": round(state["seconds"]),
+            "cfg": cfg, "threads": args.threads, "device": str(device), "from": str(start_from),
+            "final_probe": state["probes"][-1], "probes": state["probes"]}
+    (d / "done.json").write_text(json.dumps(done, indent=1))
+    print(f"[{name}] finished {state['step']} steps in {state['seconds']:.0f}s", flush=True)
 
 
 # ---------------------------------------------------------------------------------------------------- ship
 
 
+def last_stage_dir() -> Path:
+    for name in reversed(STAGES):
+        if (stage_dir(name) / "done.json").is_file():
+            return stage_dir(name)
+    raise SystemExit("no finished stage")
+
+
+def sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for b in iter(lambda: f.read(1 << 20), b""):
+            h.update(b)
+    return h.hexdigest()
+
+
 def finalize(args) -> None:
-    """Last checkpoint -> models/default/hf (safetensors f32, tokenizer, template, processor) + GGUF f16."""
-    import torch
-    from transformers import PreTrainedTokenizerFast, Qwen3VLForConditionalGeneration
-
+    """The chosen stage's checkpoint -> <out>/hf + model.gguf + mmproj.gguf through the project's exporter."""
     from edge_agent.export import export_hf
-    from edge_agent.export.tiny import CHAT_TEMPLATE, preprocessor_config
 
-    torch.set_num_threads(1)
-    tok, ids, vocab = tokenizer_and_ids()
-    name = f"ckpt-s{args.seed}-cont.pt" if args.cont_steps else f"ckpt-s{args.seed}.pt"
-    state = torch.load(WORK / name, weights_only=False)
-    model = Qwen3VLForConditionalGeneration(model_config(vocab, ids)).float().eval()
-    model.load_state_dict(state["model"])
-    model.generation_config.eos_token_id = ids["<|im_end|>"]
-    model.generation_config.pad_token_id = ids["<|endoftext|>"]
-    hf = OUT / "hf"
-    hf.mkdir(parents=True, exist_ok=True)
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>")
-    fast.chat_template = CHAT_TEMPLATE
-    fast.save_pretrained(hf)
-    model.save_pretrained(hf)
-    (hf / "preprocessor_config.json").write_text(json.dumps(preprocessor_config(), indent=2) + "\n")
-    export_hf(hf, OUT, args.outtype, name=f"edge-agent-default-s{args.seed}")
-    info = {"seed": args.seed, "checkpoint": name, "steps": state["step"], "train_seconds": round(state["seconds"]),
-            **({"cont_steps": state["cont_step"], "cont_seconds": round(state["cont_seconds"])}
-               if "cont_step" in state else {})}
-    (WORK / "train_info.json").write_text(json.dumps(info))
-    print("finalized", info, flush=True)
+    src = Path(args.from_dir) if args.from_dir else last_stage_dir() / "hf"
+    if src.suffix == ".pt":  # a stage checkpoint (e.g. a stage stopped by the session's clock): weights -> hf
+        import torch
+
+        state = torch.load(src, weights_only=False)
+        model = load_model(ensure_base(), "cpu")
+        model.load_state_dict(state["model"])
+        save_hf(model, src.parent / "hf-from-ckpt")
+        (src.parent / "stopped.json").write_text(json.dumps({"steps": state["state"]["step"],
+                                                             "seconds": round(state["state"]["seconds"]),
+                                                             "cfg": state["cfg"], "probes": state["state"]["probes"]}))
+        src = src.parent / "hf-from-ckpt"
+    out = args.out
+    hf = out / "hf"
+    tmp = out / "hf.new"
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(src, tmp)
+    shutil.rmtree(hf, ignore_errors=True)
+    tmp.rename(hf)
+    export_hf(hf, out, args.outtype, name=f"edge-agent-default-s{args.seed}")
+    print(f"finalized {src} -> {out}", flush=True)
+
+
+def manifest(args) -> None:
+    """manifest.json: seed, generator version, recipe, per-stage probes, measured table, sha256 of each file."""
+    out = args.out
+    stages = {}
+    for name in STAGES:
+        f = stage_dir(name) / "done.json"
+        g = stage_dir(name) / "stopped.json"
+        if f.is_file():
+            stages[name] = json.loads(f.read_text())
+        elif g.is_file():  # stopped before its schedule ended; shipped from its last checkpoint
+            stages[name] = dict(json.loads(g.read_text()), stopped_early=True)
+    measured = {}
+    for key, f in (("writer_and_mc_gt_memories", WORK / f"eval-{args.measured_name}.json"),
+                   ("end_to_end", WORK / f"heldout-{args.measured_name}.json"), ("parity", WORK / "parity.json"),
+                   ("previous_model_writer_and_mc", WORK / "eval-previous.json"),
+                   ("previous_model_end_to_end", WORK / "heldout-previous.json")):
+        if f.is_file():
+            measured[key] = json.loads(f.read_text())
+    files = {str(p.relative_to(out)): {"sha256": sha256(p), "bytes": p.stat().st_size}
+             for p in sorted(out.rglob("*")) if p.is_file() and p.name not in ("manifest.json",)}
+    man = {"seed": args.seed, "generator": GENERATOR_VERSION, "recipe": "tools/train_default.py run",
+           "video_seeds": [VIDEO_SEEDS[0], VIDEO_SEEDS[-1]], "text_seeds_from": TEXT_SEED0,
+           "heldout_seeds": [HELDOUT_SEEDS[0], HELDOUT_SEEDS[-1]], "stages": stages, "measured": measured,
+           # what it was trained at (read by edge_agent.models; the same as the catalog's entry)
+           "profile": {"frame_size": 128, "keyframes_per_segment": 4, "ram_gb": 0.5, "disk_gb": 0.1},
+           "files": files}
+    (out / "manifest.json").write_text(json.dumps(man, indent=1) + "\n")
+    print(f"manifest: {len(files)} files", flush=True)
 
 
 # ---------------------------------------------------------------------------------------------------- eval
 
 FIELD_WORDS = {
     "room": ["kitchen", "office", "living room", "bedroom"],
-    "event": ["moved", "took", "put", "picked up", "met", "talking", "read a note", "washing dishes", "cooking",
-              "typing", "watching tv", "folding clothes", "walked into", "looked around", "carrying"],
     "colour": ["red", "blue", "green", "yellow", "purple", "orange"],
     "object": ["cup", "keys", "book", "phone", "bowl", "bottle"],
 }
@@ -530,69 +1018,97 @@ def fields(text: str) -> dict[str, set[str]]:
     return {k: {w for w in ws if w in t} for k, ws in FIELD_WORDS.items()}
 
 
-def open_default(n_ctx: int = 4096):
+def open_default(out: Path, n_ctx: int = 4096):
     from edge_agent.vlm.llama_cpp import LlamaCppBackend
 
-    return LlamaCppBackend(OUT / "model.gguf", OUT / "mmproj.gguf", n_threads=1, n_ctx=n_ctx, image_cache_size=64)
+    return LlamaCppBackend(out / "model.gguf", out / "mmproj.gguf", n_threads=1, n_ctx=n_ctx, image_cache_size=64)
+
+
+def wilson(k: int, n: int) -> list[float]:
+    if n == 0:
+        return [0.0, 0.0]
+    z = 1.96
+    p = k / n
+    den = 1 + z * z / n
+    c = (p + z * z / (2 * n)) / den
+    h = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / den
+    return [round(c - h, 3), round(c + h, 3)]
 
 
 def evaluate(args) -> dict:
-    """Held-out seeds through llama.cpp: the runtime's MemoryWriter (window 5, grammar) and the answer prompt."""
+    """Held-out seeds through llama.cpp: the runtime's MemoryWriter (window 5, grammar) on the first segments
+    of each clip, and multiple choice over ground-truth memories (one rotation per question)."""
     from edge_agent.config import WriterConfig
     from edge_agent.memory.writer import MemoryWriter, WindowEntry
     from edge_agent.types import Sampling
 
-    res = {"writer": {"n": 0, "valid": 0, "exact": 0, **{k: [0, 0] for k in FIELD_WORDS}},
-           "qa": {"n": 0, "correct": 0, "abstain_n": 0, "abstain_correct": 0, "by_letter": {}}}
+    w = {"n": 0, "valid": 0, "repeat": 0, "exact": 0, **{k: [0, 0] for k in FIELD_WORDS}}
+    qa = {"n": 0, "correct": 0, "e_with_evidence": 0, "abstain_n": 0, "abstain_correct": 0, "hist": {},
+          "cited_ok": 0, "open_n": 0, "open_text": 0}
     rng = random.Random(1)
-    with open_default() as be:
-        for seed in HELDOUT_SEEDS[: args.eval_clips]:
+    seeds = HELDOUT_SEEDS[: args.eval_clips]
+    with open_default(args.out) as be:
+        for seed in seeds:
             c = clip(seed)
             writer = MemoryWriter(be, WriterConfig(max_retries=0), stream_key=f"s{seed}")
             window: list[WindowEntry] = []
             for s in c["segments"][: args.eval_segments]:
                 seg = as_segment(s)
                 r = writer.write(window, seg)
-                w = res["writer"]
                 w["n"] += 1
                 w["valid"] += r.text is not None
                 text = r.text or ""
+                sents = [x.strip() for x in re.findall(r"[^.]+\.", text)]
+                w["repeat"] += len(sents) != len(set(sents))
                 w["exact"] += text == s["caption"]
-                f_true, f_pred = fields(s["caption"]), fields(text)
-                for k in FIELD_WORDS:  # recall of the true caption's words of each field, exact set match
-                    if f_true[k]:
-                        w[k][0] += f_true[k] == f_pred[k]
+                ft, fp = fields(s["caption"]), fields(text)
+                for k in FIELD_WORDS:
+                    if ft[k]:
+                        w[k][0] += ft[k] == fp[k]
                         w[k][1] += 1
                 if args.verbose:
                     print(f"  [{s['index']}] true: {s['caption']}\n       pred: {text}", flush=True)
                 window = (window + [WindowEntry(seg, r.text)])[-4:]
-            for q in c["questions"]:
-                for abstain in (False, True):
-                    msgs, ref = qa_example(c, q, rng, abstain)
+            tw = text_world(seed, 4.0)
+            for q in tw["questions"]:
+                g = qa_group(tw, q, rng)
+                if not g:
+                    continue
+                for msgs, ref, kind in [g[rng.randrange(4)]] + g[4:]:
                     shown = [int(x) for x in re.findall(r"^\[(\d+)\]", msgs[1].parts[0], flags=re.M)]
-                    if not shown:  # the runtime abstains without asking the model
-                        continue
-                    g = be.generate(msgs, Sampling(max_tokens=96), json_schema=answer_schema(LETTERS, shown))
-                    got = parse_reply(g.text, q["options"], shown)["choice"]
+                    opts = [ln[3:] for ln in msgs[1].parts[0].splitlines() if re.match(r"^[A-D]\. ", ln)]
+                    gen = be.generate(msgs, Sampling(max_tokens=96 if opts else 64),
+                                      json_schema=answer_schema(LETTERS if opts else "", shown))
+                    p = parse_reply(gen.text, opts, shown)
                     want = json.loads(ref)["answer"]
-                    qa = res["qa"]
-                    if abstain:
+                    if kind == "open":
+                        qa["open_n"] += 1
+                        qa["open_text"] += bool(p["text"]) and p["text"] != NOT_IN_MEMORY
+                    elif kind == "mc_e" or want == "E":
                         qa["abstain_n"] += 1
-                        qa["abstain_correct"] += got == want
+                        qa["abstain_correct"] += p["choice"] == "E"
                     else:
                         qa["n"] += 1
-                        qa["correct"] += got == want
-                        qa["by_letter"][got] = qa["by_letter"].get(got, 0) + 1
-    w, qa = res["writer"], res["qa"]
+                        qa["correct"] += p["choice"] == want
+                        qa["e_with_evidence"] += p["choice"] == "E"
+                        qa["hist"][p["choice"]] = qa["hist"].get(p["choice"], 0) + 1
+                        qa["cited_ok"] += p["choice"] != "E" and bool(p["cited"])
+    ans = qa["n"] - qa["e_with_evidence"]
     summary = {
-        "segments": w["n"], "valid_memory": w["valid"] / max(1, w["n"]), "exact_caption": w["exact"] / max(1, w["n"]),
-        **{f"{k}_acc": w[k][0] / max(1, w[k][1]) for k in FIELD_WORDS}, "field_counts": {k: w[k][1] for k in FIELD_WORDS},
-        "qa_questions": qa["n"], "qa_acc_with_evidence": qa["correct"] / max(1, qa["n"]),
-        "qa_abstain_acc_without_evidence": qa["abstain_correct"] / max(1, qa["abstain_n"]),
-        "qa_choices": qa["by_letter"],
+        "seeds": seeds, "segments": w["n"], "valid_memory": round(w["valid"] / max(1, w["n"]), 3),
+        "valid_ci": wilson(w["valid"], w["n"]), "repeated_sentence": w["repeat"],
+        "exact_caption": round(w["exact"] / max(1, w["n"]), 3),
+        **{f"{k}_acc": round(w[k][0] / max(1, w[k][1]), 3) for k in FIELD_WORDS},
+        **{f"{k}_ci": wilson(*w[k]) for k in FIELD_WORDS}, "field_counts": {k: w[k][1] for k in FIELD_WORDS},
+        "mc_questions": qa["n"], "mc_acc_gt_memories": round(qa["correct"] / max(1, qa["n"]), 3),
+        "mc_ci": wilson(qa["correct"], qa["n"]), "letter_hist": qa["hist"],
+        "e_rate_with_evidence": round(qa["e_with_evidence"] / max(1, qa["n"]), 3),
+        "abstain_acc_without_evidence": round(qa["abstain_correct"] / max(1, qa["abstain_n"]), 3),
+        "abstain_n": qa["abstain_n"], "cited_when_answered": round(qa["cited_ok"] / max(1, ans), 3),
+        "open_n": qa["open_n"], "open_text_rate": round(qa["open_text"] / max(1, qa["open_n"]), 3),
     }
     print(json.dumps(summary, indent=1), flush=True)
-    (WORK / "eval.json").write_text(json.dumps(summary, indent=1))
+    (WORK / f"eval-{args.out.name}.json").write_text(json.dumps(summary, indent=1))
     return summary
 
 
@@ -600,91 +1116,72 @@ def parity(args) -> float:
     """Last-token logits of one real writer prompt (3 earlier segments, odd keyframe counts included) in
     transformers (f32 checkpoint) vs llama.cpp (the shipped GGUF); also checks the token sequences agree."""
     import torch
-    from transformers import Qwen3VLForConditionalGeneration
 
     torch.set_num_threads(1)
-    tok, ids, _ = tokenizer_and_ids()
-    enc = Encoder(tok)
-    # a window whose frame counts include an odd one (mtmd then leaves one frame unpaired)
-    c, i = next(((c, j) for c in map(clip, HELDOUT_SEEDS + TRAIN_SEEDS) for j in range(3, len(c["segments"]))
-                 if any(len(s["frames"]) % 2 for s in c["segments"][j - 3:j + 1])), (clip(HELDOUT_SEEDS[0]), 3))
-    msgs, _ = writer_example(c, i, 3)
-    seq, n_prompt, chunks = enc.encode(msgs, None)
-    batch = batch_tensors([(seq, n_prompt, chunks)], ids["<|endoftext|>"], ids["<|image_pad|>"])
-    batch.pop("labels")
-    model = Qwen3VLForConditionalGeneration.from_pretrained(OUT / "hf", dtype=torch.float32).eval()
+    tok, penc = tokenizer()
+    ids = {t: tok.token_to_id(t) for t in ("<|endoftext|>", "<|image_pad|>", "<|vision_start|>", "<|im_end|>")}
+    c = clip(HELDOUT_SEEDS[0])
+    i = next((j for j in range(3, len(c["segments"]))
+              if any(len(s["frames"]) % 2 for s in c["segments"][j - 3:j + 1])), 3)
+    msgs, _, _ = writer_example(c, i, 3, random.Random(0))
+    e = penc.encode(msgs, None)
+    batch = batch_tensors([(e, [], "write")], ids["<|endoftext|>"], ids["<|image_pad|>"], "cpu")
+    model = load_model(args.out / "hf", "cpu").eval()
     with torch.no_grad():
-        ref = model(**batch).logits[0, -1].numpy()
-    with open_default() as be:
+        ref = model(input_ids=batch["input_ids"], mm_token_type_ids=batch["mm_token_type_ids"],
+                    pixel_values=batch["pixel_values"], image_grid_thw=batch["image_grid_thw"]).logits[0, -1].numpy()
+    with open_default(args.out) as be:
         toks = be.prompt_tokens(msgs)
-        mine = [-1 if t == ids["<|image_pad|>"] else t for t in seq]
+        mine = [-1 if t == ids["<|image_pad|>"] else t for t in e.ids]
         same = toks == mine
         got = be.logits(msgs)
     diff = float(np.abs(got[: ref.shape[0]] - ref).max())
-    print(f"parity: segment {i} ({[len(s['frames']) for s in c['segments'][i - 3:i + 1]]} frames), "
-          f"{len(seq)} tokens, token sequences equal: {same}, max |logit diff| {diff:.2e} "
-          f"(logit scale {np.abs(ref).max():.1f})", flush=True)
-    if not same:
-        print("  backend:", toks[:80], "\n  mine:   ", mine[:80])
+    res = {"tokens": len(e.ids), "token_sequences_equal": same, "max_abs_logit_diff": diff,
+           "logit_scale": float(np.abs(ref).max())}
+    print("parity", json.dumps(res), flush=True)
+    (WORK / "parity.json").write_text(json.dumps(res))
     return diff
 
 
 def main() -> None:
-    global OUT
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("what", choices=["data", "train", "continue", "finalize", "eval", "parity", "all", "stats"])
+    ap.add_argument("what", choices=["run", "stage", "data", "finalize", "manifest", "eval", "parity", "probe"])
+    ap.add_argument("name", nargs="?", choices=STAGES, help="the stage (for `stage`)")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--steps", type=int, default=360)
-    ap.add_argument("--batch", type=int, default=12)
-    ap.add_argument("--lr", type=float, default=3e-3)
-    ap.add_argument("--warmup", type=int, default=20)
-    ap.add_argument("--qa-share", type=float, default=0.25)
-    ap.add_argument("--save-every", type=int, default=25)
-    ap.add_argument("--stop-at", type=int, default=250,
-                    help="end after this step (of a --steps schedule): a shorter run that is still reproducible")
+    ap.add_argument("--steps", type=int, default=None, help="planned steps of the stage (cosine schedule)")
+    ap.add_argument("--batch", type=int, default=None, help="answer: question groups; vision: chunks; write: rows")
+    ap.add_argument("--lr", type=float, default=None)
+    ap.add_argument("--minutes", type=float, default=None, help="wall-clock cap of the stage")
+    ap.add_argument("--w-key", type=float, default=4.0, help="loss weight of answer/citation/content tokens")
+    ap.add_argument("--probe-every", type=int, default=None)
+    ap.add_argument("--save-minutes", type=float, default=4.0)
     ap.add_argument("--threads", type=int, default=1,
                     help="torch threads; 1 is faster than 2 on a machine whose 2 cores are busy with other work")
-    ap.add_argument("--log-every", type=int, default=10)
-    ap.add_argument("--resume", action="store_true", help="continue from the checkpoint of --seed")
-    ap.add_argument("--cont-steps", type=int, default=None,
-                    help=f"continuation schedule length (`continue`: default {CONT_STEPS}); for `all` and "
-                         "`finalize` default 0 = no continuation, ship the phase-1 checkpoint (the shipped model)")
-    ap.add_argument("--cont-stop-at", type=int, default=0, help="end the continuation early (0: run all)")
-    ap.add_argument("--cont-lr", type=float, default=1e-3)
-    ap.add_argument("--cont-warmup", type=int, default=10)
-    ap.add_argument("--cont-qa-share", type=float, default=0.6)
-    ap.add_argument("--letter-weight", type=float, default=5.0,
-                    help="loss weight of the answer letter token of answerer rows in the continuation")
+    ap.add_argument("--device", default="cpu", help="cpu or cuda")
     ap.add_argument("--outtype", default="f32", help="GGUF type of model.gguf and mmproj.gguf (f32 | f16 | q8_0)")
-    ap.add_argument("--eval-clips", type=int, default=4)
+    ap.add_argument("--from-dir", default=None, help="finalize: this hf folder instead of the last stage's")
+    ap.add_argument("--measured-name", default="cand1", help="manifest: the candidate folder name whose eval files to embed")
+    ap.add_argument("--eval-clips", type=int, default=12)
     ap.add_argument("--eval-segments", type=int, default=12)
     ap.add_argument("--verbose", action="store_true")
     ap.add_argument("--out", type=Path, default=OUT, help="model folder (hf/, model.gguf, mmproj.gguf)")
     args = ap.parse_args()
-    OUT = args.out
-    if args.cont_steps is None:
-        args.cont_steps = CONT_STEPS if args.what == "continue" else 0
-    if args.what in ("data", "all"):
-        for s in TRAIN_SEEDS + HELDOUT_SEEDS:
+    if args.what == "data":
+        for s in VIDEO_SEEDS + HELDOUT_SEEDS:
             clip(s)
         print("data ready", flush=True)
-    if args.what == "stats":
-        tok, ids, _ = tokenizer_and_ids()
-        enc = Encoder(tok)
-        rng = random.Random(0)
-        clips = [clip(s) for s in TRAIN_SEEDS[:5]]
-        for name, step in (("early", 0), ("late", 10**9)):
-            lens = [len(enc.encode(*sample_example(rng, clips, step, 3, 0.35))[0]) for _ in range(200)]
-            print(name, "mean tokens", np.mean(lens), "max", max(lens))
-    if args.what in ("train", "all"):
-        train(args)
-    if args.what == "continue" or (args.what == "all" and args.cont_steps):
-        continue_training(args)
-    if args.what in ("finalize", "all"):
+    elif args.what == "run":
+        for name in STAGES:
+            run_stage(name, args)
+    elif args.what == "stage":
+        run_stage(args.name, args)
+    elif args.what == "finalize":
         finalize(args)
-    if args.what in ("parity", "all"):
+    elif args.what == "manifest":
+        manifest(args)
+    elif args.what == "parity":
         parity(args)
-    if args.what in ("eval", "all"):
+    elif args.what == "eval":
         evaluate(args)
 
 

@@ -1,0 +1,101 @@
+"""Held-out end-to-end numbers of a model folder through the runtime: `edge-agent eval --bench synthetic --seed N`
+per held-out seed (its own memories, retrieval, answering), then the answers read back from each run's SQLite
+store for what the eval JSON does not print: the letter histogram, the E-rate, how often answers cite a memory.
+
+    .venv/bin/python tools/default_heldout.py --seeds 9000-9011 --minutes 9 --jobs 2 --out /tmp/x.json
+
+The eval runs on the model the config resolves (models/default/ unless EDGE_AGENT_MODEL__* says otherwise),
+with EDGE_AGENT_MODEL__N_THREADS=1. Seeds 9000-9999 are never trained on (tools/train_default.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sqlite3
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def wilson(k: int, n: int) -> list[float]:
+    """95 % Wilson interval of k successes in n."""
+    if n == 0:
+        return [0.0, 0.0]
+    z = 1.96
+    p = k / n
+    den = 1 + z * z / n
+    c = (p + z * z / (2 * n)) / den
+    h = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / den
+    return [round(c - h, 3), round(c + h, 3)]
+
+
+def one_seed(seed: int, minutes: float, home: Path, model: str | None = None) -> dict:
+    env = dict(os.environ, EDGE_AGENT_MODEL__N_THREADS="1")
+    if model:
+        env["EDGE_AGENT_MODEL__NAME"] = str(model)
+    cmd = [sys.executable, "-m", "edge_agent.cli", "eval", "--bench", "synthetic", "--seed", str(seed),
+           "--minutes", f"{minutes:g}", "--home", str(home), "--json"]
+    p = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=ROOT)
+    if p.returncode:
+        raise RuntimeError(f"seed {seed}: {p.stderr[-2000:]}")
+    res = json.loads(p.stdout)[0]
+    dbs = sorted(home.glob("eval/runs/*/baseline/*.db"))
+    db = sqlite3.connect(dbs[-1])
+    rows = db.execute("SELECT a.id, a.choice, a.abstained, q.text, q.asked_at, "
+                      "(SELECT count(*) FROM answer_citations c WHERE c.answer_id = a.id AND c.cited = 1) "
+                      "FROM answers a JOIN questions q ON q.id = a.question_id ORDER BY a.id").fetchall()
+    mems = [r[0] for r in db.execute("SELECT text FROM memories ORDER BY id")]
+    db.close()
+    hist: dict[str, int] = {}
+    for r in rows:
+        hist[r[1] or "open"] = hist.get(r[1] or "open", 0) + 1
+    answered = [r for r in rows if not r[2]]
+    sents = [[s.strip() for s in m.split(".") if s.strip()] for m in mems]
+    return {"seed": seed, "n": res["n_questions"], "answered": res["n_answered"], "correct": res["n_correct"],
+            "acc": res["acc"], "cov": res["cov"], "prec": res["prec"], "hist": hist,
+            "abstained": sum(r[2] for r in rows), "cited_when_answered": sum(r[5] > 0 for r in answered),
+            "n_answered_rows": len(answered), "memories": len(mems),
+            "repeated_sentence_memories": sum(len(s) != len(set(s)) for s in sents),
+            "replay_seconds": res.get("replay_seconds")}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--seeds", default="9000-9011")
+    ap.add_argument("--minutes", type=float, default=9.0)
+    ap.add_argument("--jobs", type=int, default=1)
+    ap.add_argument("--model", default=None, help="a model folder (model.gguf + mmproj.gguf) instead of the default")
+    ap.add_argument("--home", type=Path, default=Path("/tmp/edge_agent_default/heldout_home"))
+    ap.add_argument("--out", type=Path, default=Path("/tmp/edge_agent_default/heldout.json"))
+    args = ap.parse_args()
+    a, _, b = args.seeds.partition("-")
+    seeds = list(range(int(a), int(b or a) + 1))
+    with ThreadPoolExecutor(args.jobs) as ex:
+        per = list(ex.map(lambda s: one_seed(s, args.minutes, args.home / f"s{s}", args.model), seeds))
+    n = sum(p["n"] for p in per)
+    k = sum(p["correct"] for p in per)
+    ans = sum(p["answered"] for p in per)
+    hist: dict[str, int] = {}
+    for p in per:
+        for L, c in p["hist"].items():
+            hist[L] = hist.get(L, 0) + c
+    summary = {"model": args.model or "default", "seeds": seeds, "minutes": args.minutes, "n_questions": n, "acc": round(k / max(1, n), 3),
+               "acc_ci95": wilson(k, n), "cov": round(ans / max(1, n), 3), "cov_ci95": wilson(ans, n),
+               "prec": round(k / max(1, ans), 3), "prec_ci95": wilson(k, ans), "letter_hist": hist,
+               "e_rate": round(sum(p["abstained"] for p in per) / max(1, n), 3),
+               "cited_when_answered": round(sum(p["cited_when_answered"] for p in per)
+                                            / max(1, sum(p["n_answered_rows"] for p in per)), 3),
+               "memories": sum(p["memories"] for p in per),
+               "repeated_sentence_memories": sum(p["repeated_sentence_memories"] for p in per), "per_seed": per}
+    args.out.write_text(json.dumps(summary, indent=1))
+    print(json.dumps({k: v for k, v in summary.items() if k != "per_seed"}, indent=1))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
