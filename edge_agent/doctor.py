@@ -72,6 +72,17 @@ def _disk(cfg: Config) -> str:
     return f"{free:.1f} GiB free under {probe}"
 
 
+def _profile(cfg: Config) -> str:
+    """The configured model's capture/writer settings: effective value and the layer it came from."""
+    from edge_agent.device.profiles import effective_profile
+    from edge_agent.models import model_profile
+
+    model_profile(cfg.model.name, cfg.home)  # a broken manifest.json shows here (load_config skips it)
+    prof = effective_profile(cfg)
+    shown = ", ".join(f"{r['setting']}={r['value']} ({r['source']})" for r in prof["settings"])
+    return f"{prof['model']}: {shown}"
+
+
 def run_checks(cfg: Config) -> list[dict]:
     return [
         _check("python", lambda: sys.version.split()[0]),
@@ -83,4 +94,13 @@ def run_checks(cfg: Config) -> list[dict]:
         _check("embedder", _embedder, required=False),
         _check("torch (Phase Two)", _module("torch"), required=False),
         _check("disk", lambda: _disk(cfg)),
+        _check("profile", lambda: _profile(cfg), required=False),
     ]
+
+
+def device_report(cfg: Config) -> dict:
+    """`doctor --device`: the facts of edge_agent/device/facts.py (every field, "not present" where the platform
+    has none) plus the ordinary checks under "checks"."""
+    from edge_agent.device.facts import device_facts
+
+    return {**device_facts(cfg), "checks": run_checks(cfg)}
