@@ -42,7 +42,8 @@ from edge_agent.types import ImagePart, Message, Segment, SteeringVector
 
 BENCH_VERSION = 1
 # Stage names passed to `progress`, in order (the CLI can size a progress bar with len(STAGES)).
-STAGES = ("load", "vision_cache", "temporal_merging", "ingest", "ask", "store", "resources")
+STAGES = ("load", "vision_cache", "temporal_merging", "writer_vs_llama", "segmenter", "ingest", "ask", "store",
+          "retrieval", "resources")
 MEMORY_TOKEN_CAP = 32  # fixed writer cap for every stage that writes memories
 CAPTION_SEED = 11
 
@@ -57,11 +58,16 @@ class Sizes:
     store_memories: int
     fts_queries: int
     repeats: int  # for the micro-timings (decode, steering)
+    retrieval_memories: int = 10_000  # generated memories for the vector-index stage
+    retrieval_base: int = 300  # distinct captions embedded by MiniLM (mixed pairwise up to retrieval_memories)
+    retrieval_questions: int = 40
+    writer_segments: int = 6  # segments written for writer vs llama.cpp alone
 
 
 QUICK = Sizes(clip_minutes=1.0, ask_memories=120, ask_questions=5, store_memories=1_000, fts_queries=20, repeats=7)
 FULL = Sizes(clip_minutes=3.0, ask_memories=1_000, ask_questions=20, store_memories=10_000, fts_queries=50,
-             repeats=21)
+             repeats=21, retrieval_memories=100_000, retrieval_base=2_000, retrieval_questions=100,
+             writer_segments=12)
 
 
 # ---------------------------------------------------------------- small helpers
@@ -173,6 +179,12 @@ class _TimedStore:
 
     def put_embeddings(self, *a, **kw):
         return self._clock.timed("embedding", self._store.put_embeddings, *a, **kw)
+
+    def vector_search(self, *a, **kw):
+        return self._clock.timed("embedding", self._store.vector_search, *a, **kw)
+
+    def maintain_vector_index(self, *a, **kw):
+        return self._clock.timed("embedding", self._store.maintain_vector_index, *a, **kw)
 
     def __getattr__(self, name: str):
         return getattr(self._store, name)
@@ -474,6 +486,326 @@ def _store(home: Path, sizes: Sizes, questions: list[dict], qa) -> dict[str, Any
     }
 
 
+# ---------------------------------------------------------------- no waste around llama.cpp and OpenCV
+
+class _Recorder:
+    """The backend as the writer sees it; records every generate call (messages, sampling, schema, result)."""
+
+    def __init__(self, backend) -> None:
+        self._backend = backend
+        self.calls: list[tuple] = []
+
+    def generate(self, messages, sampling, json_schema=None):
+        g = self._backend.generate(messages, sampling, json_schema)
+        self.calls.append((messages, sampling, json_schema, g))
+        return g
+
+    def __getattr__(self, name: str):
+        return getattr(self._backend, name)
+
+
+def bare_generate(backend, messages: list[Message], sampling, json_schema=None) -> tuple[list[int], float]:
+    """llama.cpp alone on the prompt the backend would evaluate: the same tokens and image chunks, evaluated
+    from an empty KV cache with llama.cpp's own helpers (`mtmd_helper_eval_chunk_single` encodes every image
+    again), then the same sampler chain and one `llama_decode` per token. Returns (tokens, seconds); the
+    backend's cache bookkeeping is reset so its next call starts from scratch."""
+    import ctypes
+    from contextlib import ExitStack
+
+    lc, mtmd = backend._lc, backend._mtmd
+    with ExitStack() as stack:
+        units = backend._prompt_units(messages, True, stack)  # tokenizing is not timed: both sides do it
+        backend._clear_kv()
+        start = time.perf_counter()
+        sampler = backend._make_sampler(sampling, json_schema)
+        stack.callback(lc.llama_sampler_free, sampler)
+        n_past = 0
+        i = 0
+        while i < len(units):
+            u = units[i]
+            if u.ident[0] == "i":
+                new = lc.llama_pos(0)
+                rc = mtmd.mtmd_helper_eval_chunk_single(backend._mctx, backend._ctx, u.chunk, n_past, 0,
+                                                        backend.n_batch, False, ctypes.byref(new))
+                if rc != 0:
+                    raise RuntimeError(f"bare llama.cpp: image chunk failed ({rc})")
+                n_past = new.value
+                i += 1
+                continue
+            j = i
+            while j < len(units) and units[j].ident[0] == "t":
+                j += 1
+            toks = [units[t].ident[1] for t in range(i, j)]
+            for s0 in range(0, len(toks), backend.n_batch):
+                part = toks[s0:s0 + backend.n_batch]
+                arr = (lc.llama_token * len(part))(*part)
+                if lc.llama_decode(backend._ctx, lc.llama_batch_get_one(arr, len(part))) != 0:
+                    raise RuntimeError("bare llama.cpp: llama_decode failed on the prompt")
+                n_past += len(part)
+            i = j
+        out: list[int] = []
+        one = (lc.llama_token * 1)()
+        for _ in range(sampling.max_tokens):
+            tok = int(lc.llama_sampler_sample(sampler, backend._ctx, -1))
+            if tok in backend._stop_ids or lc.llama_vocab_is_eog(backend._vocab, tok):
+                break
+            out.append(tok)
+            if len(out) == sampling.max_tokens:
+                break
+            one[0] = tok
+            if lc.llama_decode(backend._ctx, lc.llama_batch_get_one(one, 1)) != 0:
+                raise RuntimeError("bare llama.cpp: llama_decode failed while generating")
+        seconds = time.perf_counter() - start
+    backend._clear_kv()
+    return out, seconds
+
+
+def _writer_vs_llama(backend, wcfg, segments: list[Segment]) -> dict[str, Any]:
+    """The writer's sliding windows (frame cache + KV prefix reuse on) against llama.cpp alone on the very
+    same prompts, and the backend with its caches off against the same, which isolates per-call Python work."""
+    from collections import deque
+
+    from edge_agent.memory import MemoryWriter, WindowEntry
+
+    rec = _Recorder(backend)
+    writer = MemoryWriter(rec, wcfg, stream_key=f"bench-{time.time_ns()}-writer")
+    window: deque = deque(maxlen=max(wcfg.window_segments - 1, 1))
+    backend._clear_kv()
+    writer_s = 0.0
+    for seg in segments:
+        start = time.perf_counter()
+        result = writer.write(list(window), seg)
+        writer_s += time.perf_counter() - start
+        window.append(WindowEntry(seg, result.text))
+    bare_s, cold_s, same, n_tokens = 0.0, 0.0, 0, 0
+    saved = backend.image_cache_size
+    try:
+        for messages, sampling, schema, g in rec.calls:
+            toks, t = bare_generate(backend, messages, sampling, schema)
+            bare_s += t
+            n_tokens += len(toks)
+            backend.image_cache_size = 0  # the backend doing what bare llama.cpp does: no caches at all
+            backend._image_cache.clear()
+            backend._clear_kv()
+            start = time.perf_counter()
+            cold = backend.generate(messages, sampling, schema)
+            cold_s += time.perf_counter() - start
+            backend.image_cache_size = saved
+            same += int(cold.text == g.text and backend._llm.detokenize(toks).decode("utf-8", "replace") == g.text)
+    finally:
+        backend.image_cache_size = saved
+        backend._clear_kv()
+    calls = len(rec.calls)
+    return {"segments": len(segments), "generate_calls": calls, "completion_tokens": n_tokens,
+            "writer_seconds": round(writer_s, 4), "llama_cpp_alone_seconds": round(bare_s, 4),
+            "backend_no_cache_seconds": round(cold_s, 4),
+            "writer_to_llama_cpp_ratio": _ratio(writer_s, bare_s),
+            "backend_no_cache_to_llama_cpp_ratio": _ratio(cold_s, bare_s),
+            "same_text_all_three": same, "note": "writer = frame cache + KV prefix reuse (greedy, so the "
+            "three give the same text); no_cache = the backend doing the same work as llama.cpp alone"}
+
+
+def _segmenter_vs_decode(video: Path, cfg: Config) -> dict[str, Any]:
+    """The capture path (grab every frame, decode 2 per second, downscale, de-duplicate, pick keyframes)
+    against a bare OpenCV decode of every frame of the same file."""
+    import cv2
+
+    start = time.perf_counter()
+    segments = _clip_segments(video, cfg)
+    seg_s = time.perf_counter() - start
+    start = time.perf_counter()
+    cap = cv2.VideoCapture(str(video))
+    frames = 0
+    try:
+        while True:
+            ok, _ = cap.read()
+            if not ok:
+                break
+            frames += 1
+    finally:
+        cap.release()
+    bare_s = time.perf_counter() - start
+    return {"frames": frames, "segments": len(segments), "segmenter_seconds": round(seg_s, 4),
+            "bare_decode_seconds": round(bare_s, 4),
+            "segmenter_throughput_ratio": _ratio(bare_s, seg_s),
+            "note": "frames per second of the segmenter / of a bare cv2 read() loop; >= 0.9 is the goal"}
+
+
+def _retrieval(home: Path, sizes: "Sizes", cfg: Config, cache_dir: Path) -> dict[str, Any]:
+    """`vector_retrieval` at the bench's size on caption texts: MiniLM vectors of distinct captions (mixed
+    pairwise up to the size), or random unit vectors when MiniLM is not installed."""
+    from edge_agent.qa.embed import MiniLM, minilm_available
+
+    caps = list(dict.fromkeys(_captions(max(sizes.retrieval_base * 2, 200))))[: sizes.retrieval_base]
+    questions = ["Where did I leave the purple cup?", "Who did I meet in the kitchen?",
+                 "What did I read on the note at the door?", "How many times did I pick up the blue book?",
+                 "What was I doing in the bedroom?", "Where is the red bag now?",
+                 "What did I do right after I walked into the living room?", "Did I see <face_2> today?"]
+    questions = [questions[i % len(questions)] + ("" if i < len(questions) else f" ({i})")
+                 for i in range(sizes.retrieval_questions)]
+    if cfg.qa.use_embeddings and minilm_available():
+        emb = MiniLM(cache_dir=cache_dir, threads=1)
+        start = time.perf_counter()
+        base, qv = emb.encode(caps), emb.encode(questions)
+        source, enc_s = "minilm", time.perf_counter() - start
+    else:
+        rnd = _RandomEmbedder()
+        base, qv, source, enc_s = rnd.encode(caps), rnd.encode(questions), "random", 0.0
+    out = vector_retrieval(home, sizes.retrieval_memories, caps, base, questions, qv, cfg.qa,
+                           exact_queries=min(10, len(questions)))
+    out["vectors"] = source
+    out["embed_base_seconds"] = round(enc_s, 3)
+    return out
+
+
+# ---------------------------------------------------------------- retrieval at a lifetime of memories
+
+class _LookupEmbedder:
+    """Question vectors computed beforehand (MiniLM), so retrieval timings exclude the embedder."""
+
+    def __init__(self, name: str, table: dict[str, np.ndarray]) -> None:
+        self.name, self._table = name, table
+
+    def encode(self, texts):
+        from edge_agent.store.text import clean_text
+
+        return np.stack([self._table[clean_text(t)] for t in texts]).astype(np.float32)
+
+
+def mixed_vectors(base: np.ndarray, n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """n unit vectors in the span of real embeddings: (w * base[a] + (1 - w) * base[b]) normalised, w in
+    [0.55, 1), so each stays nearest its own text a (returned) yet no two memories share a vector. With
+    n <= len(base) the real vectors themselves (a = 0..n-1)."""
+    if n <= len(base):
+        return base[:n].astype(np.float32), np.arange(n)
+    rng = np.random.default_rng(seed)
+    a = np.arange(n) % len(base)
+    b = rng.integers(len(base), size=n)
+    w = rng.uniform(0.55, 1.0, size=(n, 1)).astype(np.float32)
+    out = np.empty((n, base.shape[1]), np.float32)
+    for s in range(0, n, 100_000):  # in blocks: 1M x 384 float32 is 1.5 GB at once otherwise
+        e = min(s + 100_000, n)
+        v = w[s:e] * base[a[s:e]] + (1.0 - w[s:e]) * base[b[s:e]]
+        out[s:e] = v / np.linalg.norm(v, axis=1, keepdims=True)
+    return out, a
+
+
+def bulk_memories(store, texts: list[str], source: str = "bulk") -> list[int]:
+    """One segment + memory per text (10 s apart) in one transaction: building a million memories through
+    commit_segment would take hours here (the store stage times commit_segment itself)."""
+    now = time.time()
+    stream_id = store.get_or_create_stream(source, f"bench-{source}-{time.time_ns()}", 0.0, "file")
+    with store._tx() as conn:
+        first = conn.execute("SELECT coalesce(max(id), 0) FROM segments").fetchone()[0] + 1
+        conn.executemany(
+            "INSERT INTO segments (id, stream_id, idx, t_start, t_end, status, created_at) "
+            "VALUES (?, ?, ?, ?, ?, 'written', ?)",
+            ((first + i, stream_id, i, 10.0 * i, 10.0 * i + 10.0, now) for i in range(len(texts))))
+        m0 = conn.execute("SELECT coalesce(max(id), 0) FROM memories").fetchone()[0] + 1
+        conn.executemany(
+            "INSERT INTO memories (id, stream_id, segment_id, text, t_start, t_end, writer_model, n_tokens, "
+            "created_at) VALUES (?, ?, ?, ?, ?, ?, 'bench', ?, ?)",
+            ((m0 + i, stream_id, first + i, t, 10.0 * i, 10.0 * i + 10.0, len(t.split()), now)
+             for i, t in enumerate(texts)))
+    return list(range(m0, m0 + len(texts)))
+
+
+def _timed(fn: Callable, *args, **kwargs) -> tuple[Any, float]:
+    start = time.perf_counter()
+    out = fn(*args, **kwargs)
+    return out, time.perf_counter() - start
+
+
+def _dist(values: list[float]) -> dict[str, float]:
+    return {"p50_ms": _ms(_pct(values, 50)), "p95_ms": _ms(_pct(values, 95)), "n": len(values)}
+
+
+def vector_retrieval(home: Path, n: int, base_texts: list[str], base_vecs: np.ndarray, questions: list[str],
+                     question_vecs: np.ndarray, qa, *, model: str = "all-MiniLM-L6-v2", exact_queries: int = 20,
+                     seed: int = 0, other_rescores: tuple[int, ...] = ()) -> dict[str, Any]:
+    """Retrieval over `n` generated memories in one SQLite file: build time, bytes per memory, p50/p95 of
+    FTS5, the vector index and fused retrieval (`qa.retrieve`), recall@8 of the index against the exact
+    scan, and the exact scan read back from SQLite (what retrieval did before the index) on a few queries.
+
+    Memory i has text base_texts[a_i] and a vector from `mixed_vectors` (the real vectors when n <=
+    len(base_vecs)). Question vectors are given, so MiniLM's own time is not part of the latencies."""
+    from edge_agent.qa.retrieve import candidates_per_ranking, exact_ranking, recall_at, retrieve
+    from edge_agent.store import Store
+
+    vecs, src = mixed_vectors(base_vecs, n, seed)
+    texts = [base_texts[i] for i in src]
+    path = home / f"vectors-{n}.db"
+    out: dict[str, Any] = {"memories": n, "real_vectors": n <= len(base_vecs), "base_vectors": len(base_vecs),
+                           "questions": len(questions)}
+    with Store.open(path) as store:
+        ids, t_mem = _timed(bulk_memories, store, texts)
+        t_emb = 0.0
+        for s in range(0, n, 20_000):  # the runtime's write path for vectors: put_embeddings
+            _, t = _timed(store.put_embeddings, model, ids[s:s + 20_000], vecs[s:s + 20_000])
+            t_emb += t
+        store.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()  # count the file, not the -wal
+        db_bytes = sum(p.stat().st_size for p in home.glob(f"vectors-{n}.db*"))
+        out["build"] = {"memories_s": round(t_mem, 3), "embeddings_s": round(t_emb, 3),
+                        "embeddings_per_s": _ratio(n, t_emb),
+                        "db_bytes_per_memory": round(db_bytes / n, 1), "db_mb": round(db_bytes / (1 << 20), 2)}
+        depth = candidates_per_ranking(qa)
+        rss0 = _current_rss_mb()
+        _, t_load = _timed(store.vector_search, model, question_vecs[0], depth)
+        rss1 = _current_rss_mb()
+        stats = store.vector_index_stats(model)
+        out["index"] = {"load_s": round(t_load, 3), "ram_mb": round(stats["bytes"] / (1 << 20), 2),
+                        "rss_growth_mb": None if rss0 is None or rss1 is None else round(rss1 - rss0, 1),
+                        "bytes_per_memory_ram": round(stats["bytes"] / max(stats["vectors"], 1), 1)}
+        table = {}
+        from edge_agent.store.text import clean_text
+
+        for q, v in zip(questions, question_vecs):
+            table[clean_text(q)] = v
+        emb = _LookupEmbedder(model, table)
+        store.fts_search(questions[0], depth)
+        fts, vec, fused, recalls = [], [], [], []
+        for q, v in zip(questions, question_vecs):
+            _, t = _timed(store.fts_search, q, depth)
+            fts.append(t)
+            found, t = _timed(store.vector_search, model, v, depth)
+            vec.append(t)
+            _, t = _timed(retrieve, store, q, qa, embedder=emb)
+            fused.append(t)
+            # Exact top-8 from the generated matrix (same ties-by-id order as the scan from SQLite).
+            sims = vecs @ v
+            top = np.argpartition(-sims, 8)[:64] if n > 64 else np.arange(n)
+            top = top[np.lexsort((top, -sims[top]))][:8]
+            recalls.append(recall_at(found, [(ids[i], float(sims[i])) for i in top], 8))
+        out["fts5"], out["vector"], out["fused"] = _dist(fts), _dist(vec), _dist(fused)
+        out["recall_at_8"] = {"mean": round(float(np.mean(recalls)), 4), "min": round(float(np.min(recalls)), 4)}
+
+        def exact_top8(v):
+            sims = vecs @ v
+            top = np.argpartition(-sims, 8)[:64] if n > 64 else np.arange(n)
+            top = top[np.lexsort((top, -sims[top]))][:8]
+            return [(ids[i], float(sims[i])) for i in top]
+
+        out["other_rescores"] = {}
+        for r in other_rescores:  # the recall / latency trade-off of the exactly re-scored candidates
+            ts, rec = [], []
+            for v in question_vecs:
+                found, t = _timed(store.vector_search, model, v, depth, rescore=r)
+                ts.append(t)
+                rec.append(recall_at(found, exact_top8(v), 8))
+            out["other_rescores"][str(r)] = {**_dist(ts), "recall_at_8_mean": round(float(np.mean(rec)), 4)}
+        # Before the index: every question read all vectors back from SQLite and ranked them in numpy.
+        ex = []
+        for v in question_vecs[:exact_queries]:
+            _, t = _timed(exact_ranking, store, v, model, depth)
+            ex.append(t)
+        out["exact_scan"] = _dist(ex)
+        out["vector_to_exact_scan_p50_ratio"] = _ratio(_pct(vec[: len(ex)], 50), _pct(ex, 50))
+        out["vector_to_fts5_p50_ratio"] = _ratio(_pct(vec, 50), _pct(fts, 50))
+    for p in home.glob(f"vectors-{n}.db*"):
+        p.unlink()
+    return out
+
+
 def _resources(backend, model, cfg: Config, sizes: Sizes) -> dict[str, Any]:
     # One token decode: the same short prompt twice; the second call keeps the prefix and re-decodes only the
     # last token (llama.cpp needs its logits), so its time is one decode plus re-tokenizing the short prompt.
@@ -573,12 +905,18 @@ def run_bench(cfg: Config, *, quick: bool = False, model_dir: Path | None = None
             result["vision_cache"] = _vision_cache(backend, bcfg.writer, segments, cache_size)
             stage("temporal_merging")
             result["temporal_merging"] = _temporal_merging(backend, bcfg.writer, segments)
+            stage("writer_vs_llama")
+            result["writer_vs_llama"] = _writer_vs_llama(backend, bcfg.writer, segments[: sizes.writer_segments])
+            stage("segmenter")
+            result["segmenter"] = _segmenter_vs_decode(paths.video, bcfg)
             stage("ingest")
             result["ingest"] = _ingest(backend, bcfg, paths.video, home)
             stage("ask")
             result["ask"] = _ask(backend, bcfg, home, sizes, questions, cache_dir=cfg.cache_dir)
             stage("store")
             result["store"] = _store(home, sizes, questions, bcfg.qa)
+            stage("retrieval")
+            result["retrieval"] = _retrieval(home, sizes, bcfg, cfg.cache_dir)
             stage("resources")
             result["resources"] = _resources(backend, model, cfg, sizes)
     end = time.perf_counter()
@@ -636,6 +974,35 @@ def summary_rows(result: dict[str, Any]) -> list[tuple[str, str, str]]:
                      f"median {f(s['fts_ms_median'])} ms, p90 {f(s['fts_ms_p90'])} ms", ""))
         rows.append(("vector ranking / FTS5 search", f"{f(s['vector_rank_ms_median'])} ms",
                      f(s["vector_to_fts_ratio"])))
+    wl = result.get("writer_vs_llama")
+    if wl:
+        rows.append(("writer / llama.cpp alone, same prompts (goal <= 1.05)",
+                     f"{f(wl['writer_seconds'])} / {f(wl['llama_cpp_alone_seconds'])} s, "
+                     f"{wl['generate_calls']} calls", f(wl["writer_to_llama_cpp_ratio"])))
+        rows.append(("backend, caches off / llama.cpp alone (Python overhead)",
+                     f"{f(wl['backend_no_cache_seconds'])} / {f(wl['llama_cpp_alone_seconds'])} s",
+                     f(wl["backend_no_cache_to_llama_cpp_ratio"])))
+    sg = result.get("segmenter")
+    if sg:
+        rows.append(("segmenter / bare OpenCV decode, throughput (goal >= 0.9)",
+                     f"{f(sg['segmenter_seconds'])} / {f(sg['bare_decode_seconds'])} s, {sg['frames']} frames",
+                     f(sg["segmenter_throughput_ratio"])))
+    if a:
+        w = a["warm"]
+        rows.append(("ask (warm): everything but the model (goal <= 10 %)", f"{f(w['total_ms'] - w['model_ms'])} ms",
+                     f"{1.0 - w['shares']['model']:.1%}"))
+    rv = result.get("retrieval")
+    if rv:
+        n = rv["memories"]
+        for part in ("fts5", "vector", "fused"):
+            rows.append((f"retrieval {part} at {n:,} memories, p50 / p95", f"{f(rv[part]['p50_ms'])} / "
+                         f"{f(rv[part]['p95_ms'])} ms", ""))
+        rows.append((f"vector index / exact scan from SQLite at {n:,}, p50", f"{f(rv['vector']['p50_ms'])} / "
+                     f"{f(rv['exact_scan']['p50_ms'])} ms", f(rv["vector_to_exact_scan_p50_ratio"])))
+        rows.append((f"vector index recall@8 vs exact scan at {n:,}", f"min {f(rv['recall_at_8']['min'])}",
+                     f(rv["recall_at_8"]["mean"])))
+        rows.append(("vector index RAM / disk per memory", f"{f(rv['index']['bytes_per_memory_ram'])} B / "
+                     f"{f(rv['build']['db_bytes_per_memory'])} B", ""))
     r = result.get("resources")
     if r:
         rows.append(("peak RSS / model files", f"{f(r['peak_rss_mb'])} MB / "

@@ -15,7 +15,8 @@ from edge_agent.config import load_config, replace
 from edge_agent.errors import ModelError
 from edge_agent.types import ImagePart, Message
 
-SECTIONS = ("environment", "settings", "vision_cache", "temporal_merging", "ingest", "ask", "store", "resources")
+SECTIONS = ("environment", "settings", "vision_cache", "temporal_merging", "writer_vs_llama", "segmenter", "ingest",
+            "ask", "store", "retrieval", "resources")
 
 
 def _numbers(obj, path=""):
@@ -158,3 +159,32 @@ def test_unknown_model_is_a_clear_error(tmp_path):
     with pytest.raises(ModelError, match="no-such-model"):
         run_bench(cfg, quick=True, progress=stages.append)
     assert stages == ["load"]
+
+
+@pytest.mark.slow
+def test_writer_against_llama_cpp_alone_on_the_same_prompts(bench):
+    w = bench[0]["writer_vs_llama"]
+    assert w["segments"] > 0 and w["generate_calls"] >= w["segments"]
+    # The seconds are rounded to 0.1 ms in the result, the ratios are not.
+    assert w["writer_to_llama_cpp_ratio"] == pytest.approx(w["writer_seconds"] / w["llama_cpp_alone_seconds"],
+                                                           rel=1e-2)
+    assert w["backend_no_cache_to_llama_cpp_ratio"] == pytest.approx(
+        w["backend_no_cache_seconds"] / w["llama_cpp_alone_seconds"], rel=1e-2)
+    assert 0 <= w["same_text_all_three"] <= w["generate_calls"]
+
+
+@pytest.mark.slow
+def test_segmenter_against_a_bare_decode(bench):
+    g = bench[0]["segmenter"]
+    assert g["segments"] == bench[0]["settings"]["segments"] and g["frames"] > g["segments"]
+    assert g["segmenter_throughput_ratio"] == pytest.approx(g["bare_decode_seconds"] / g["segmenter_seconds"],
+                                                            rel=1e-2)
+
+
+@pytest.mark.slow
+def test_retrieval_at_scale_reports_every_ranking(bench):
+    r = bench[0]["retrieval"]
+    assert r["memories"] == 10_000 and r["index"]["bytes_per_memory_ram"] == 64.0  # 48 B code + id + t_end
+    for part in ("fts5", "vector", "fused", "exact_scan"):
+        assert r[part]["n"] > 0 and r[part]["p95_ms"] >= r[part]["p50_ms"] > 0
+    assert r["recall_at_8"]["mean"] >= 0.9 and r["build"]["db_bytes_per_memory"] > 1536  # float32 vectors kept

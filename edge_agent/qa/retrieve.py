@@ -36,6 +36,7 @@ def ensure_embeddings(store: Store, embedder: Embedder, since: float | None = No
                       until: float | None = None) -> int:
     """Embed and store every memory in range that has no vector of `embedder` yet; returns how many."""
     n = 0
+    store.maintain_vector_index(embedder.name)  # a no-op once the model's codes are centered
     while True:
         rows = store.memories_without_embedding(embedder.name, since, until, limit=EMBED_BATCH)
         if not rows:
@@ -49,16 +50,36 @@ def ensure_embeddings(store: Store, embedder: Embedder, since: float | None = No
 
 def embedding_ranking(store: Store, question: str, embedder: Embedder, k: int, since: float | None = None,
                       until: float | None = None) -> list[tuple[int, float]]:
-    """Top-k (memory_id, cosine) for the question among embedded memories in range."""
+    """Top-k (memory_id, cosine) for the question among embedded memories in range.
+
+    Through the store's vector index (sign-bit codes scanned in RAM, the best candidates re-scored exactly
+    from the float32 vectors); `exact_ranking` is the full scan it is tested against."""
     ensure_embeddings(store, embedder, since, until)
-    ids, mat = store.embeddings(embedder.name, since, until)
+    q = np.asarray(embedder.encode([question])[0], dtype=np.float32)
+    return store.vector_search(embedder.name, q, k, since, until)
+
+
+def exact_ranking(store: Store, query: np.ndarray, model: str, k: int, since: float | None = None,
+                  until: float | None = None) -> list[tuple[int, float]]:
+    """Top-k (memory_id, cosine) by a full scan of every stored float32 vector (the reference for the index)."""
+    ids, mat = store.embeddings(model, since, until)
     if not ids:
         return []
-    q = np.asarray(embedder.encode([question])[0], dtype=np.float32)
-    sims = mat @ q
+    sims = np.einsum("ij,j->i", mat, np.asarray(query, dtype=np.float32))  # the same sums as vector_search
     # Stable order: by similarity, then by id so equal scores rank the same way every time.
     order = np.lexsort((np.asarray(ids), -sims))[:k]
     return [(ids[i], float(sims[i])) for i in order]
+
+
+def recall_at(found: list[tuple[int, float]], exact: list[tuple[int, float]], k: int, tol: float = 1e-6) -> float:
+    """Share of the exact top-k that `found`'s top-k matches, counting ties: a found memory whose exact score
+    is at least the k-th best exact score (within tol) is as good as the one it displaced."""
+    if not exact:
+        return 1.0
+    exact = exact[:k]
+    kth = exact[-1][1]
+    good = sum(1 for _, s in found[:k] if s >= kth - tol)
+    return min(good, len(exact)) / len(exact)
 
 
 def fuse(rankings: list[list[int]], rrf_k: int) -> list[tuple[int, float]]:
