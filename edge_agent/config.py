@@ -1,6 +1,7 @@
 """Configuration: one dataclass tree with the paper's defaults and help on every field, loaded from TOML and env.
 
-Precedence, lowest first: defaults < `<home>/config.toml` (or `--config FILE`) < environment variables
+Precedence, lowest first: defaults < the configured model's profile (catalog `profile` table or a local model's
+manifest.json, see PROFILE_KEYS) < `<home>/config.toml` (or `--config FILE`) < environment variables
 named `EDGE_AGENT_<SECTION>__<FIELD>` (nested sections join with `__`: `EDGE_AGENT_ADAPT__REWARD__RULE=judge`)
 < explicit CLI flags. `edge-agent config show` prints every effective value with its source and help.
 
@@ -13,7 +14,10 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-import tomllib
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10 (JetPack 6's): the same parser, from PyPI
+    import tomli as tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -165,8 +169,11 @@ class GateConfig(Section):
                                        "must be in [0, 1)")
     max_compliance_drop: float = setting(0.0, "Format compliance may fall below the baseline's by at most this.",
                                          between(0, 1), "must be in [0, 1]")
-    min_holdout_pairs: int = setting(1, "Fewer held-out pairs than this: no evidence, reject.", at_least(1),
+    min_holdout_pairs: int = setting(8, "Fewer held-out pairs than this: no evidence, reject.", at_least(1),
                                      "must be >= 1")
+    max_p_value: float = setting(0.05, "Significance: the one-sided binomial p-value of the held-out wins under "
+                                 "the baseline's accuracy (at least a coin flip) must be at most this; 1 = off.",
+                                 lambda v: 0 < v <= 1, "must be in (0, 1]")
     require_compliance: bool = setting(True, "Refuse when no format-compliance check can be run.")
 
 
@@ -195,9 +202,10 @@ class AdaptConfig(Section):
                                "must be >= 0 (0 = all pairs)")
     max_grad_norm: float = setting(0.0, "Clip the vector's gradient to this L2 norm; 0 = no clipping.", at_least(0),
                                    "must be >= 0 (0 = no clipping)")
-    dtype: str = setting("float32", 'Weights of the frozen model: "float32" (exact parity with an f32 GGUF) or '
+    dtype: str = setting("auto", 'Weights of the frozen model: "auto" (bfloat16 where it runs natively or where '
+                         'only it fits the free memory, else float32), "float32" (exact parity with an f32 GGUF) or '
                          '"bfloat16" (half the memory; the vector and log-probs stay float32).',
-                         one_of("float32", "bfloat16"), 'must be "float32" or "bfloat16"')
+                         one_of("auto", "float32", "bfloat16"), 'must be "auto", "float32" or "bfloat16"')
     holdout_share: float = setting(0.25, "Share of windows whose pairs are held out for the gate.",
                                    lambda v: 0 < v < 1, "must be in (0, 1)")
     min_pairs: int = setting(4, "Fewer kept pairs than this: no training.", at_least(2), "must be >= 2")
@@ -212,6 +220,51 @@ class AdaptConfig(Section):
 
 
 @dataclass
+class StorageConfig(Section):
+    """What the data folder may hold (edge_agent/device/budget.py): checked between segments, oldest first."""
+
+    section = "storage"
+    max_bytes: int = setting(0, "Budget for the database and kept frames, bytes; over it the oldest memories (and "
+                             "what was derived from them) are forgotten. 0 = no limit.", at_least(0), "must be >= 0")
+    retention_days: float = setting(0.0, "Memories older than this many days are forgotten. 0 = kept forever.",
+                                    between(0, 36500), "must be in [0, 36500]")
+    check_every_segments: int = setting(6, "The budget is checked after every this many segments (and at start).",
+                                        between(1, 100000), "must be in [1, 100000]")
+
+
+@dataclass
+class KeepUpConfig(Section):
+    """How a live run degrades when the writer falls behind, before the capture queue drops a segment."""
+
+    section = "keepup"
+    enabled: bool = setting(True, "Degrade step by step (fewer keyframes, smaller frames, shorter window) when "
+                            "behind; live sources only (a file never drops).")
+    max_queue_age_seconds: float = setting(20.0, "Behind = stream seconds waiting in the capture queue at or over "
+                                           "this; each segment behind goes one step down.", lambda v: v > 0,
+                                           "must be > 0")
+    recover_after_segments: int = setting(3, "Segments in a row with an empty queue before one step back up.",
+                                          between(1, 1000), "must be in [1, 1000]")
+    min_frame_size: int = setting(64, "Frames are never degraded below this longest side (pixels, multiple of 32).",
+                                  lambda v: 32 <= v <= 2048 and v % 32 == 0, "must be a multiple of 32 in [32, 2048]")
+
+
+@dataclass
+class ServiceConfig(Section):
+    """The systemd service (`edge-agent service install`): what it watches and when `adapt` may run."""
+
+    section = "service"
+    source: str = setting("0", "What the service runs on at boot: a camera index, a GStreamer pipeline for a CSI "
+                          "camera, a file or a URL.", bool, "must not be empty")
+    adapt_every_minutes: int = setting(60, "The adapt timer fires this often; `adapt` runs only if idle (and on AC).",
+                                       between(5, 10080), "must be in [5, 10080]")
+    idle_max_load: float = setting(0.5, "Idle = 1-minute load average per core below this.", lambda v: v > 0,
+                                   "must be > 0")
+    require_ac_power: bool = setting(True, "Run `adapt` only on mains power where /sys/class/power_supply says so.")
+    restart_seconds: int = setting(5, "First wait before systemd restarts a failed run (grows up to 5 minutes "
+                                   "where systemd supports RestartSteps).", between(1, 3600), "must be in [1, 3600]")
+
+
+@dataclass
 class Config:
     """The whole tree. `sources` says where each dotted setting's value came from (for `config show`)."""
 
@@ -221,6 +274,9 @@ class Config:
     writer: WriterConfig = field(default_factory=WriterConfig)
     qa: QAConfig = field(default_factory=QAConfig)
     adapt: AdaptConfig = field(default_factory=AdaptConfig)
+    storage: StorageConfig = field(default_factory=StorageConfig)
+    keepup: KeepUpConfig = field(default_factory=KeepUpConfig)
+    service: ServiceConfig = field(default_factory=ServiceConfig)
     sources: dict[str, str] = field(default_factory=dict, compare=False, repr=False)
 
     @property
@@ -245,7 +301,8 @@ class Config:
 
 
 SECTIONS: dict[str, type[Section]] = {"capture": CaptureConfig, "model": ModelConfig, "writer": WriterConfig,
-                                      "qa": QAConfig, "adapt": AdaptConfig}
+                                      "qa": QAConfig, "adapt": AdaptConfig, "storage": StorageConfig,
+                                      "keepup": KeepUpConfig, "service": ServiceConfig}
 
 
 def _section_fields(cls: type[Section]) -> dict[str, dataclasses.Field]:
@@ -325,9 +382,48 @@ def _leaves(values: dict[str, Any], prefix: str = "") -> Iterator[tuple[str, Any
             yield f"{prefix}{k}", v
 
 
+# A model profile's keys (models/catalog.toml `[models.NAME.profile]`, or `"profile"` in a local model folder's
+# manifest.json) -> the settings they fill. Other profile keys are the model's needs (`ram_gb`, `disk_gb`), read
+# by edge_agent/device/profiles.py, never settings.
+PROFILE_KEYS = {"frame_size": "capture.frame_size", "keyframes_per_segment": "capture.keyframes_per_segment",
+                "sample_fps": "capture.sample_fps", "n_ctx": "model.n_ctx", "n_threads": "model.n_threads",
+                "n_gpu_layers": "model.n_gpu_layers", "image_cache_size": "model.image_cache_size",
+                "window_segments": "writer.window_segments"}
+PROFILE_NEEDS = ("ram_gb", "disk_gb")
+
+
+def _apply_profile(values: dict[str, Any], sources: dict[str, str], home: Path) -> None:
+    """Fill the settings no higher layer gave from the configured model's profile (lowest layer above defaults)."""
+    from edge_agent.errors import ModelError
+    from edge_agent.models import model_profile
+
+    name = str(values["model"].get("name", ModelConfig.name) or "")
+    try:
+        found = model_profile(name, home) if name else None
+    except ModelError:
+        return  # an unreadable catalog or manifest: `edge-agent doctor` says so; settings stay defaults
+    if found is None:
+        return
+    profile, label = found
+    for key, raw in profile.items():
+        if key in PROFILE_NEEDS:
+            continue
+        if key not in PROFILE_KEYS:
+            raise ConfigError(f"{label}: unknown profile key {key!r} (known: "
+                              f"{', '.join([*PROFILE_KEYS, *PROFILE_NEEDS])})")
+        dotted = PROFILE_KEYS[key]
+        if dotted in sources:
+            continue  # config.toml, the environment or the command line said otherwise
+        _put(values, dotted.split("."), raw)
+        sources[dotted] = label
+
+
 def load_config(home: Path | str | None = None, config_file: Path | str | None = None,
-                environ: dict[str, str] | None = None) -> Config:
-    """Build the configuration for a data folder: defaults, then TOML, then environment."""
+                environ: dict[str, str] | None = None, overrides: dict[str, Any] | None = None) -> Config:
+    """Build the configuration for a data folder: defaults < model profile < TOML < environment < `overrides`.
+
+    `overrides`: dotted settings from the command line (`--set capture.frame_size=256`), source "cli".
+    """
     env = os.environ if environ is None else environ
     home_raw = home if home is not None else env.get(ENV_HOME)
     if home_raw is not None and str(home_raw).strip() == "":
@@ -361,6 +457,14 @@ def load_config(home: Path | str | None = None, config_file: Path | str | None =
         _put(values, parts, raw)
         sources[".".join(parts)] = f"env {key}"
 
+    for key, raw in (overrides or {}).items():
+        parts = str(key).strip().lower().split(".")
+        if parts[0] not in SECTIONS or len(parts) < 2 or not all(parts):
+            raise ConfigError(f"{key}={raw!r}: expected SECTION.NAME (sections: {', '.join(SECTIONS)})")
+        _put(values, parts, raw)
+        sources[".".join(parts)] = "cli"
+
+    _apply_profile(values, sources, home_path)
     built = {section: _build(cls, section, values[section]) for section, cls in SECTIONS.items()}
     return Config(home=home_path, sources=sources, **built)
 

@@ -12,6 +12,8 @@ from typing import Callable
 
 from edge_agent.capture import CaptureThread, VideoSource, open_source
 from edge_agent.config import Config
+from edge_agent.device.budget import BudgetKeeper
+from edge_agent.device.keepup import KeepUp
 from edge_agent.errors import AdapterError, EdgeAgentError
 from edge_agent.memory import MemoryWriter, WindowEntry
 from edge_agent.memory.keep import keep_for_phase_two
@@ -34,6 +36,7 @@ class IngestReport:
     stream_seconds: float = 0.0  # stream time covered so far
     error: str | None = None  # a source that failed mid-way; what was written before is kept
     note: str | None = None  # a source that ended early but cleanly (truncated file)
+    keepup: dict | None = None  # live sources: keep-up level and counts (device/keepup.py), else None
 
     def as_dict(self) -> dict:
         lat = sorted(self.write_seconds)
@@ -43,7 +46,7 @@ class IngestReport:
             "frames_dropped": self.frames_dropped, "frames_merged": self.frames_merged,
             "stream_seconds": round(self.stream_seconds, 3),
             "write_latency_mean_s": round(sum(lat) / len(lat), 4) if lat else None,
-            "error": self.error, "note": self.note,
+            "error": self.error, "note": self.note, "keepup": self.keepup,
         }
 
 
@@ -70,7 +73,7 @@ class Ingestor:
     def __init__(self, source_spec: str, store: Store, backend: Backend, cfg: Config, *,
                  origin: float | None = None, live: bool | None = None,
                  pinned_adapter: tuple[str | None, SteeringVector | None] | None = None,
-                 source: VideoSource | None = None, embedder=None):
+                 source: VideoSource | None = None, embedder=None, keep_frames: bool = True):
         self.store = store
         self.backend = backend
         self.cfg = cfg
@@ -82,7 +85,11 @@ class Ingestor:
         # Frame keys must be unique across stores and streams: the backend's image cache outlives both.
         self.writer = MemoryWriter(backend, cfg.writer, stream_key=fingerprint[:16])
         self.report = IngestReport(self.stream_id)
-        self._adapter_id: str | None = None
+        self._adapter_id: str | None = None  # the adapter really applied to the backend (recorded on memories)
+        self._applied_vector: SteeringVector | None = None
+        self._wanted_adapter: str | None = None  # the registry's active adapter when last checked
+        # False when Phase Two cannot use this model (no checkpoint): keyframes and candidates are not kept.
+        self.keep_frames = keep_frames
         # Evaluation pins (adapter id, vector) per config, (None, None) for none; otherwise the writer follows
         # the registry (`edge-agent adapter activate`).
         self._pinned_adapter = pinned_adapter
@@ -90,6 +97,8 @@ class Ingestor:
         # long day from embedding thousands of memories.
         self.embedder = embedder
         self._window: deque[WindowEntry] = deque(maxlen=max(cfg.writer.window_segments - 1, 1))
+        # (segment id, memory id or None) of each window entry: `forget` in another process must reach the window
+        self._window_keys: deque[tuple[int | None, int | None]] = deque(maxlen=self._window.maxlen)
 
         last = store.last_committed_segment(self.stream_id)
         start_after = 0.0
@@ -99,12 +108,16 @@ class Ingestor:
             for row in store.recent_memories(self.stream_id, last + 1, cfg.writer.window_segments - 1):
                 t0, t1 = row["t_start"] - origin, row["t_end"] - origin
                 self._window.append(WindowEntry(Segment(row.get("segment_index", -1), t0, t1), row["text"]))
+                self._window_keys.append((row.get("segment_id"), row.get("id")))
         self._last_committed = last
         # The CLI opens the source before loading the model, so a wrong path fails in a second, not after a load.
         self._source = source if source is not None else open_source(source_spec, cfg.capture)
         self._thread = CaptureThread(self._source, cfg.capture, start_after=start_after, drop_oldest=live)
         self._thread.start()
         self._segments = iter(self._thread)
+        # Live sources degrade before they drop (device/keepup.py); the storage budget is checked between segments.
+        self.keepup = KeepUp(cfg, store, self.stream_id, live=self._thread.drop_oldest, source=source_spec)
+        self.budget = BudgetKeeper(store, cfg, self.stream_id)
         self._pending: Segment | None = None
         self._exhausted = False
 
@@ -117,21 +130,68 @@ class Ingestor:
             return
         row = self.store.active_adapter()
         wanted = row["id"] if row else None
-        if wanted == self._adapter_id:
-            return
+        if wanted == self._wanted_adapter:
+            return  # unchanged since the last check (a failed one is not retried on every segment)
+        self._wanted_adapter = wanted
         if row is None:
             self.backend.set_steering(None)
-            self._adapter_id = None
+            self._adapter_id, self._applied_vector = None, None
             return
         from edge_agent.vlm.steering import load_steering_vector
         try:
-            self.backend.set_steering(load_steering_vector(row["path"]))
-            self._adapter_id = wanted
-            log.info("adapter %s active", wanted)
+            vector = load_steering_vector(row["path"])
+            self.backend.set_steering(vector)
         except (AdapterError, OSError) as e:
-            # Keep writing with what was active; the registry says why in `adapter list`.
+            # Keep writing with what was applied before (memories keep recording that one, not `wanted`),
+            # and say why in the registry, where `adapter list` shows it.
             log.warning("adapter %s not applied: %s", wanted, e)
-            self._adapter_id = wanted  # don't retry on every segment
+            self._restore_applied()
+            note = (f"NOT APPLIED by the writer at {time.strftime('%Y-%m-%d %H:%M:%S')}: {e}; memories record "
+                    f"{'adapter ' + self._adapter_id if self._adapter_id else 'the base model'}")
+            try:
+                reason = row.get("reason")
+                self.store.set_adapter_status(wanted, "active", note + (f" (was: {reason})" if reason else ""))
+            except EdgeAgentError as e2:  # the row went meanwhile: nothing to annotate
+                log.warning("adapter %s: failure not recorded: %s", wanted, e2)
+            return
+        self._adapter_id, self._applied_vector = wanted, vector
+        log.info("adapter %s active", wanted)
+
+    def _restore_applied(self) -> None:
+        """Make sure the backend runs the vector recorded as applied (a refused one must leave no trace)."""
+        try:
+            self.backend.set_steering(self._applied_vector)
+        except (AdapterError, OSError):
+            self.backend.set_steering(None)
+            self._adapter_id, self._applied_vector = None, None
+
+    def _drop_forgotten(self) -> None:
+        """Drop window entries whose memory (or unwritten segment) was forgotten by another process, so neither
+        the next prompt nor its candidates see forgotten text or frames."""
+        if not self._window:
+            return
+        mem_ids = [m for _, m in self._window_keys if m is not None]
+        alive = {r["id"] for r in self.store.get_memories(mem_ids)} if mem_ids else set()
+        keep_entries, keep_keys = [], []
+        for entry, (sid, mid) in zip(self._window, self._window_keys):
+            if mid is not None:
+                ok = mid in alive
+            elif sid is not None:
+                try:
+                    ok = self.store.get_segment(sid).get("status") != "forgotten"
+                except EdgeAgentError:
+                    ok = False
+            else:
+                ok = True
+            if ok:
+                keep_entries.append(entry)
+                keep_keys.append((sid, mid))
+        if len(keep_entries) != len(self._window):
+            log.info("%d forgotten segments left the writer's window", len(self._window) - len(keep_entries))
+            self._window.clear()
+            self._window_keys.clear()
+            self._window.extend(keep_entries)
+            self._window_keys.extend(keep_keys)
 
     # -- ingest ---------------------------------------------------------------------------------------
     def _next_segment(self) -> Segment | None:
@@ -150,20 +210,29 @@ class Ingestor:
 
     def _write(self, seg: Segment) -> None:
         self.refresh_adapter()
-        result = self.writer.write(list(self._window), seg)
+        self._drop_forgotten()
+        seg, window = self.keepup.before(seg, list(self._window), self._thread.stats())
+        result = self.writer.write(window, seg)
         segment_id, memory_id = self.store.commit_segment(  # stream seconds; the store adds the origin for memories
             self.stream_id, seg, memory=result.text, failure=result.failure,
             writer_model=self.backend.model_name, adapter_id=self._adapter_id,
             n_tokens=result.n_tokens, latency_s=result.seconds)
         if memory_id is not None and self.embedder is not None:
             self.store.put_embeddings(self.embedder.name, [memory_id], self.embedder.encode([result.text]))
-        keep_for_phase_two(self.store, self.writer, self.cfg, segment_id, seg, result, list(self._window))
+        self._drop_forgotten()  # a `forget` during the write: its candidates must not see the forgotten window
+        keep_for_phase_two(self.store, self.writer, self.keepup.keep_config(), segment_id, seg, result,
+                           list(self._window), keep_frames=self.keep_frames)
+        self.store.expire_kept_frames()  # between segments: kept frames never outlive writer.keep_frames_hours
         self._window.append(WindowEntry(seg, result.text))
+        self._window_keys.append((segment_id, memory_id))
         self.report.write_seconds.append(result.seconds)
         if result.text is None:
             self.report.segments_failed += 1
         else:
             self.report.segments_written += 1
+        self.keepup.after(segment_id, seg)
+        self.report.keepup = self.keepup.state() if self.keepup.live else None
+        self.budget.after_segment(segment_id, seg.index)
 
     def advance(self, until: float | None = None,
                 on_segment: Callable[[Segment, IngestReport], None] | None = None) -> IngestReport:
@@ -217,8 +286,23 @@ def ingest(source_spec: str, store: Store, backend: Backend, cfg: Config, *, unt
         return ing.report
 
 
+def phase_two_can_use_frames(cfg: Config) -> bool:
+    """Whether keyframes (and candidates) are worth keeping while writing: Phase Two needs them, and it can run
+    only when frames are kept at all and the configured model has its full-precision checkpoint (`hf/`)."""
+    if cfg.writer.keep_frames_hours <= 0:
+        return False
+    from edge_agent.models import resolve
+
+    try:
+        model = resolve(cfg.model.name, cfg.home)
+    except EdgeAgentError:
+        return False  # open_backend says what is wrong with the model
+    return model.hf_dir is not None and model.hf_dir.is_dir()
+
+
 def run_source(cfg: Config, source_spec: str, *, until: float | None = None, video: VideoSource | None = None,
-               on_segment: Callable[[Segment, IngestReport], None] | None = None) -> IngestReport:
+               on_segment: Callable[[Segment, IngestReport], None] | None = None,
+               origin: float | None = None) -> IngestReport:
     """`edge-agent run`: open the source (first, so a wrong path fails before the model loads; or take `video`
     opened by the caller), the store, the model and the embedder; ingest to the end, `until`, or Ctrl-C
     (`report.note` says so); close everything."""
@@ -233,8 +317,17 @@ def run_source(cfg: Config, source_spec: str, *, until: float | None = None, vid
         raise
     backend = None
     try:
+        from edge_agent.memory.keep import sweep_frames
+
+        swept = sweep_frames(store, cfg.frames_dir)  # files a killed run left without a row
+        if swept["deleted"] or swept["renamed"]:
+            log.info("frames: %d unrecorded files deleted, %d renames finished", swept["deleted"], swept["renamed"])
+        keep = phase_two_can_use_frames(cfg)
+        if not keep and cfg.writer.keep_frames_hours > 0:
+            log.info("model %s has no checkpoint for Phase Two: keyframes are not kept", cfg.model.name)
         backend = open_backend(cfg)
-        with Ingestor(source_spec, store, backend, cfg, source=video, embedder=open_embedder(cfg)) as ing:
+        with Ingestor(source_spec, store, backend, cfg, source=video, embedder=open_embedder(cfg),
+                      keep_frames=keep, origin=origin) as ing:  # origin: the file's start time (`run`)
             try:
                 ing.advance(until, on_segment)
             except KeyboardInterrupt:

@@ -110,9 +110,38 @@ def run_cli(home: Path, *args, model: Path | None = None, env: dict | None = Non
     import subprocess
     import sys
 
-    full = {**os.environ, "EDGE_AGENT_HOME": str(home), "PYTHONPATH": str(REPO), **FAST_WRITER_ENV, **(env or {})}
+    full = {**os.environ, "EDGE_AGENT_HOME": str(home), "PYTHONPATH": os.pathsep.join([str(SOCKET_GUARD), str(REPO)]),
+            "EDGE_AGENT_SOCKET_LOG": str(SOCKET_LOG), **FAST_WRITER_ENV, **(env or {})}
     full.pop("EDGE_AGENT_MODEL__NAME", None)
     if model is not None:
         full["EDGE_AGENT_MODEL__NAME"] = str(model)
     return subprocess.run([sys.executable, "-m", "edge_agent.cli", *args], env=full, capture_output=True,
                           timeout=timeout)
+
+
+# --- network guard (issue 13) ------------------------------------------------------------------------------
+# Every CLI subprocess above starts with tests/socket_guard/sitecustomize.py, and this process installs the
+# same guard: a non-loopback connect, sendto or name lookup is refused and logged, and the session fails.
+
+SOCKET_GUARD = REPO / "tests" / "socket_guard"
+SOCKET_LOG = Path(os.environ.get("EDGE_AGENT_SOCKET_LOG") or
+                  (REPO / ".pytest_cache" / f"socket-guard-{os.getpid()}.log"))
+os.environ.setdefault("EDGE_AGENT_SOCKET_LOG", str(SOCKET_LOG))
+
+
+def pytest_configure(config):
+    import importlib.util
+
+    SOCKET_LOG.parent.mkdir(parents=True, exist_ok=True)
+    SOCKET_LOG.unlink(missing_ok=True)
+    spec = importlib.util.spec_from_file_location("_edge_agent_socket_guard", SOCKET_GUARD / "sitecustomize.py")
+    spec.loader.exec_module(importlib.util.module_from_spec(spec))
+
+
+def pytest_sessionfinish(session, exitstatus):
+    refused = SOCKET_LOG.read_text().splitlines() if SOCKET_LOG.exists() else []
+    if refused:
+        print(f"\nsocket guard: {len(refused)} non-loopback network attempts (see {SOCKET_LOG}):")
+        for line in refused[:20]:
+            print("  " + line)
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED

@@ -14,7 +14,8 @@ from edge_agent.vlm import steering
 
 
 def test_gate_accepts_only_improvement_with_format_kept():
-    cfg = GateConfig()
+    # the evidence rules (min_holdout_pairs, max_p_value) are off here; tests/test_claims_gate.py checks them
+    cfg = GateConfig(min_holdout_pairs=1, max_p_value=1.0)
     ok = decide(new_accuracy=0.75, base_accuracy=0.5, n_holdout=4, new_compliance=1.0, base_compliance=1.0, cfg=cfg)
     assert ok.accepted and "0.500 -> 0.750" in ok.reason
     same = decide(new_accuracy=0.5, base_accuracy=0.5, n_holdout=4, new_compliance=1.0, base_compliance=1.0,
@@ -23,13 +24,13 @@ def test_gate_accepts_only_improvement_with_format_kept():
     drop = decide(new_accuracy=1.0, base_accuracy=0.5, n_holdout=4, new_compliance=0.9, base_compliance=1.0, cfg=cfg)
     assert not drop.accepted and "format compliance drops 1.000 -> 0.900" in drop.reason
     tolerated = decide(new_accuracy=1.0, base_accuracy=0.5, n_holdout=4, new_compliance=0.9, base_compliance=1.0,
-                       cfg=GateConfig(max_compliance_drop=0.1))
+                       cfg=GateConfig(max_compliance_drop=0.1, min_holdout_pairs=1, max_p_value=1.0))
     assert tolerated.accepted
     blind = decide(new_accuracy=1.0, base_accuracy=0.5, n_holdout=4, new_compliance=None, base_compliance=None,
                    cfg=cfg)
     assert not blind.accepted and "not measured" in blind.reason
     assert decide(new_accuracy=1.0, base_accuracy=0.5, n_holdout=4, new_compliance=None, base_compliance=None,
-                  cfg=GateConfig(require_compliance=False)).accepted
+                  cfg=GateConfig(require_compliance=False, min_holdout_pairs=1, max_p_value=1.0)).accepted
     few = decide(new_accuracy=1.0, base_accuracy=0.5, n_holdout=1, new_compliance=1, base_compliance=1,
                  cfg=GateConfig(min_holdout_pairs=2))
     assert not few.accepted and "only 1 held-out" in few.reason

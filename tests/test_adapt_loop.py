@@ -14,7 +14,7 @@ from adapt_support import OBJECTS, BagOfWords, ask, hf_dir, one_torch_thread, pr
 
 from edge_agent.adapt.loop import run_adapt  # noqa: E402
 from edge_agent.adapt.registry import AdapterRegistry  # noqa: E402
-from edge_agent.config import AdaptConfig, Config, RewardConfig  # noqa: E402
+from edge_agent.config import AdaptConfig, Config, GateConfig, RewardConfig  # noqa: E402
 from edge_agent.store import Store  # noqa: E402
 from edge_agent.types import SteeringVector  # noqa: E402
 from edge_agent.vlm.fake import ScriptedBackend  # noqa: E402
@@ -32,9 +32,14 @@ def tiny_hf(request, tmp_path_factory):
     return hf_dir(request, tmp_path_factory)
 
 
+# These tests run the machinery on 2 held-out pairs: the evidence rules of the gate (at least 8 held-out pairs,
+# p <= 0.05 by default) are off here and checked in tests/test_claims_gate.py.
+LENIENT = AdaptConfig(gate=GateConfig(min_holdout_pairs=1, max_p_value=1.0))
+
+
 @pytest.fixture
 def home(tmp_path):
-    cfg = Config(home=tmp_path / "home")
+    cfg = Config(home=tmp_path / "home", adapt=LENIENT)
     store = Store.open(cfg.db_path)
     yield cfg, store
     store.close()
@@ -105,7 +110,7 @@ def test_contradictory_pairs_are_rejected_by_the_gate(home, tiny_hf):
             store.add_pair(shelf, plain, [fid], 1.0, "train")
         else:
             store.add_pair(plain, shelf, [fid], 1.0, "holdout")
-    cfg = Config(home=cfg.home, adapt=AdaptConfig(reward=RewardConfig(rule="embedding")))
+    cfg = Config(home=cfg.home, adapt=AdaptConfig(reward=RewardConfig(rule="embedding"), gate=LENIENT.gate))
     s = run_adapt(store, cfg, tiny_hf, None, BagOfWords(), lambda v: 1.0, base_model_hash=HASH)
     assert s["status"] == "rejected", s
     assert s["metrics"]["holdout_accuracy"] < 0.5

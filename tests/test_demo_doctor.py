@@ -13,7 +13,15 @@ def test_demo_runs_end_to_end_offline(tmp_path, tiny_model):
     assert ing["segments_written"] + ing["segments_failed"] == 3 and ing["error"] is None
     assert 1 <= res["asked"] <= 5 and len(res["answers"]) == res["asked"]
     assert all(a["choice"] in list("ABCDE") or a["abstained"] for a in res["answers"])
-    assert 0 <= res["correct"] <= res["asked"]
+    # the score is the answers' own agreement with the clip's truth, and every answer is in the wearer's store
+    assert all(a["truth"] in list("ABCD") for a in res["answers"])
+    assert res["correct"] == sum(a["choice"] == a["truth"] for a in res["answers"])
+    from edge_agent.store import Store
+
+    with Store.open(tmp_path / "home" / "memory.db") as store:
+        stored = {a["id"]: a for a in store.answers()}
+    assert {a["answer_id"] for a in res["answers"]} <= set(stored)
+    assert all(stored[a["answer_id"]]["choice"] == a["choice"] for a in res["answers"])
 
 
 def test_doctor_reports_each_check(tmp_path, tiny_model):

@@ -63,3 +63,26 @@ def test_replay_answers_each_question_from_memories_written_by_its_time(tmp_path
 def _seconds(clock: str) -> float:
     h, m, s = clock.strip().split(":")
     return int(h) * 3600 + int(m) * 60 + float(s)
+
+
+def test_only_the_writer_is_steered_during_eval(tmp_path):
+    """A pinned adapter steers every memory write and no answer, as `run` and `ask` do on the device."""
+    import numpy as np
+
+    from edge_agent.types import SteeringVector
+
+    data = tmp_path / "clip"
+    generate(seed=3, minutes=1, out_dir=data)
+    bench = load_synthetic(data)
+    cfg = replace(load_config(tmp_path / "home", environ={}), "writer", candidate_share=0.0)
+    backend = ScriptedBackend(lambda call: json.dumps({"answer": "A", "citations": []})
+                              if "Memories (id, time, note):" in call.prompt
+                              else json.dumps({"description": "I held the red cup."}))
+    vec = SteeringVector(np.full(backend.hidden_size, 0.1, np.float32), layer=2, scale=1.0,
+                         base_model_hash=backend.model_hash)
+    replay(bench, [RuntimeTarget("steered", "a1", vec, backend, cfg, tmp_path / "work")], progress=False)
+    writes = [c for c in backend.calls if "Memories (id, time, note):" not in c.prompt]
+    answers = [c for c in backend.calls if "Memories (id, time, note):" in c.prompt]
+    assert writes and answers
+    assert all(c.steering is vec for c in writes)
+    assert all(c.steering is None for c in answers)

@@ -1,7 +1,9 @@
 """Our exporter against llama.cpp's own convert_hf_to_gguf.py: same tensors (bit for bit), same KVs.
 
-Needs a llama.cpp source tree (e.g. the one vendored in the llama-cpp-python sdist):
-    EDGE_AGENT_LLAMA_CPP_DIR=/path/to/llama.cpp pytest tests/test_export_converter.py
+Needs llama.cpp's converter: EDGE_AGENT_LLAMA_CPP_DIR=/path/to/llama.cpp, or else the one vendored in the
+llama-cpp-python sdist of the installed version, which the `llama_cpp_dir` fixture fetches with
+`pip download` (pip's cache, else the index) and unpacks once under .pytest_cache. It never skips: a CI run
+without the converter fails and says how to provide it.
 The converter cannot name our home-made tokenizer's pre-tokenizer (it hashes known tokenizers) and tries
 sentencepiece first, so a small wrapper tells it "qwen2" and byte-level BPE, which is what our tokenizer is.
 """
@@ -17,9 +19,46 @@ import gguf
 import numpy as np
 import pytest
 
-LLAMA_CPP = os.environ.get("EDGE_AGENT_LLAMA_CPP_DIR")
-pytestmark = pytest.mark.skipif(not LLAMA_CPP or not Path(LLAMA_CPP, "convert_hf_to_gguf.py").is_file(),
-                                reason="set EDGE_AGENT_LLAMA_CPP_DIR to a llama.cpp source tree")
+CONVERTER_PARTS = ("convert_hf_to_gguf.py", "conversion/", "gguf-py/")
+
+
+def _unpack_converter(sdist: Path, root: Path) -> None:
+    import tarfile
+
+    tmp = root.with_name(root.name + f".tmp{os.getpid()}")
+    with tarfile.open(sdist) as tar:
+        for m in tar.getmembers():
+            parts = m.name.split("/", 3)  # llama_cpp_python-X/vendor/llama.cpp/<rest>
+            if len(parts) == 4 and parts[1:3] == ["vendor", "llama.cpp"] and \
+                    any(parts[3] == p or parts[3].startswith(p) for p in CONVERTER_PARTS) and (m.isfile() or m.isdir()):
+                m.name = parts[3]
+                tar.extract(m, tmp, filter="data")
+    os.replace(tmp, root)
+
+
+@pytest.fixture(scope="session")
+def llama_cpp_dir(request, tmp_path_factory) -> str:
+    env = os.environ.get("EDGE_AGENT_LLAMA_CPP_DIR")
+    if env:
+        assert Path(env, "convert_hf_to_gguf.py").is_file(), f"EDGE_AGENT_LLAMA_CPP_DIR={env}: no convert_hf_to_gguf.py"
+        return env
+    import llama_cpp
+
+    cache = getattr(request.config, "cache", None)
+    base = Path(cache.mkdir("edge_agent_llama_cpp")) if cache is not None else tmp_path_factory.mktemp("llama_cpp")
+    root = base / f"llama.cpp-{llama_cpp.__version__}"
+    if not (root / "convert_hf_to_gguf.py").is_file():
+        dl = tmp_path_factory.mktemp("sdist")
+        proc = subprocess.run([sys.executable, "-m", "pip", "download", f"llama-cpp-python=={llama_cpp.__version__}",
+                               "--no-deps", "--no-binary", "llama-cpp-python", "-d", str(dl)],
+                              capture_output=True, timeout=1800)
+        sdists = list(dl.glob("llama_cpp_python-*.tar.gz"))
+        if proc.returncode != 0 or not sdists:
+            pytest.fail("llama.cpp's converter is needed: set EDGE_AGENT_LLAMA_CPP_DIR to a llama.cpp tree, or let "
+                        f"`pip download llama-cpp-python=={llama_cpp.__version__} --no-binary llama-cpp-python` "
+                        f"reach pip's cache or the index ({proc.stderr.decode()[-300:]})")
+        _unpack_converter(sdists[0], root)
+    return str(root)
 
 WRAPPER = """
 import runpy, sys
@@ -46,7 +85,8 @@ def _read(path):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("outtype", ["f32", "f16", "q8_0"])
-def test_same_as_llama_cpp_converter(tiny_model, tmp_path, outtype):
+def test_same_as_llama_cpp_converter(tiny_model, tmp_path, outtype, llama_cpp_dir):
+    LLAMA_CPP = llama_cpp_dir
     from edge_agent.export import export_hf
 
     ours = export_hf(tiny_model / "hf", tmp_path / "ours", outtype)

@@ -20,6 +20,7 @@ ALLOWED = {
     "memory": {"vlm", "store"},
     "qa": {"vlm", "store"},
     "adapt": {"vlm", "store", "memory"},
+    "device": {"store", "vlm", "capture"},
 }
 RUNTIME = {"capture", "store", "vlm", "memory", "qa", "adapt", "runtime", "device"}  # never train/export
 NEVER_IN_ADAPT = {"cv2", "llama_cpp", "edge_agent.capture", "edge_agent.vlm.llama_cpp", "edge_agent.vlm.factory"}

@@ -2,7 +2,7 @@
 
 import pytest
 
-from edge_agent.memory.validate import count_sentences, validate_memory
+from edge_agent.memory.validate import validate_memory
 
 
 def words(text: str) -> int:
@@ -29,21 +29,32 @@ def test_validate_memory_rules(raw, ok, why):
         assert why in v.failure
 
 
-def test_token_cap_counts_with_the_models_tokenizer():
+def test_token_cap_counts_what_the_counter_counts():
     raw = '{"description": "' + "word " * 20 + 'end."}'
     assert validate_memory(raw, words, max_tokens=21).ok
     v = validate_memory(raw, words, max_tokens=20)
     assert not v.ok and "21 tokens (cap 20)" in v.failure
 
 
-def test_whitespace_is_normalised_and_tokens_reported():
-    v = validate_memory('{"description": "  I  left the keys\\n on the desk. "}', words, 150)
-    assert v.description == "I left the keys on the desk."
-    assert v.n_tokens == 7
+def test_token_cap_counts_with_the_models_tokenizer(tiny_backend):
+    """The writer passes the model's own tokenizer: the cap is in model tokens, not words."""
+    from edge_agent.config import WriterConfig
+    from edge_agent.memory.writer import MemoryWriter
+    from edge_agent.types import Message
+    from edge_agent.vlm.fake import ScriptedBackend
 
+    text = "I put the red cup on the shelf, beside 3 blue bowls and a photograph."
+    n_model, n_words = tiny_backend.count_tokens(text), words(text)
+    assert n_model != n_words  # else this test could not tell the two counters apart
+    raw = '{"description": "' + text + '"}'
+    assert validate_memory(raw, tiny_backend.count_tokens, max_tokens=n_model).ok
+    v = validate_memory(raw, tiny_backend.count_tokens, max_tokens=n_model - 1)
+    assert not v.ok and f"{n_model} tokens (cap {n_model - 1})" in v.failure
 
-def test_count_sentences():
-    assert count_sentences("One.") == 1
-    assert count_sentences("One. Two") == 2
-    assert count_sentences("Version 1.5 of it.") == 1
-    assert count_sentences("Wow! Really? Yes.") == 3
+    class ModelTokens(ScriptedBackend):  # scripted replies, the tiny model's tokenizer
+        def count_tokens(self, t):
+            return tiny_backend.count_tokens(t)
+
+    writer = MemoryWriter(ModelTokens([raw]), WriterConfig(max_memory_tokens=n_model - 1, max_retries=0))
+    check = writer.greedy_check([Message("user", ["Write the memory."])])
+    assert not check.ok and f"{n_model} tokens (cap {n_model - 1})" in check.failure

@@ -294,7 +294,7 @@ def test_forget_cascades(filled, tmp_path):
     pid2 = store.add_pair(d1, d2, [fid], 0.5, "holdout")
     counts = store.forget(since=ORIGIN, until=ORIGIN + 15)  # overlaps segments 0 and 1
     assert counts == {"memories": 2, "embeddings": 2, "citations": 1, "segments": 2, "candidates": 2,
-                      "pairs": 2, "kept_frames": 1, "frame_files": 1}
+                      "pairs": 2, "kept_frames": 1, "frame_files": 1, "frame_folders": 0, "scrub_pending": 0}
     assert not frame.exists()
     assert [m["id"] for m in store.memories()] == ids[2:]
     assert store.fts_search("kitchen", 5) == [] and store.fts_search("book", 5) == []

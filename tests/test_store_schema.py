@@ -30,8 +30,14 @@ EXPECTED_SCHEMA = [
      'CREATE INDEX answers_question ON answers(question_id)'),
     ('index', 'candidates_segment',
      'CREATE INDEX candidates_segment ON candidates(segment_id)'),
+    ('index', 'device_events_created',
+     'CREATE INDEX device_events_created ON device_events(created_at)'),
+    ('index', 'device_events_segment',
+     'CREATE INDEX device_events_segment ON device_events(segment_id)'),
     ('index', 'feedback_answer',
      'CREATE INDEX feedback_answer ON feedback(answer_id)'),
+    ('index', 'feedback_history_answer',
+     'CREATE INDEX feedback_history_answer ON feedback_history(answer_id)'),
     ('index', 'kept_frames_expires',
      'CREATE INDEX kept_frames_expires ON kept_frames(expires_at)'),
     ('index', 'kept_frames_segment',
@@ -56,8 +62,12 @@ EXPECTED_SCHEMA = [
      'CREATE TABLE answers ( id INTEGER PRIMARY KEY, question_id INTEGER NOT NULL REFERENCES questions(id) ON DELETE CASCADE, choice TEXT, text TEXT NOT NULL, abstained INTEGER NOT NULL CHECK (abstained IN (0, 1)), reason TEXT, model TEXT NOT NULL, adapter_id TEXT, created_at REAL NOT NULL )'),
     ('table', 'candidates',
      "CREATE TABLE candidates ( id INTEGER PRIMARY KEY, segment_id INTEGER NOT NULL REFERENCES segments(id) ON DELETE CASCADE, text TEXT NOT NULL, valid INTEGER NOT NULL CHECK (valid IN (0, 1)), failure TEXT, sampling TEXT NOT NULL DEFAULT '{}', source TEXT NOT NULL, created_at REAL NOT NULL )"),
+    ('table', 'device_events',
+     "CREATE TABLE device_events ( id INTEGER PRIMARY KEY, kind TEXT NOT NULL CHECK (kind IN ('degraded', 'recovered', 'dropped', 'budget')), stream_id INTEGER REFERENCES streams(id) ON DELETE CASCADE, segment_id INTEGER REFERENCES segments(id) ON DELETE SET NULL, segment_index INTEGER, level INTEGER NOT NULL DEFAULT 0, detail TEXT NOT NULL DEFAULT '{}', created_at REAL NOT NULL )"),
     ('table', 'feedback',
      'CREATE TABLE feedback ( id INTEGER PRIMARY KEY, answer_id INTEGER NOT NULL REFERENCES answers(id) ON DELETE CASCADE, correct INTEGER NOT NULL CHECK (correct IN (0, 1)), corrected TEXT, created_at REAL NOT NULL )'),
+    ('table', 'feedback_history',
+     'CREATE TABLE feedback_history ( id INTEGER PRIMARY KEY, feedback_id INTEGER NOT NULL, answer_id INTEGER NOT NULL REFERENCES answers(id) ON DELETE CASCADE, correct INTEGER NOT NULL CHECK (correct IN (0, 1)), corrected TEXT, created_at REAL NOT NULL, replaced_at REAL NOT NULL, replaced_by INTEGER )'),
     ('table', 'kept_frames',
      'CREATE TABLE kept_frames ( id INTEGER PRIMARY KEY, segment_id INTEGER NOT NULL REFERENCES segments(id) ON DELETE CASCADE, path TEXT NOT NULL, expires_at REAL NOT NULL, created_at REAL NOT NULL )'),
     ('table', 'memories',
@@ -66,6 +76,8 @@ EXPECTED_SCHEMA = [
      "CREATE VIRTUAL TABLE memories_fts USING fts5( text, content='memories', content_rowid='id', tokenize='porter unicode61 remove_diacritics 2' )"),
     ('table', 'memory_embeddings',
      'CREATE TABLE memory_embeddings ( memory_id INTEGER NOT NULL REFERENCES memories(id) ON DELETE CASCADE, model TEXT NOT NULL, dim INTEGER NOT NULL, vector BLOB NOT NULL, PRIMARY KEY (memory_id, model) )'),
+    ('table', 'memory_vectors',
+     'CREATE TABLE memory_vectors ( seq INTEGER PRIMARY KEY AUTOINCREMENT, memory_id INTEGER NOT NULL REFERENCES memories(id) ON DELETE CASCADE, model TEXT NOT NULL, t_end REAL NOT NULL, bits BLOB NOT NULL, UNIQUE (memory_id, model) )'),
     ('table', 'pair_feedback',
      'CREATE TABLE pair_feedback ( pair_id INTEGER NOT NULL REFERENCES pairs(id) ON DELETE CASCADE, feedback_id INTEGER NOT NULL REFERENCES feedback(id) ON DELETE CASCADE, PRIMARY KEY (pair_id, feedback_id) )'),
     ('table', 'pairs',
@@ -76,6 +88,8 @@ EXPECTED_SCHEMA = [
      "CREATE TABLE segments ( id INTEGER PRIMARY KEY, stream_id INTEGER NOT NULL REFERENCES streams(id) ON DELETE CASCADE, idx INTEGER NOT NULL, t_start REAL NOT NULL, t_end REAL NOT NULL, status TEXT NOT NULL CHECK (status IN ('written', 'failed', 'forgotten')), failure TEXT, n_keyframes INTEGER NOT NULL DEFAULT 0, frames_seen INTEGER NOT NULL DEFAULT 0, frames_merged INTEGER NOT NULL DEFAULT 0, frames_dropped INTEGER NOT NULL DEFAULT 0, writer_model TEXT, adapter_id TEXT, n_tokens INTEGER NOT NULL DEFAULT 0, latency_s REAL NOT NULL DEFAULT 0, created_at REAL NOT NULL, UNIQUE (stream_id, idx) )"),
     ('table', 'streams',
      'CREATE TABLE streams ( id INTEGER PRIMARY KEY, source TEXT NOT NULL, fingerprint TEXT NOT NULL UNIQUE, origin REAL NOT NULL, kind TEXT NOT NULL, created_at REAL NOT NULL )'),
+    ('table', 'vector_index_state',
+     'CREATE TABLE vector_index_state ( model TEXT PRIMARY KEY, generation INTEGER NOT NULL DEFAULT 0, watermark INTEGER NOT NULL DEFAULT 0, center BLOB )'),
     ('trigger', 'feedback_bd_pairs',
      'CREATE TRIGGER feedback_bd_pairs BEFORE DELETE ON feedback BEGIN DELETE FROM pairs WHERE id IN (SELECT pair_id FROM pair_feedback WHERE feedback_id = old.id); END'),
     ('trigger', 'memories_fts_ad',
@@ -84,6 +98,10 @@ EXPECTED_SCHEMA = [
      'CREATE TRIGGER memories_fts_ai AFTER INSERT ON memories BEGIN INSERT INTO memories_fts(rowid, text) VALUES (new.id, new.text); END'),
     ('trigger', 'memories_fts_au',
      "CREATE TRIGGER memories_fts_au AFTER UPDATE OF text ON memories BEGIN INSERT INTO memories_fts(memories_fts, rowid, text) VALUES ('delete', old.id, old.text); INSERT INTO memories_fts(rowid, text) VALUES (new.id, new.text); END"),
+    ('trigger', 'memory_embeddings_ad',
+     'CREATE TRIGGER memory_embeddings_ad AFTER DELETE ON memory_embeddings BEGIN DELETE FROM memory_vectors WHERE memory_id = old.memory_id AND model = old.model; END'),
+    ('trigger', 'memory_vectors_ad',
+     'CREATE TRIGGER memory_vectors_ad AFTER DELETE ON memory_vectors BEGIN INSERT INTO vector_index_state (model, generation, watermark) VALUES (old.model, 1, 0) ON CONFLICT (model) DO UPDATE SET generation = generation + 1, watermark = min(watermark, old.memory_id - 1); END'),
 ]
 
 SCHEMA_QUERY = (
@@ -223,6 +241,7 @@ def test_concurrent_first_open_applies_each_migration_once(tmp_path):
     procs = [subprocess.Popen([sys.executable, "-c", code], env=env) for _ in range(3)]
     assert [p.wait(timeout=60) for p in procs] == [0, 0, 0]
     store = Store.open(path)
-    assert [r[0] for r in store.conn.execute("SELECT name FROM _migrations")] == ["m001_initial"]
+    assert [r[0] for r in store.conn.execute("SELECT name FROM _migrations")] == [
+        m.__name__ for m in migrations.MIGRATIONS]
     assert store.conn.execute("SELECT COUNT(*) FROM streams").fetchone()[0] == 1
     store.close()

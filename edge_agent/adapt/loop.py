@@ -42,7 +42,8 @@ def run_adapt(store: Any, cfg: Config, hf_dir: str | Path, backend_for_judge: Ba
               compliance_fn: ComplianceFn | None, progress: Progress | None = None, *,
               prompt_fn: PromptFn | None = None,
               base_model_hash: str | None = None, init_from_active: bool = True,
-              delete_used_frames: bool = True, now: float | None = None) -> dict[str, Any]:
+              delete_used_frames: bool = True, now: float | None = None,
+              release_backend: Callable[[], None] | None = None) -> dict[str, Any]:
     """Run Phase Two once. Returns a summary dict (JSON-serialisable) with `status` one of
     "activated", "rejected", "skipped" and a one-line `reason`.
 
@@ -53,6 +54,8 @@ def run_adapt(store: Any, cfg: Config, hf_dir: str | Path, backend_for_judge: Ba
       passes format validation with that vector (None = base model).
     base_model_hash: hash of the full-precision checkpoint the deployed GGUF came from; defaults to
       `backend_for_judge.model_hash`. Stored on the adapter; backends refuse adapters of another model.
+    release_backend: called once the judge is done, before the checkpoint loads (the llama.cpp model frees its
+      memory while training; `compliance_fn` reopens it if it needs it).
     """
     start = time.perf_counter()
     say = progress or (lambda stage, info: None)
@@ -64,8 +67,7 @@ def run_adapt(store: Any, cfg: Config, hf_dir: str | Path, backend_for_judge: Ba
                                "active_adapter_id": (store.active_adapter() or {}).get("id")}
 
     # frames: expired keyframes go first (privacy: they are kept only for a bounded time)
-    expired = store.expired_frames(now)
-    summary["expired_frames_deleted"] = store.delete_kept_frames(ids=[r["id"] for r in expired]) if expired else 0
+    summary["expired_frames_deleted"] = store.expire_kept_frames(now)
     say("frames", {"deleted": summary["expired_frames_deleted"]})
 
     # reward -> pairs
@@ -96,7 +98,14 @@ def run_adapt(store: Any, cfg: Config, hf_dir: str | Path, backend_for_judge: Ba
 
     from edge_agent.adapt.frozen_model import FrozenQwen3VL
 
-    policy = FrozenQwen3VL(hf_dir, dcfg.layer, dtype=getattr(torch, dcfg.dtype))
+    from edge_agent.adapt.fit import plan
+
+    if release_backend is not None:
+        release_backend()
+    fit = plan(hf_dir, dcfg.dtype)  # ModelError naming the need and what is free, before anything loads
+    summary["fit"] = fit.as_dict()
+    say("train", {"loading": str(hf_dir), **fit.as_dict()})
+    policy = FrozenQwen3VL(hf_dir, dcfg.layer, dtype=getattr(torch, fit.dtype))
     active_row = store.active_adapter()
     active_vec = registry.active_vector() if active_row else None
     baseline_fits = _fits(active_row, active_vec, dcfg.layer, policy.hidden_size, model_hash)
@@ -115,12 +124,18 @@ def run_adapt(store: Any, cfg: Config, hf_dir: str | Path, backend_for_judge: Ba
     base_eval = evaluate(policy, prep_hold, None if base_vec is None else base_vec.applied(), dcfg.beta)
     baseline = f"adapter {active_row['id']}" if base_vec is not None and active_row else "base model"
     new_c = base_c = None
+    note = "no compliance function"
     if compliance_fn is not None:
         say("gate", {"measuring": "compliance"})
-        new_c = float(compliance_fn(result.vector))
-        base_c = float(compliance_fn(base_vec))
+        raw_new, raw_base = compliance_fn(result.vector), compliance_fn(base_vec)
+        new_c = None if raw_new is None else float(raw_new)
+        base_c = None if raw_base is None else float(raw_base)
+        note = "no held-out window could be rebuilt (their frames are gone)"
+        counter = getattr(compliance_fn, "n_windows", None)
+        summary["compliance_windows"] = counter() if callable(counter) else None
     decision = decide(new_accuracy=new_eval.accuracy, base_accuracy=base_eval.accuracy, n_holdout=new_eval.n,
-                      new_compliance=new_c, base_compliance=base_c, cfg=gcfg, baseline=baseline)
+                      new_compliance=new_c, base_compliance=base_c, cfg=gcfg, baseline=baseline,
+                      compliance_note=note)
     say("gate", {"accepted": decision.accepted, "reason": decision.reason})
 
     # register

@@ -5,9 +5,12 @@ to `train` or `holdout` (seeded; a group already split keeps its split forever, 
 both sides across runs), writing pairs with their feedback ids, and turning stored pairs into
 `PreferencePair`s (prompt messages via a prompt function, completions as the writer emits them).
 
-Split unit: the writer's windows overlap (window k = segments k-4..k share frames), so the unit is a block of
-`window_segments` consecutive segments of one stream, not a single segment: two windows that share frames
-are never on different sides.
+Split unit: the writer's windows overlap (the window of segment s holds the frames of segments
+s-k+1..s, k = `window_segments`), so two windows share frames exactly when their segments are fewer than k
+apart in one stream. The unit is a connected group of such windows (segments with pairs, chained at
+distance < k), never a fixed block: blocks leak at their edges (the window of segment 5 shares frames with
+segments 1-4). Long chains are cut, leaving out the windows at the cut (`split_groups`). A new window that would join groups already on both sides would leak whatever side it took;
+its pairs are not stored (`store_pairs` returns them in `dropped`).
 """
 
 from __future__ import annotations
@@ -25,8 +28,45 @@ PromptFn = Callable[[Any, int], "list[Message] | None"]
 
 
 def window_group(candidate_or_pair: dict[str, Any], window_segments: int) -> tuple[int, int]:
-    """(stream id, block of `window_segments` consecutive segment indices)."""
-    return int(candidate_or_pair["stream_id"]), int(candidate_or_pair["idx"]) // max(1, window_segments)
+    """(stream id, segment index) of a candidate's or pair's window: the key `split_groups` chains."""
+    return int(candidate_or_pair["stream_id"]), int(candidate_or_pair["idx"])
+
+
+GROUP_SPAN_WINDOWS = 2  # a chain of frame-sharing windows is cut after this many window lengths
+
+
+def split_groups(windows: Iterable[tuple[int, int]], window_segments: int) -> dict[tuple[int, int], tuple[int, int]]:
+    """Window (stream, idx) -> its group key (stream, first idx of the group).
+
+    Windows of one stream fewer than `window_segments` (k) apart share frames and are chained into one group.
+    A chain is cut once it spans GROUP_SPAN_WINDOWS * k segments: the windows that would still share frames
+    with it are left out (not in the result: their pairs are not stored), and the next window at least k past
+    its last one starts a new group. Without the cut, a day whose candidate windows lie close together would
+    be one group, all train or all held out.
+    """
+    k = max(1, int(window_segments))
+    span = GROUP_SPAN_WINDOWS * k
+    out: dict[tuple[int, int], tuple[int, int]] = {}
+    by_stream: dict[int, list[int]] = defaultdict(list)
+    for stream, idx in set(windows):
+        by_stream[stream].append(idx)
+    for stream, idxs in by_stream.items():
+        start = last = None
+        closed = False
+        for idx in sorted(idxs):
+            if last is not None and idx - last < k:  # shares frames with the current group's last window
+                if closed:
+                    continue
+                if idx - start >= span:
+                    closed = True  # left out; the group ends at `last`
+                    continue
+                out[(stream, idx)] = (stream, start)
+                last = idx
+                continue
+            start = last = idx
+            closed = False
+            out[(stream, idx)] = (stream, start)
+    return out
 
 
 def candidate_groups(store: Any, segment_ids: Iterable[int] | None = None) -> dict[int, list[dict[str, Any]]]:
@@ -63,17 +103,19 @@ def judge_new_pairs(store: Any, reward: RelevanceReward,
 
 
 def assign_splits(groups: Sequence[tuple[int, int]], fixed: dict[tuple[int, int], str], holdout_share: float,
-                  seed: int) -> dict[tuple[int, int], str]:
+                  seed: int, live: set[tuple[int, int]] | None = None) -> dict[tuple[int, int], str]:
     """Split for each window group. Groups in `fixed` (all groups split in earlier runs) keep theirs. New
     groups are shuffled (seeded) and the first ones go to holdout until holdout holds ceil(share * all
     groups), so runs that each bring one new window still fill both sides in proportion; with two or more
-    groups in all, each side gets at least one."""
+    groups in all, each side gets at least one. `live` (default: all of `fixed`) are the fixed groups that
+    still count toward the proportion."""
     out = {g: fixed[g] for g in groups if g in fixed}
     new = sorted(g for g in set(groups) if g not in fixed)
     random.Random(seed).shuffle(new)
-    hold_now = sum(v == "holdout" for v in fixed.values())
-    train_now = len(fixed) - hold_now
-    total = len(fixed) + len(new)
+    counted = {g: v for g, v in fixed.items() if live is None or g in live}
+    hold_now = sum(v == "holdout" for v in counted.values())
+    train_now = len(counted) - hold_now
+    total = len(counted) + len(new)
     n_hold = min(max(math.ceil(holdout_share * total) - hold_now, 0), len(new))
     if total >= 2 and new:
         if hold_now + n_hold == 0:
@@ -86,20 +128,37 @@ def assign_splits(groups: Sequence[tuple[int, int]], fixed: dict[tuple[int, int]
 
 
 def store_pairs(store: Any, judged: Sequence[JudgedPair], *, holdout_share: float, seed: int,
-                window_segments: int = 5) -> list[int]:
-    """Write judged pairs with their split (by window group); returns the new pair ids."""
+                window_segments: int = 5, dropped: list[JudgedPair] | None = None) -> list[int]:
+    """Write judged pairs with their split (by group of frame-sharing windows); returns the new pair ids.
+    Pairs whose window would join groups already on both sides are left out (appended to `dropped`)."""
     if not judged:
         return []
     seen, seg_split = _existing(store)
     cands = {c["id"]: c for c in store.candidates()}
-    seg_group = {c["segment_id"]: window_group(c, window_segments) for c in cands.values()}
-    fixed = {seg_group[s]: sp for s, sp in seg_split.items() if s in seg_group}
-    groups = [window_group(cands[j.chosen_id], window_segments) for j in judged]
-    splits = assign_splits(groups, fixed, holdout_share, seed)
+    seg_window = {c["segment_id"]: window_group(c, window_segments) for c in cands.values()}
+    fixed_windows = {seg_window[s]: sp for s, sp in seg_split.items() if s in seg_window}
+    new_windows = [window_group(cands[j.chosen_id], window_segments) for j in judged]
+    group_of = split_groups(list(fixed_windows) + new_windows, window_segments)
+    sides: dict[tuple[int, int], set[str]] = defaultdict(set)
+    for w, sp in fixed_windows.items():
+        if w in group_of:
+            sides[group_of[w]].add(sp)
+    fixed = {g: next(iter(sp)) for g, sp in sides.items() if len(sp) == 1}
+    # Groups whose frames are gone (used by an earlier run, or expired) keep their side but can no longer be
+    # trained or gated on: only live groups count toward the balance, so each run's new windows fill both.
+    live_segs = {seg for seg in seg_split if store.kept_frames(seg)}
+    live = {group_of[seg_window[seg]] for seg in live_segs if seg in seg_window and seg_window[seg] in group_of}
+    open_groups = [group_of[w] for w in new_windows if w in group_of and len(sides.get(group_of[w], ())) < 2]
+    splits = assign_splits(open_groups, fixed, holdout_share, seed, live=live)
     ids = []
-    for j, g in zip(judged, groups):
+    for j, w in zip(judged, new_windows):
         key = frozenset((j.chosen_id, j.rejected_id))
         if key in seen:
+            continue
+        g = group_of.get(w)
+        if g is None or len(sides.get(g, ())) >= 2:  # cut out of a long chain, or joins both sides: would leak
+            if dropped is not None:
+                dropped.append(j)
             continue
         seen.add(key)
         ids.append(store.add_pair(j.chosen_id, j.rejected_id, j.feedback_ids, j.score, splits[g]))

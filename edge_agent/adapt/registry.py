@@ -10,6 +10,7 @@ process sees a change on its next `active()` check.
 from __future__ import annotations
 
 import hashlib
+import os
 import shutil
 import time
 from pathlib import Path
@@ -87,9 +88,18 @@ class AdapterRegistry:
         folder = self.dir / aid
         if folder.exists() or any(r["id"] == aid for r in self.store.adapters()):
             raise AdapterError(f"adapter {aid}: already registered (folder {str(folder)!r})")
-        folder.mkdir(parents=True)
-        st = steering.save_safetensors(vec, folder / SAFETENSORS_NAME)
-        gg = steering.save_control_vector(vec, folder / GGUF_NAME)
+        old_umask = os.umask(0o077)  # owner-only, whatever the caller's umask: adapters come from the wearer's data
+        try:
+            self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+            folder.mkdir(mode=0o700)
+            st = steering.save_safetensors(vec, folder / SAFETENSORS_NAME)
+            gg = steering.save_control_vector(vec, folder / GGUF_NAME)
+        finally:
+            os.umask(old_umask)
+        for p in (self.dir, folder):
+            os.chmod(p, 0o700)
+        for p in (st, gg):
+            os.chmod(p, 0o600)
         row = {"id": aid, "status": status, "reason": reason, "path": str(st), "gguf_path": str(gg),
                "layer": vec.layer, "scale": vec.scale, "hidden_size": vec.hidden_size,
                "base_model_hash": vec.base_model_hash, "pair_ids": sorted({int(i) for i in pair_ids}),

@@ -188,6 +188,9 @@ class OpenCVSource(VideoSource):
                 raise SourceError(f"{self.label}: file is empty (0 bytes)")
             if not os.access(path, os.R_OK):
                 raise SourceError(f"{self.label}: cannot be read (permission denied)")
+            image = _image_format(path)
+            if image:
+                raise SourceError(f"{self.label}: is a still image ({image}), not a video")
         cap = self._make_capture()
         if not cap.isOpened():
             cap.release()
@@ -224,9 +227,14 @@ class OpenCVSource(VideoSource):
 
         fps = float(self._cap.get(cv2.CAP_PROP_FPS) or 0.0)
         self.fps = fps if 0.0 < fps < 1000.0 else 0.0
-        if self.kind == "file":
+        if self.kind in ("file", "url"):
             n = float(self._cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0.0)
             self.duration = n / self.fps if (n > 0 and self.fps > 0) else None
+        if self.kind == "url" and self.duration is not None and self.duration > 0:
+            # An http(s) URL whose container announces a length is a finite remote file, not a live stream:
+            # read it like a file (container time, no reconnects by wall clock, end of file = end of stream).
+            # A live HLS/RTSP stream reports no frame count.
+            self.is_live = False
 
     def _fourcc(self) -> str:
         import cv2
@@ -311,6 +319,91 @@ class OpenCVSource(VideoSource):
             self.end_note = (f"{self.label}: ended at {reached:.1f} s of {self.duration:.1f} s "
                              f"(truncated or corrupt); kept the {self.frames_grabbed} decodable frames")
             log.warning(self.end_note)
+
+
+IMAGE_MAGIC = {b"\x89PNG\r\n\x1a\n": "PNG", b"\xff\xd8\xff": "JPEG", b"BM": "BMP", b"II*\x00": "TIFF",
+               b"MM\x00*": "TIFF", b"P6": "PPM", b"P5": "PGM"}
+
+
+def _image_format(path: Path) -> str | None:
+    """The still-image format a file starts with (OpenCV would open it as a 1-frame "video"), else None."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(16)
+    except OSError:
+        return None
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return "WebP"
+    return next((name for magic, name in IMAGE_MAGIC.items() if head.startswith(magic)), None)
+
+
+MP4_EPOCH_OFFSET = 2082844800  # seconds from 1904-01-01 (QuickTime/MP4 clock) to 1970-01-01
+
+
+def mp4_header_times(path: str | os.PathLike) -> tuple[float | None, float | None]:
+    """(creation time as epoch seconds, duration in seconds) from an MP4/MOV `moov/mvhd` box; None when absent.
+
+    Reads box headers only (the payload of `mdat` is skipped), so it costs a few reads even on a long file.
+    Encoders that leave the creation time 0 (1904) give None: that is "unknown", not a real date.
+    """
+    import struct
+
+    def boxes(f, end: int):
+        while f.tell() + 8 <= end:
+            start = f.tell()
+            head = f.read(8)
+            if len(head) < 8:
+                return
+            size, kind = struct.unpack(">I4s", head)
+            if size == 1:
+                big = f.read(8)
+                if len(big) < 8:
+                    return
+                size = struct.unpack(">Q", big)[0]
+            elif size == 0:
+                size = end - start
+            if size < 8 or start + size > end:
+                return
+            yield kind, start, f.tell(), start + size
+            f.seek(start + size)
+
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            total = f.tell()
+            f.seek(0)
+            for kind, _, body, end in list(boxes(f, total)):
+                if kind != b"moov":
+                    continue
+                f.seek(body)
+                for sub, _, sbody, _ in list(boxes(f, end)):
+                    if sub != b"mvhd":
+                        continue
+                    f.seek(sbody)
+                    version = f.read(4)[0]
+                    if version == 1:
+                        created, _, scale, length = struct.unpack(">QQIQ", f.read(28))
+                    else:
+                        created, _, scale, length = struct.unpack(">IIII", f.read(16))
+                    when = created - MP4_EPOCH_OFFSET if created > MP4_EPOCH_OFFSET else None
+                    return (float(when) if when else None), (length / scale if scale else None)
+    except (OSError, IndexError, struct.error):
+        pass
+    return None, None
+
+
+def file_start_time(path: str | os.PathLike, duration: float | None = None) -> tuple[float, str]:
+    """When a recorded file began, as epoch seconds, and how that was found.
+
+    The container's recorded creation time if it has one (MP4/MOV `mvhd`), else the file's modification time
+    minus its duration (a recorder writes the file until the recording ends). `duration` is the length the
+    decoder reports, used when the header gives none.
+    """
+    created, header_duration = mp4_header_times(path)
+    if created is not None:
+        return created, "container creation time"
+    length = header_duration if header_duration else (duration or 0.0)
+    return os.stat(path).st_mtime - length, "file modification time minus its duration"
 
 
 def parse_spec(spec: str) -> tuple[str, int | str]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -10,6 +11,7 @@ from edge_agent.config import Config
 from edge_agent.errors import ConfigError
 from edge_agent.eval.grading import BackendJudge, CachedJudge, OpenAIJudge
 from edge_agent.eval.loaders import load_benchmark, load_synthetic
+from edge_agent.eval.remote import OpenAIAnswerer
 from edge_agent.eval.replay import parse_config_spec, replay
 from edge_agent.eval.report import results_json, write_report
 from edge_agent.eval.target import RuntimeTarget
@@ -25,7 +27,7 @@ def synthetic_data(cfg: Config, seed: int, minutes: float) -> Path:
     return out
 
 
-def _adapter_vector(cfg: Config, adapter_id: str | None):
+def adapter_vector(cfg: Config, adapter_id: str | None):
     if adapter_id is None:
         return None
     from edge_agent.store import Store
@@ -35,14 +37,44 @@ def _adapter_vector(cfg: Config, adapter_id: str | None):
     return load_steering_vector(row["path"])
 
 
-def run_benchmark(cfg: Config, bench: str, *, data: Path | None = None, seed: int = 0, minutes: float = 2.0,
-             configs: Sequence[str] = ("baseline",), max_questions: int | None = None,
-             judge_url: str | None = None, judge_model: str | None = None, judge_key_env: str | None = None,
-             report_dir: Path | None = None, console: Any = None, progress: bool = True) -> list[dict]:
-    """Replay `bench` for every config (\"baseline\", an adapter id, or NAME=ADAPTER_ID) and return the scores."""
+def make_judge(cache_file: Path, judge_url: str | None, judge_model: str | None, judge_key_env: str | None,
+               backend: Any):
+    """The grader of open answers: the endpoint at `judge_url` (off the device: an explicit opt-in), else the local
+    model; cached on disk. A module-level function so sharded workers can build their own."""
+    inner = OpenAIJudge(judge_url, judge_model or "gpt-4o", judge_key_env) if judge_url else BackendJudge(backend)
+    return CachedJudge(inner, cache_file)
+
+
+def replay_with_runtime(cfg: Config, benchmark, specs, work_dir: Path, judge_factory: Any = None,
+                        answerer_factory: Any = None, *, progress: bool = False, console: Any = None):
+    """Replay `benchmark` for each config spec through the product's runtime, on one backend opened here."""
     from edge_agent.qa.embed import open_embedder
     from edge_agent.vlm.factory import open_backend
 
+    backend = open_backend(cfg)
+    try:
+        embedder = open_embedder(cfg)
+        answerer = answerer_factory() if answerer_factory is not None else None
+        targets = [RuntimeTarget(s.name, s.adapter_id, adapter_vector(cfg, s.adapter_id), backend, cfg, work_dir,
+                                 embedder, answerer) for s in specs]
+        judge = judge_factory(backend) if judge_factory is not None else None
+        try:
+            return replay(benchmark, targets, judge=judge, progress=progress, console=console)
+        finally:
+            if judge is not None:
+                judge.close()
+    finally:
+        backend.close()
+
+
+def run_benchmark(cfg: Config, bench: str, *, data: Path | None = None, seed: int = 0, minutes: float = 2.0,
+             configs: Sequence[str] = ("baseline",), max_questions: int | None = None,
+             judge_url: str | None = None, judge_model: str | None = None, judge_key_env: str | None = None,
+             report_dir: Path | None = None, console: Any = None, progress: bool = True, workers: int = 1,
+             ray_address: str | None = None, answerer_url: str | None = None, answerer_model: str | None = None,
+             answerer_key_env: str | None = None) -> list[dict]:
+    """Replay `bench` for every config (\"baseline\", an adapter id, or NAME=ADAPTER_ID) and return the scores.
+    `workers` > 1 or a `ray_address` shard the streams over Ray workers (eval/shard.py): same numbers."""
     if bench == "synthetic" and data is None:
         benchmark = load_synthetic(synthetic_data(cfg, seed, minutes))
     elif data is None:
@@ -53,22 +85,19 @@ def run_benchmark(cfg: Config, bench: str, *, data: Path | None = None, seed: in
         benchmark = benchmark.limit(max_questions=max_questions)
     specs = [parse_config_spec(c) for c in configs]
 
-    backend = open_backend(cfg)
     work = cfg.home / "eval" / "runs" / f"{bench}-{time.strftime('%Y%m%d-%H%M%S')}"
-    embedder = open_embedder(cfg)
-    runners = [RuntimeTarget(s.name, s.adapter_id, _adapter_vector(cfg, s.adapter_id), backend, cfg, work, embedder)
-               for s in specs]
-    judge = None
-    if benchmark.has_open_ended:
-        inner = (OpenAIJudge(judge_url, judge_model or "gpt-4o", judge_key_env) if judge_url
-                 else BackendJudge(backend))
-        judge = CachedJudge(inner, cfg.cache_dir / "judge.sqlite")
-    try:
-        run = replay(benchmark, runners, judge=judge, progress=progress, console=console)
-    finally:
-        if judge is not None:
-            judge.close()
-        backend.close()
+    judges = partial(make_judge, cfg.cache_dir / "judge.sqlite", judge_url, judge_model, judge_key_env) \
+        if benchmark.has_open_ended else None
+    answerers = partial(OpenAIAnswerer, answerer_url, answerer_model or "gpt-4o", answerer_key_env) \
+        if answerer_url else None
+    if workers > 1 or ray_address:
+        from edge_agent.eval.shard import replay_sharded
+
+        run = replay_sharded(cfg, benchmark, specs, work, workers=workers, address=ray_address,
+                             judge_factory=judges, answerer_factory=answerers)
+    else:
+        run = replay_with_runtime(cfg, benchmark, specs, work, judges, answerers, progress=progress,
+                                  console=console)
     results = results_json(run, seed=seed)
     if report_dir is not None:
         write_report(results, report_dir, outcomes=run.outcomes)

@@ -91,19 +91,22 @@ class BackendJudge:
         return parse_verdict(gen.text, self.judge_id)
 
 
-class OpenAIJudge:
-    """Any OpenAI-compatible chat endpoint as judge (POST {base_url}/chat/completions, JSON mode, temperature 0).
+class OpenAIChat:
+    """Any OpenAI-compatible chat endpoint (POST {base_url}/chat/completions, temperature 0). Off the device:
+    `eval` uses one only when the user names its URL (`--judge-url`, `--answerer-url`); `ask` never does.
 
     The API key is read from the environment variable named `api_key_env` (None: send no key, e.g. a local
     server). Network failures, 429 and 5xx are retried `retries` times with doubling waits.
     """
 
+    role = "endpoint"
+
     def __init__(self, base_url: str, model: str, api_key_env: str | None = "OPENAI_API_KEY", *,
                  timeout: float = 60.0, retries: int = 2, backoff: float = 1.0):
         if not base_url.startswith(("http://", "https://")):
-            raise ConfigError(f"judge base_url={base_url!r}: expected an http(s) URL")
+            raise ConfigError(f"{self.role} base_url={base_url!r}: expected an http(s) URL")
         if not model:
-            raise ConfigError(f"judge model={model!r}: must not be empty")
+            raise ConfigError(f"{self.role} model={model!r}: must not be empty")
         self.url = base_url.rstrip("/") + "/chat/completions"
         self.model = model
         self.api_key_env = api_key_env
@@ -115,17 +118,16 @@ class OpenAIJudge:
             return None
         key = os.environ.get(self.api_key_env)
         if not key:
-            raise ConfigError(f"judge api key: environment variable {self.api_key_env} is not set")
+            raise ConfigError(f"{self.role} api key: environment variable {self.api_key_env} is not set")
         return key
 
-    def judge(self, question: str, reference: str, candidate: str) -> bool:
-        body = {
-            "model": self.model,
-            "messages": [{"role": "system", "content": JUDGE_SYSTEM},
-                         {"role": "user", "content": judge_prompt(question, reference, candidate)}],
-            "temperature": 0,
-            "response_format": {"type": "json_object"},
-        }
+    def chat(self, messages: list[dict], *, json_mode: bool = True, max_tokens: int | None = None) -> str:
+        """The reply text to `messages` ([{"role", "content"}])."""
+        body: dict = {"model": self.model, "messages": messages, "temperature": 0}
+        if json_mode:
+            body["response_format"] = {"type": "json_object"}
+        if max_tokens:
+            body["max_tokens"] = max_tokens
         headers = {"Content-Type": "application/json"}
         key = self._key()
         if key:
@@ -134,10 +136,9 @@ class OpenAIJudge:
                                          method="POST")
         reply = self._send(request)
         try:
-            content = reply["choices"][0]["message"]["content"]
+            return str(reply["choices"][0]["message"]["content"])
         except (KeyError, IndexError, TypeError):
-            raise JudgeError(f"judge {self.judge_id}: response has no choices[0].message.content") from None
-        return parse_verdict(str(content), self.judge_id)
+            raise JudgeError(f"{self.role} {self.judge_id}: response has no choices[0].message.content") from None
 
     def _send(self, request: urllib.request.Request) -> dict:
         wait = self.backoff
@@ -148,16 +149,29 @@ class OpenAIJudge:
             except urllib.error.HTTPError as e:
                 retryable = e.code == 429 or e.code >= 500
                 if not retryable or attempt == self.retries:
-                    raise JudgeError(f"judge {self.judge_id}: HTTP {e.code} from {self.url}") from None
+                    raise JudgeError(f"{self.role} {self.judge_id}: HTTP {e.code} from {self.url}") from None
             except (urllib.error.URLError, TimeoutError, ConnectionError) as e:
                 if attempt == self.retries:
                     reason = getattr(e, "reason", e)
-                    raise JudgeError(f"judge {self.judge_id}: cannot reach {self.url} ({reason})") from None
+                    raise JudgeError(f"{self.role} {self.judge_id}: cannot reach {self.url} ({reason})") from None
             except json.JSONDecodeError:
-                raise JudgeError(f"judge {self.judge_id}: response from {self.url} is not JSON") from None
+                raise JudgeError(f"{self.role} {self.judge_id}: response from {self.url} is not JSON") from None
             time.sleep(wait)
             wait *= 2
         raise AssertionError("unreachable")
+
+
+
+
+class OpenAIJudge(OpenAIChat):
+    """An OpenAI-compatible endpoint grading open answers (JSON verdict)."""
+
+    role = "judge"
+
+    def judge(self, question: str, reference: str, candidate: str) -> bool:
+        content = self.chat([{"role": "system", "content": JUDGE_SYSTEM},
+                             {"role": "user", "content": judge_prompt(question, reference, candidate)}])
+        return parse_verdict(content, self.judge_id)
 
 
 class CachedJudge:

@@ -26,8 +26,10 @@ class RuntimeTarget:
     """One config under evaluation: a name, an optional pinned adapter, its own stores under `work_dir`."""
 
     def __init__(self, name: str, adapter_id: str | None, vector: SteeringVector | None, backend: Backend,
-                 cfg: Config, work_dir: Path, embedder: Any = None):
+                 cfg: Config, work_dir: Path, embedder: Any = None, answerer: Any = None):
         self.name = name
+        # who answers: the device's own model (default) or an OpenAI-compatible one (eval/remote.py)
+        self.answerer = answerer if answerer is not None else backend
         self.adapter_id = adapter_id
         self.vector = vector
         self.backend = backend
@@ -72,9 +74,10 @@ class RuntimeTarget:
     def ask(self, question: BenchQuestion, until: float) -> Answer:
         from edge_agent.qa.answer import answer
 
-        self.backend.set_steering(self.vector)
+        # Only the writer is steered, as in `ask`: the adapter changes what is remembered, not how it is read.
+        self.backend.set_steering(None)
         store = self._stores[question.video]
-        res = answer(store, self.backend, question.question, question.lettered_options(),
+        res = answer(store, self.answerer, question.question, question.lettered_options(),
                      asked_at=until, cfg=self.cfg.qa, until=None if math.isinf(until) else until,
                      embedder=self.embedder)
         # every memory the answerer was shown, not only the cited ones: the replay checks none is from the future

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import time
 from pathlib import Path
 
@@ -24,16 +25,88 @@ def _sampled_for_candidates(stream_key: str, index: int, share: float) -> bool:
     return h / 0xFFFFFFFF < share
 
 
-def save_keyframes(folder: Path, seg: Segment) -> list[Path]:
+PART_SUFFIX = ".part"  # a keyframe written but not yet recorded: `<index>_<t>.png.part`
+
+
+def save_keyframes(folder: Path, seg: Segment) -> list[tuple[Path, Path]]:
+    """Write the segment's keyframes as PNGs under temporary names; returns (temporary, final) paths.
+
+    The caller records the final paths in the store, then renames (`commit_keyframes`): a process killed
+    before the row commits leaves only `.part` files, which `sweep_frames` removes at the next start.
+    """
     import cv2
 
     folder.mkdir(parents=True, exist_ok=True, mode=0o700)
-    paths = []
-    for f in seg.keyframes:
-        path = folder / f"{f.index:08d}_{f.t:.3f}.png"
-        cv2.imwrite(str(path), cv2.cvtColor(f.image, cv2.COLOR_RGB2BGR))
-        paths.append(path)
-    return paths
+    out = []
+    try:
+        for f in seg.keyframes:
+            final = folder / f"{f.index:08d}_{f.t:.3f}.png"
+            part = final.with_name(final.name + PART_SUFFIX)
+            ok, png = cv2.imencode(".png", cv2.cvtColor(f.image, cv2.COLOR_RGB2BGR))
+            if not ok:
+                raise OSError(f"keyframe {final.name}: PNG encoding failed")
+            fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(png.tobytes())
+            out.append((part, final))
+    except BaseException:
+        discard_keyframes(out)
+        raise
+    return out
+
+
+def commit_keyframes(written: list[tuple[Path, Path]]) -> list[Path]:
+    """Give recorded keyframes their final names."""
+    for part, final in written:
+        os.replace(part, final)
+    return [final for _, final in written]
+
+
+def discard_keyframes(written: list[tuple[Path, Path]]) -> None:
+    for part, _ in written:
+        part.unlink(missing_ok=True)
+
+
+def sweep_frames(store: Store, frames_dir: Path, *, min_part_age_s: float = 60.0,
+                 now: float | None = None) -> dict[str, int]:
+    """At start: delete files under `frames_dir` that no kept-frame row names (left by a crash), finish the
+    rename of `.part` files whose row committed, and remove empty folders. Returns counts.
+
+    Files are listed before the rows are read, so a final-named file of a concurrent `run` (renamed only after
+    its row committed) is always known; a `.part` file without a row is deleted only when older than
+    `min_part_age_s` (a concurrent writer records its row within a second of writing it).
+    """
+    counts = {"deleted": 0, "renamed": 0, "folders": 0}
+    frames_dir = Path(frames_dir)
+    if not frames_dir.is_dir():
+        return counts
+    files = [p for p in frames_dir.rglob("*") if p.is_file() or p.is_symlink()]
+    known = {str(Path(r["path"]).resolve()) for r in store.kept_frames()}
+    now = time.time() if now is None else now
+    for p in files:
+        rp = str(p.resolve())
+        if rp in known:
+            continue
+        try:
+            if p.name.endswith(PART_SUFFIX):
+                final = p.with_name(p.name[: -len(PART_SUFFIX)])
+                if str(final.resolve()) in known:
+                    os.replace(p, final)
+                    counts["renamed"] += 1
+                    continue
+                if now - p.lstat().st_mtime < min_part_age_s:
+                    continue
+            p.unlink()
+            counts["deleted"] += 1
+        except FileNotFoundError:
+            pass
+    for d in sorted((d for d in frames_dir.rglob("*") if d.is_dir()), key=lambda d: len(d.parts), reverse=True):
+        try:
+            d.rmdir()  # only empty ones
+            counts["folders"] += 1
+        except OSError:
+            pass
+    return counts
 
 
 def _frame_position(path: Path, fallback_index: int, fallback_t: float) -> tuple[int, float]:
@@ -95,17 +168,28 @@ def add_candidates(store: Store, segment_id: int, memory: str | None,
 
 
 def keep_for_phase_two(store: Store, writer: MemoryWriter, cfg: Config, segment_id: int, seg: Segment,
-                       result: WriteResult, window: list[WindowEntry]) -> None:
+                       result: WriteResult, window: list[WindowEntry], *, keep_frames: bool = True) -> None:
     """Keep the segment's keyframes (bounded time) and, for a share of segments, sampled alternatives.
 
     Phase Two compares candidate memories of the same window; the frames let `adapt` rebuild the window's
-    prompt later, also for segments the wearer only asks about afterwards.
+    prompt later, also for segments the wearer only asks about afterwards. `keep_frames=False` (the model has
+    no checkpoint Phase Two could train against) keeps nothing: neither frames nor candidates could be used.
     """
     wcfg = cfg.writer
-    if wcfg.keep_frames_hours <= 0 or not seg.keyframes:
+    if not keep_frames or wcfg.keep_frames_hours <= 0 or not seg.keyframes:
         return
-    paths = save_keyframes(cfg.frames_dir / writer.stream_key / f"{seg.index:06d}", seg)
-    store.keep_frames(segment_id, paths, expires_at=time.time() + wcfg.keep_frames_hours * 3600)
+    folder = (cfg.frames_dir / writer.stream_key / f"{seg.index:06d}").resolve()
+    written = save_keyframes(folder, seg)
+    try:
+        rows = store.keep_frames(segment_id, [final for _, final in written],
+                                 expires_at=time.time() + wcfg.keep_frames_hours * 3600)
+    except BaseException:
+        discard_keyframes(written)
+        raise
+    if not rows:  # forgotten meanwhile
+        discard_keyframes(written)
+        return
+    commit_keyframes(written)
     if not _sampled_for_candidates(writer.stream_key, seg.index, wcfg.candidate_share):
         return
     add_candidates(store, segment_id, result.text,

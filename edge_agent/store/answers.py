@@ -78,12 +78,38 @@ class AnswerQueries(Queries):
         return [self.get_answer(r["id"]) for r in self._rows(sql, params)]
 
     def add_feedback(self, answer_id: int, correct: bool, corrected: str | None = None) -> int:
-        with self._tx():
+        """Record the wearer's verdict on an answer; it REPLACES earlier feedback on the same answer.
+
+        The wearer changed their mind (`--correct`, later `--wrong`): the earlier rows move to
+        `feedback_history` (the audit trail, with when and by which feedback they were replaced) and the
+        training pairs made from them go (trigger), so Phase Two learns from the latest verdict only.
+        """
+        now = time.time()
+        with self._tx() as conn:
             if self._one("SELECT 1 AS x FROM answers WHERE id = ?", (int(answer_id),)) is None:
                 raise StoreError(f"answer {answer_id}: no such answer")
-            return self._insert("feedback", {
+            earlier = [r["id"] for r in self._rows("SELECT id FROM feedback WHERE answer_id = ?", (int(answer_id),))]
+            fid = self._insert("feedback", {
                 "answer_id": int(answer_id), "correct": int(bool(correct)),
-                "corrected": None if corrected is None else clean_text(corrected), "created_at": time.time()})
+                "corrected": None if corrected is None else clean_text(corrected), "created_at": now})
+            if earlier:
+                marks, vals = self._ids(earlier)
+                conn.execute(
+                    "INSERT INTO feedback_history (feedback_id, answer_id, correct, corrected, created_at, "
+                    f"replaced_at, replaced_by) SELECT id, answer_id, correct, corrected, created_at, ?, ? "
+                    f"FROM feedback WHERE id IN ({marks})", [now, fid, *vals])
+                conn.execute(f"DELETE FROM feedback WHERE id IN ({marks})", vals)
+            return fid
+
+    def feedback_history(self, answer_id: int | None = None) -> list[dict[str, Any]]:
+        """Feedback that later feedback replaced (the audit trail), oldest first."""
+        sql, params = "SELECT * FROM feedback_history", []
+        if answer_id is not None:
+            sql, params = sql + " WHERE answer_id = ?", [int(answer_id)]
+        rows = self._rows(sql + " ORDER BY id", params)
+        for r in rows:
+            r["correct"] = bool(r["correct"])
+        return rows
 
     def feedback(self, ids: Iterable[int] | None = None) -> list[dict[str, Any]]:
         """Feedback rows joined with their answer and question (what Phase Two's reward reads)."""

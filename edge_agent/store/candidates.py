@@ -47,10 +47,16 @@ class CandidateQueries(Queries):
         return rows
 
     def keep_frames(self, segment_id: int, paths: Iterable[str | os.PathLike], expires_at: float) -> list[int]:
-        """Record keyframe files kept for training until `expires_at` (absolute seconds)."""
+        """Record keyframe files kept for training until `expires_at` (absolute seconds).
+
+        Returns [] and records nothing when the segment was forgotten meanwhile (`forget` from another
+        process between the segment's commit and this one): the caller then deletes the files."""
         with self._tx():
-            if self._one("SELECT 1 AS x FROM segments WHERE id = ?", (int(segment_id),)) is None:
+            seg = self._one("SELECT status FROM segments WHERE id = ?", (int(segment_id),))
+            if seg is None:
                 raise StoreError(f"segment {segment_id}: no such segment")
+            if seg["status"] == "forgotten":
+                return []
             now = time.time()
             return [self._insert("kept_frames", {"segment_id": int(segment_id), "path": os.fspath(p),
                                                  "expires_at": float(expires_at), "created_at": now})
@@ -65,6 +71,12 @@ class CandidateQueries(Queries):
         """Kept frames whose time is up (expires_at <= now)."""
         now = time.time() if now is None else float(now)
         return self._rows("SELECT * FROM kept_frames WHERE expires_at <= ? ORDER BY id", (now,))
+
+    def expire_kept_frames(self, now: float | None = None) -> int:
+        """Delete the kept frames whose time is up, rows and files; returns rows deleted. Cheap when none are
+        due (one indexed read, no write lock), so `run` calls it between segments and `Store.open` on open."""
+        expired = self.expired_frames(now)
+        return self.delete_kept_frames(ids=[r["id"] for r in expired]) if expired else 0
 
     def delete_kept_frames(self, ids: Iterable[int] | None = None, *, segment_ids: Iterable[int] | None = None,
                            remove_files: bool = True) -> int:

@@ -12,6 +12,7 @@ by then. `forget` deletes everything that overlaps the range instead (`t_end > s
 
 from __future__ import annotations
 
+import logging
 import os
 import sqlite3
 import stat
@@ -30,6 +31,8 @@ from edge_agent.store.memories import MemoryQueries
 from edge_agent.store.queries import BUSY_TIMEOUT_S
 from edge_agent.store.streams import StreamQueries
 
+log = logging.getLogger(__name__)
+
 
 def _owner_only(path: Path) -> None:
     """chmod 0600 a file we own that is readable by others (the db and its -wal/-shm)."""
@@ -39,6 +42,51 @@ def _owner_only(path: Path) -> None:
         return
     if st.st_uid == os.getuid() and stat.S_IMODE(st.st_mode) & 0o077:
         os.chmod(path, 0o600)
+
+
+def private_home(home: str | os.PathLike, *, create: bool = False) -> Path:
+    """Make the data folder owner-only (0700) and tighten what lies directly in it (files 0600, folders 0700).
+
+    Everything the product writes under the home is the wearer's life (memories, frames, questions, adapters),
+    so a home created by anyone with a wider umask, or widened later, is tightened here (every command calls
+    this through the CLI, `Store.open` for its own folder). A home owned by another user is refused: we cannot
+    tighten it, and writing into it would hand them the data. Raises StoreError (one line).
+    """
+    home = Path(home).expanduser()
+    if not home.exists():
+        if not create:
+            return home
+        old = os.umask(0o077)
+        try:
+            home.mkdir(parents=True, mode=0o700)
+        except OSError as e:
+            raise StoreError(f"data folder {str(home)!r}: cannot create ({e.strerror})") from None
+        finally:
+            os.umask(old)
+    if not home.is_dir():
+        raise StoreError(f"data folder {str(home)!r}: exists and is not a folder")
+    st = home.stat()
+    if st.st_uid != os.getuid():
+        raise StoreError(f"data folder {str(home)!r}: owned by another user (uid {st.st_uid}); choose a folder "
+                         "of your own with --home")
+    if stat.S_IMODE(st.st_mode) & 0o077:
+        os.chmod(home, stat.S_IMODE(st.st_mode) & 0o700)  # others lose access; the owner keeps what it had
+    try:
+        children = list(home.iterdir())
+    except OSError:
+        return home
+    for child in children:
+        try:
+            cst = child.lstat()
+        except OSError:
+            continue
+        if stat.S_ISLNK(cst.st_mode) or cst.st_uid != os.getuid() or not stat.S_IMODE(cst.st_mode) & 0o077:
+            continue
+        try:
+            os.chmod(child, stat.S_IMODE(cst.st_mode) & 0o700)
+        except OSError:
+            pass
+    return home
 
 
 class Store(StreamQueries, MemoryQueries, AnswerQueries, CandidateQueries, AdapterQueries, ForgetQueries):
@@ -72,6 +120,10 @@ class Store(StreamQueries, MemoryQueries, AnswerQueries, CandidateQueries, Adapt
                 except OSError as e:
                     raise StoreError(f"store folder {str(folder)!r}: cannot create ({e.strerror})") from None
                 os.chmod(folder, 0o700)
+            else:
+                st = folder.stat()
+                if st.st_uid == os.getuid() and stat.S_IMODE(st.st_mode) & 0o077:
+                    os.chmod(folder, 0o700)  # a folder made wider by someone else, or by `demo` under umask 022
             if path.exists() and not path.is_file():
                 raise StoreError(f"store {str(path)!r}: exists and is not a file")
             try:
@@ -96,7 +148,22 @@ class Store(StreamQueries, MemoryQueries, AnswerQueries, CandidateQueries, Adapt
             os.umask(old_umask)
         for p in (path, Path(f"{path}-wal"), Path(f"{path}-shm")):
             _owner_only(p)
-        return cls(path, conn)
+        store = cls(path, conn)
+        store._expire_on_open()
+        store.finish_pending_scrub()  # a forget beside a reader left deleted text in the WAL: scrub it now
+        return store
+
+    def _expire_on_open(self) -> None:
+        """Every command that opens the store deletes kept keyframes past their expiry (privacy: a wearer who
+        never runs `adapt` still keeps them only `writer.keep_frames_hours`). Best effort: a read-only home or
+        a store locked past the busy timeout leaves them for the next command, never fails the command."""
+        try:
+            n = self.expire_kept_frames()
+        except (sqlite3.OperationalError, OSError) as e:
+            log.warning("store %s: expired keyframes not deleted now (%s)", self.path, e)
+            return
+        if n:
+            log.info("store %s: %d expired keyframes deleted", self.path, n)
 
     @staticmethod
     def _configure(conn: sqlite3.Connection, busy_timeout: float) -> None:

@@ -196,8 +196,98 @@ def m001_initial(conn: sqlite3.Connection) -> None:
         conn.execute(sql)
 
 
+def m002_vector_index_issue14(conn: sqlite3.Connection) -> None:
+    """Binary-quantized vector index beside memory_embeddings (issue 14): one sign-bit code per embedding.
+
+    code = sign bits of (vector - center), packed. The center (the model's mean vector, float32) is set once
+    a model has enough vectors (store/memories.py); sentence embeddings share a large common direction
+    (|mean| ~ 0.7 for MiniLM) that would otherwise make most bits equal for every memory. Readers keep the
+    codes of a model in RAM and scan them by Hamming distance, then re-score the best candidates exactly from
+    memory_embeddings. `seq` grows with every insert so a reader appends only new rows; `generation` changes
+    on every delete and re-centering so a reader reloads; `watermark` is an id up to which every memory has
+    a vector (the lazy embedder looks only above it). Rows go with their memory (cascade) and with their
+    float embedding (trigger), inside the same transaction. Embeddings written before this migration get
+    uncentered codes here; the store centers and re-codes them the next time it maintains the index.
+    """
+    import numpy as np
+
+    statements = [
+        """CREATE TABLE memory_vectors (
+            seq INTEGER PRIMARY KEY AUTOINCREMENT,
+            memory_id INTEGER NOT NULL REFERENCES memories(id) ON DELETE CASCADE,
+            model TEXT NOT NULL,
+            t_end REAL NOT NULL,
+            bits BLOB NOT NULL,
+            UNIQUE (memory_id, model)
+        )""",
+        """CREATE TABLE vector_index_state (
+            model TEXT PRIMARY KEY,
+            generation INTEGER NOT NULL DEFAULT 0,
+            watermark INTEGER NOT NULL DEFAULT 0,
+            center BLOB
+        )""",
+        """CREATE TRIGGER memory_vectors_ad AFTER DELETE ON memory_vectors BEGIN
+            INSERT INTO vector_index_state (model, generation, watermark) VALUES (old.model, 1, 0)
+            ON CONFLICT (model) DO UPDATE SET generation = generation + 1,
+                watermark = min(watermark, old.memory_id - 1);
+        END""",
+        """CREATE TRIGGER memory_embeddings_ad AFTER DELETE ON memory_embeddings BEGIN
+            DELETE FROM memory_vectors WHERE memory_id = old.memory_id AND model = old.model;
+        END""",
+    ]
+    for sql in statements:
+        conn.execute(sql)
+    # Sign bits packed big-endian per byte (np.packbits), zero-padded to a multiple of 8 bytes.
+    rows = conn.execute("SELECT e.memory_id, e.model, e.vector, m.t_end FROM memory_embeddings e "
+                        "JOIN memories m ON m.id = e.memory_id ORDER BY e.memory_id").fetchall()
+    for mid, model, blob, t_end in rows:
+        bits = np.packbits(np.frombuffer(blob, dtype="<f4") > 0)
+        bits = np.concatenate([bits, np.zeros((-len(bits)) % 8, np.uint8)])
+        conn.execute("INSERT INTO memory_vectors (memory_id, model, t_end, bits) VALUES (?, ?, ?, ?)",
+                     (mid, model, t_end, bits.tobytes()))
+
+
+def m003_device_events_issue15(conn: sqlite3.Connection) -> None:
+    """What a long-running device did to keep up and stay in budget (issue 15, edge_agent/device/).
+
+    kind 'degraded': a segment written with reduced settings (detail: level, keyframes, frame_size,
+    window_segments, queue_age_s); 'recovered': the first segment back one step; 'dropped': segments the
+    capture queue dropped before this one (detail: count); 'budget': a storage check that forgot memories
+    (detail: used/max bytes, counts). A forgotten segment keeps its row, so segment_id stays valid; a
+    deleted stream takes its events along.
+    """
+    conn.execute("""CREATE TABLE device_events (
+        id INTEGER PRIMARY KEY,
+        kind TEXT NOT NULL CHECK (kind IN ('degraded', 'recovered', 'dropped', 'budget')),
+        stream_id INTEGER REFERENCES streams(id) ON DELETE CASCADE,
+        segment_id INTEGER REFERENCES segments(id) ON DELETE SET NULL,
+        segment_index INTEGER,
+        level INTEGER NOT NULL DEFAULT 0,
+        detail TEXT NOT NULL DEFAULT '{}',
+        created_at REAL NOT NULL
+    )""")
+    conn.execute("CREATE INDEX device_events_created ON device_events(created_at)")
+    conn.execute("CREATE INDEX device_events_segment ON device_events(segment_id)")
+
+
 # Order matters; append only.
-MIGRATIONS: list[Migration] = [m001_initial]
+def m004_feedback_history_issue13(conn: sqlite3.Connection) -> None:
+    """Feedback replaced by later feedback on the same answer: the audit trail (`feedback` keeps the current one)."""
+    conn.execute("""CREATE TABLE feedback_history (
+            id INTEGER PRIMARY KEY,
+            feedback_id INTEGER NOT NULL,
+            answer_id INTEGER NOT NULL REFERENCES answers(id) ON DELETE CASCADE,
+            correct INTEGER NOT NULL CHECK (correct IN (0, 1)),
+            corrected TEXT,
+            created_at REAL NOT NULL,
+            replaced_at REAL NOT NULL,
+            replaced_by INTEGER
+        )""")
+    conn.execute("CREATE INDEX feedback_history_answer ON feedback_history(answer_id)")
+
+
+MIGRATIONS: list[Migration] = [m001_initial, m002_vector_index_issue14, m003_device_events_issue15,
+                               m004_feedback_history_issue13]
 
 
 def _ensure_table(conn: sqlite3.Connection) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 import time
 from typing import Any
 
@@ -49,6 +50,19 @@ class StreamQueries(Queries):
         """
         if (memory is None) == (failure is None):
             raise ValueError("commit_segment: give exactly one of memory= and failure=")
+        try:
+            return self._commit_segment(stream_id, segment, memory=memory, failure=failure,
+                                        writer_model=writer_model, adapter_id=adapter_id, n_tokens=n_tokens,
+                                        latency_s=latency_s)
+        except sqlite3.OperationalError as e:
+            if "full" in str(e):  # SQLITE_FULL: the transaction rolled back whole; earlier segments are intact
+                raise StoreError(f"store {str(self.path)!r}: disk full ({e}) at segment {segment.index}; "
+                                 f"free space and run again (it resumes after the last committed segment)") from None
+            raise
+
+    def _commit_segment(self, stream_id: int, segment: Segment, *, memory: str | None, failure: str | None,
+                        writer_model: str, adapter_id: str | None, n_tokens: int,
+                        latency_s: float) -> tuple[int, int | None]:
         with self._tx():
             seg = self._one("SELECT id FROM segments WHERE stream_id = ? AND idx = ?", (int(stream_id), segment.index))
             if seg is not None:

@@ -1,0 +1,309 @@
+"""Does Phase Two work? Simulated wearers live synthetic days through the product's own CLI, then are evaluated.
+
+    .venv/bin/python tools/experiment_phase_two.py run --out /tmp/ea_phase_two            # resumable
+    .venv/bin/python tools/experiment_phase_two.py table --out /tmp/ea_phase_two          # markdown table
+
+Each wearer has its own home and a task mix (A: mostly "where did I leave X", B: mostly people and what
+they did). A day is a held-out synthetic clip (seeds DAY_SEEDS, never used to train or tune the default):
+`edge-agent run` writes the memories; the wearer asks the day's questions drawn from its mix with `edge-agent
+ask` (each restricted to the memories written by the question's time), gives `edge-agent feedback` by the
+ground truth (`--wrong --answer <truth>` when wrong); `edge-agent adapt` runs after each day, as the device
+would schedule it at night. Nothing goes around the CLI.
+
+Then every wearer's final adapter and the baseline are scored on other held-out seeds (EVAL_SEEDS) with
+`edge-agent eval --bench synthetic --compare baseline --compare <wearer>=<adapter>`: Acc/Cov/Prec per category
+with 95 % intervals, memory bytes per minute, and how often memories mention each kind of fact. The learning
+curve is the dominant category's Acc with the adapter active after 10, 30 and 100 feedback events (adapters
+snapshotted at those counts).
+
+Every step writes its result under --out and is skipped when present, so an interrupted run resumes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+DAY_SEEDS = [7100, 7101, 7102, 7103, 7104, 7105]  # wearers' days (held out from train_default.py's seeds)
+EVAL_SEEDS = [7200, 7201, 7202, 7203]  # scoring only: never lived by a wearer
+MIXES = {
+    "A": {"object_location": 0.8},  # the rest spread over the other categories
+    "B": {"person": 0.45, "activity_at_time": 0.35},
+}
+DOMINANT = {"A": "object_location", "B": "person"}
+FACT_WORDS = {
+    "object": r"\b(cup|mug|bowl|bottle|book|keys|phone|bag|box|plate|remote|glasses|wallet)\b",
+    "colour": r"\b(red|blue|green|yellow|orange|purple|white|black|pink|brown|grey|gray)\b",
+    "person": r"<face_\d+>",
+    "room": r"\b(kitchen|bedroom|office|living room|bathroom|hallway)\b",
+    "text": r"\"[^\"]+\"|\bnote\b|\bsign\b",
+}
+
+
+def cli(home: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    env = {"EDGE_AGENT_MODEL__N_THREADS": "1", "PATH": "/usr/bin:/bin", "HOME": str(home.parent)}
+    proc = subprocess.run([sys.executable, "-m", "edge_agent.cli", *args, "--home", str(home)], cwd=ROOT,
+                          capture_output=True, text=True, env=env, timeout=3600)
+    if check and proc.returncode != 0:
+        raise SystemExit(f"edge-agent {' '.join(args)} failed ({proc.returncode}): {proc.stderr.strip()[-800:]}")
+    return proc
+
+
+def cached(path: Path, make):
+    """JSON at `path`, computed once (the resume mechanism)."""
+    if path.is_file():
+        return json.loads(path.read_text())
+    value = make()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(value, indent=1))
+    return value
+
+
+def day_clip(out: Path, seed: int, minutes: float) -> Path:
+    clip = out / "clips" / f"seed{seed}-{minutes:g}min"
+    if not (clip / "questions.json").is_file():
+        subprocess.run([sys.executable, "-m", "edge_agent.cli", "synth", "--seed", str(seed), "--minutes",
+                        f"{minutes:g}", "--out", str(clip)], cwd=ROOT, check=True, capture_output=True)
+    return clip
+
+
+def pick_questions(questions: list[dict], mix: dict[str, float], n: int, rng: random.Random) -> list[dict]:
+    """n questions drawn by the wearer's category mix (without replacement while a category has any)."""
+    by_cat: dict[str, list[dict]] = {}
+    for q in questions:
+        by_cat.setdefault(q["category"], []).append(q)
+    rest = [c for c in by_cat if c not in mix]
+    weights = dict(mix)
+    for c in rest:
+        weights[c] = (1 - sum(mix.values())) / max(len(rest), 1)
+    chosen: list[dict] = []
+    while len(chosen) < n and any(by_cat.values()):
+        cats = [c for c in by_cat if by_cat[c] and weights.get(c, 0) > 0]
+        if not cats:
+            break
+        c = rng.choices(cats, [weights[c] for c in cats])[0]
+        chosen.append(by_cat[c].pop(rng.randrange(len(by_cat[c]))))
+    return sorted(chosen, key=lambda q: q["asked_at"])
+
+
+def stream_origin(home: Path, n_before: int) -> float:
+    """Absolute time of stream second 0 of the day just ingested: its memories' earliest start."""
+    rows = json.loads(cli(home, "memories", "--json").stdout)
+    new = sorted(rows, key=lambda r: r["id"])[n_before:]
+    return min(r["t_start"] for r in new) if new else 0.0
+
+
+def live_day(out: Path, wearer: str, day: int, seed: int, minutes: float, per_day: int) -> dict:
+    home = out / f"wearer_{wearer}"
+    clip = day_clip(out, seed, minutes)
+    n_before = len(json.loads(cli(home, "memories", "--json", check=False).stdout or "[]"))
+    t0 = time.perf_counter()
+    ran = json.loads(cli(home, "run", str(clip / "video.mp4"), "--json").stdout)
+    origin = stream_origin(home, n_before)
+    qs = pick_questions(json.loads((clip / "questions.json").read_text())["questions"], MIXES[wearer], per_day,
+                        random.Random(f"{wearer}-{day}"))
+    asked = []
+    for q in qs:
+        opts = [f"{'ABCD'[i]}. {o}" for i, o in enumerate(q["options"])]
+        args = ["ask", q["question"], "--until", f"{origin + q['asked_at']:.3f}", "--json"]
+        for o in opts:
+            args += ["-o", o]
+        res = json.loads(cli(home, *args).stdout)
+        right = res.get("choice") == q["answer"]
+        fb = ["feedback", str(res["answer_id"]), "--correct"] if right else [
+            "feedback", str(res["answer_id"]), "--wrong", "--answer", q["open_answer"]]
+        cli(home, *fb)
+        asked.append({"id": q["id"], "category": q["category"], "choice": res.get("choice"), "truth": q["answer"],
+                      "right": right, "cited": len(res.get("citations", []))})
+    adapt = json.loads(cli(home, "adapt", "--json", check=False).stdout or "{}")
+    return {"wearer": wearer, "day": day, "seed": seed, "run": ran, "asked": asked, "adapt": adapt,
+            "seconds": round(time.perf_counter() - t0, 1)}
+
+
+def fact_rates(texts: list[str]) -> dict[str, float]:
+    n = max(len(texts), 1)
+    return {k: round(sum(bool(re.search(p, t, re.I)) for t in texts) / n, 3) for k, p in FACT_WORDS.items()}
+
+
+def folder(config: str) -> str:
+    """The folder `eval` keeps a config's stores in (edge_agent/eval/target.py names them so)."""
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", config)[:80]
+
+
+def memory_texts(run_dir: Path) -> dict[str, list[str]]:
+    """Memory texts per config folder of one `eval` run (stores under <home>/eval/runs/<run>/<config>/)."""
+    import sqlite3
+
+    texts: dict[str, list[str]] = {}
+    for db in sorted(run_dir.glob("*/*.db")):
+        with sqlite3.connect(db) as conn:
+            texts.setdefault(db.parent.name, []).extend(t for (t,) in conn.execute("SELECT text FROM memories"))
+    return texts
+
+
+def day_adapters(out: Path, wearer: str) -> list[tuple[str, str]]:
+    """(config name, adapter id) of every adapter a day's `adapt` activated, named by the feedback seen so far."""
+    seen, found = 0, []
+    for path in sorted((out / f"wearer_{wearer}" / "days").glob("day*.json"), key=lambda p: int(p.stem[3:])):
+        day = json.loads(path.read_text())
+        seen += len(day["asked"])
+        if day["adapt"].get("status") == "activated":
+            found.append((f"{wearer}@{seen}fb", day["adapt"]["adapter_id"]))
+    return found
+
+
+def evaluate(out: Path, wearer: str, minutes: float, n_seeds: int) -> list[dict]:
+    """baseline vs each adapter this wearer's days activated (the learning curve), on every EVAL seed."""
+    home = out / f"wearer_{wearer}"
+    compare = ["--compare", "baseline"]
+    for name, adapter_id in day_adapters(out, wearer):
+        compare += ["--compare", f"{name}={adapter_id}"]
+    results = []
+    for seed in EVAL_SEEDS[:n_seeds]:
+        res = json.loads(cli(home, "eval", "--bench", "synthetic", "--seed", str(seed), "--minutes",
+                             f"{minutes:g}", *compare, "--json").stdout)
+        run_dir = max((home / "eval" / "runs").iterdir(), key=lambda d: d.stat().st_mtime)
+        texts = memory_texts(run_dir)
+        results += [{**r, "seed": seed, "facts": fact_rates(texts.get(folder(r["config"]), [])),
+                     "run_dir": str(run_dir)} for r in res]
+    return results
+
+
+def vectors(out: Path) -> dict:
+    """What the vectors are: cosine between the wearers' last adapters, their provenance, and memories of the same
+    eval windows written without and with each."""
+    import sqlite3
+
+    import numpy as np
+
+    from edge_agent.vlm.steering import load_steering_vector
+
+    info: dict = {"adapters": {}, "side_by_side": []}
+    last = {}
+    for wearer in MIXES:
+        adapters = day_adapters(out, wearer)
+        if not adapters:
+            continue
+        name, aid = adapters[-1]
+        rows = json.loads(cli(out / f"wearer_{wearer}", "adapter", "list", "--json").stdout)
+        row = next(r for r in rows if r["id"] == aid)
+        vec = load_steering_vector(row["path"])
+        last[wearer] = (name, vec)
+        info["adapters"][wearer] = {"id": aid, "config": name, "norm": float(np.linalg.norm(vec.vector)),
+                                    "pairs": len(row.get("pair_ids", [])),
+                                    "feedback": len(row.get("feedback_ids", [])),
+                                    "gate": (row.get("metrics") or {}).get("gate")}
+    if len(last) == 2:
+        a, b = last["A"][1].vector, last["B"][1].vector
+        info["cosine_A_B"] = float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b) + 1e-12))
+        written = {}
+        for wearer, (name, _) in last.items():
+            evals = json.loads((out / f"wearer_{wearer}" / "eval.json").read_text())
+            run_dir = Path(next(r["run_dir"] for r in evals if r["seed"] == EVAL_SEEDS[0]))
+            for config in ("baseline", name):
+                for db in (run_dir / folder(config)).glob("*.db"):
+                    with sqlite3.connect(db) as conn:
+                        written[(wearer, config)] = dict(conn.execute(
+                            "SELECT s.idx, m.text FROM memories m JOIN segments s ON s.id = m.segment_id"))
+        base = written.get(("A", "baseline"), {})
+        for idx in sorted(base)[:6]:
+            info["side_by_side"].append({"segment": idx, "baseline": base[idx],
+                                         "A": written.get(("A", last["A"][0]), {}).get(idx),
+                                         "B": written.get(("B", last["B"][0]), {}).get(idx)})
+    return info
+
+
+def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """95 % interval of a proportion pooled over seeds."""
+    if n == 0:
+        return 0.0, 0.0
+    p = k / n
+    d = 1 + z * z / n
+    c = (p + z * z / (2 * n)) / d
+    h = z * ((p * (1 - p) / n + z * z / (4 * n * n)) ** 0.5) / d
+    return max(0.0, c - h), min(1.0, c + h)
+
+
+def run(args) -> None:
+    out = Path(args.out)
+    start = time.perf_counter()
+    for wearer in args.wearers:
+        home = out / f"wearer_{wearer}"
+        if args.settings and not (home / "config.toml").is_file():  # the wearer's device settings, fixed at day 0
+            home.mkdir(parents=True, exist_ok=True)
+            (home / "config.toml").write_text(Path(args.settings).read_text())
+        for day, seed in enumerate(DAY_SEEDS[:args.days]):
+            day_result = cached(out / f"wearer_{wearer}" / "days" / f"day{day}.json",
+                                lambda: live_day(out, wearer, day, seed, args.minutes, args.questions_per_day))
+            acc = sum(a["right"] for a in day_result["asked"]) / max(len(day_result["asked"]), 1)
+            print(f"wearer {wearer} day {day} (seed {seed}): asked {len(day_result['asked'])}, right {acc:.0%}, "
+                  f"adapt {day_result['adapt'].get('status')}: {day_result['adapt'].get('reason', '')}", flush=True)
+        cached(out / f"wearer_{wearer}" / "eval.json", lambda: evaluate(out, wearer, args.eval_minutes, args.eval_seeds))
+    (out / "vectors.json").write_text(json.dumps(vectors(out), indent=1))
+    print(f"done in {time.perf_counter() - start:.0f} s", flush=True)
+
+
+def table(args) -> None:
+    """Per wearer and config: Acc/Cov/Prec per category pooled over EVAL_SEEDS (Wilson 95 % intervals), memory
+    bytes per minute, and the share of memories naming each kind of fact."""
+    out = Path(args.out)
+    print("| wearer | config | category | n | Acc % (95 % CI) | Cov % | Prec % |\n|---|---|---|---|---|---|---|")
+    summary = []
+    for wearer in args.wearers:
+        path = out / f"wearer_{wearer}" / "eval.json"
+        if not path.is_file():
+            continue
+        rows = json.loads(path.read_text())
+        for r in rows:  # mention rates from the run's own stores (cheap; also fixes results cached before)
+            if Path(r.get("run_dir", "")).is_dir():
+                r["facts"] = fact_rates(memory_texts(Path(r["run_dir"])).get(folder(r["config"]), []))
+        pooled: dict[tuple[str, str], list[int]] = {}
+        for r in rows:
+            for cat, sc in {**r["by_category"], "all": r}.items():
+                k = pooled.setdefault((r["config"], cat), [0, 0, 0])
+                k[0] += sc["n_questions"]
+                k[1] += sc["n_answered"]
+                k[2] += sc["n_correct"]
+        for (config, cat), (n, answered, correct) in sorted(pooled.items()):
+            lo, hi = wilson(correct, n)
+            prec = f"{100 * correct / answered:.1f}" if answered else "-"
+            print(f"| {wearer} | {config} | {cat} | {n} | {100 * correct / max(n, 1):.1f} ({100 * lo:.0f}-"
+                  f"{100 * hi:.0f}) | {100 * answered / max(n, 1):.1f} | {prec} |")
+        for config in dict.fromkeys(r["config"] for r in rows):
+            rs = [r for r in rows if r["config"] == config]
+            secs = sum(r["memory"]["video_seconds"] for r in rs)
+            facts = {k: round(sum(r["facts"][k] * r["memory"]["n_memories"] for r in rs) /
+                              max(sum(r["memory"]["n_memories"] for r in rs), 1), 3) for k in FACT_WORDS}
+            summary.append((wearer, config, 60 * sum(r["memory"]["bytes"] for r in rs) / max(secs, 1), facts))
+    print("\n| wearer | config | memory B/min | " + " | ".join(f"mentions {k}" for k in FACT_WORDS) + " |")
+    print("|---|---|---|" + "---|" * len(FACT_WORDS))
+    for wearer, config, bpm, facts in summary:
+        print(f"| {wearer} | {config} | {bpm:.0f} | " + " | ".join(f"{100 * facts[k]:.0f} %" for k in FACT_WORDS) + " |")
+    if (out / "vectors.json").is_file():
+        print("\n```\n" + (out / "vectors.json").read_text() + "\n```")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("command", choices=["run", "table"])
+    p.add_argument("--out", default="/tmp/ea_phase_two", help="work folder (resumable)")
+    p.add_argument("--wearers", nargs="+", default=["A", "B"], choices=sorted(MIXES))
+    p.add_argument("--days", type=int, default=3, help="days lived per wearer (<= %d)" % len(DAY_SEEDS))
+    p.add_argument("--minutes", type=float, default=10.0, help="length of each day's clip")
+    p.add_argument("--questions-per-day", type=int, default=12)
+    p.add_argument("--eval-minutes", type=float, default=4.0)
+    p.add_argument("--settings", help="a config.toml every wearer's home starts with (e.g. the Phase Two recipe)")
+    p.add_argument("--eval-seeds", type=int, default=len(EVAL_SEEDS), help="held-out seeds scored (<= %d)" % len(EVAL_SEEDS))
+    args = p.parse_args()
+    {"run": run, "table": table}[args.command](args)
+
+
+if __name__ == "__main__":
+    main()
