@@ -148,7 +148,9 @@ def test_regular_install_finds_the_catalog_and_the_default_model(tmp_path):
                    check=True, capture_output=True, timeout=300)
     (wheel,) = (tmp_path / "dist").glob("*.whl")
     prefix = tmp_path / "prefix"
-    subprocess.run([*pip, "install", "--no-deps", "--no-index", "-q", "--prefix", str(prefix), str(wheel)],
+    # --ignore-installed: without it pip uninstalls the venv's own (editable) edge-agent while installing here
+    subprocess.run([*pip, "install", "--no-deps", "--no-index", "--ignore-installed", "-q", "--prefix", str(prefix),
+                    str(wheel)],
                    check=True, capture_output=True, timeout=300)
     (site,) = prefix.glob("lib/python*/site-packages")
     code = ("from edge_agent import models as M; import json; c = M.load_catalog(); "
