@@ -215,3 +215,11 @@ def test_minutes_and_seed_are_checked(tmp_path):
     (tmp_path / "file").write_text("x")
     with pytest.raises(ConfigError, match="not a folder"):
         generate(1, 1, tmp_path / "file")
+
+
+def test_a_clip_too_short_for_any_event_still_generates(tmp_path):
+    """15 s of world (what `demo --minutes 0.25` renders) used to raise IndexError in the event-order questions."""
+    from edge_agent.synth import generate
+
+    paths = generate(seed=9000, minutes=0.25, out_dir=tmp_path / "c")
+    assert paths["video"].stat().st_size > 0 and paths["questions"].is_file()

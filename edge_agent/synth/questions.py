@@ -130,6 +130,8 @@ class _Asker:
             out.append(self.q("event_order", f"What did I do right after I {past(e)}?", past(nxt), pool, asked,
                               (e["t"], nxt["t_end"])))
         for first in (True, False):
+            if not self.events:  # a clip too short for any event (e.g. 15 s) has no order to ask about
+                break
             for _ in range(max(2, len(self.events) // 3)):
                 asked = self.when(self.seg_end(self.events[min(3, len(self.events) - 1)]["t"]), self.duration)
                 if asked is None:
