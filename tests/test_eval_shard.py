@@ -52,7 +52,7 @@ def test_split_and_merge_restore_the_serial_order(tmp_path):
 @pytest.mark.slow
 def test_two_ray_workers_give_the_serial_numbers(tmp_path, tiny_model):
     pytest.importorskip("ray")
-    from edge_agent.eval.benchmark_run import replay_with_runtime
+    from edge_agent.eval.target import replay_with_runtime
     from edge_agent.eval.shard import replay_sharded
 
     bench = two_stream_benchmark(tmp_path)

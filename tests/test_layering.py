@@ -132,3 +132,25 @@ def test_ask_loads_without_cv2_torch_or_transformers():
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stderr
     assert res.stdout.strip() == "", f"`ask` pulls in {res.stdout.strip()}"
+
+
+def test_no_import_cycles_between_modules():
+    """Also inside a room (eval.benchmark_run <-> eval.shard was one). Edges into a package's __init__ are left
+    out: `from edge_agent.store import migrations` names the package but loads the submodule."""
+    packages = {m for m in MODULES if (PKG.parent / m.replace(".", "/") / "__init__.py").is_file()}
+    graph = {m: {i for i in ours(imps) if i in MODULES and i not in packages and i != m}
+             for m, imps in MODULES.items()}
+    state: dict[str, int] = {}
+
+    def visit(node: str, path: list[str]) -> None:
+        state[node] = 1
+        for nxt in sorted(graph.get(node, ())):
+            if state.get(nxt) == 1:
+                raise AssertionError(f"import cycle: {' -> '.join(path[path.index(nxt):] + [nxt])}")
+            if nxt not in state:
+                visit(nxt, path + [nxt])
+        state[node] = 2
+
+    for node in sorted(graph):
+        if node not in state:
+            visit(node, [node])

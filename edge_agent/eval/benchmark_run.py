@@ -12,9 +12,9 @@ from edge_agent.errors import ConfigError
 from edge_agent.eval.grading import BackendJudge, CachedJudge, OpenAIJudge
 from edge_agent.eval.loaders import load_benchmark, load_synthetic
 from edge_agent.eval.remote import OpenAIAnswerer
-from edge_agent.eval.replay import parse_config_spec, replay
+from edge_agent.eval.replay import parse_config_spec
 from edge_agent.eval.report import results_json, write_report
-from edge_agent.eval.target import RuntimeTarget
+from edge_agent.eval.target import replay_with_runtime
 
 
 def synthetic_data(cfg: Config, seed: int, minutes: float) -> Path:
@@ -27,44 +27,12 @@ def synthetic_data(cfg: Config, seed: int, minutes: float) -> Path:
     return out
 
 
-def adapter_vector(cfg: Config, adapter_id: str | None):
-    if adapter_id is None:
-        return None
-    from edge_agent.store import Store
-    from edge_agent.vlm.steering import load_steering_vector
-
-    row = Store.open(cfg.db_path).get_adapter(adapter_id)  # StoreError names an unknown id
-    return load_steering_vector(row["path"])
-
-
 def make_judge(cache_file: Path, judge_url: str | None, judge_model: str | None, judge_key_env: str | None,
                backend: Any):
     """The grader of open answers: the endpoint at `judge_url` (off the device: an explicit opt-in), else the local
     model; cached on disk. A module-level function so sharded workers can build their own."""
     inner = OpenAIJudge(judge_url, judge_model or "gpt-4o", judge_key_env) if judge_url else BackendJudge(backend)
     return CachedJudge(inner, cache_file)
-
-
-def replay_with_runtime(cfg: Config, benchmark, specs, work_dir: Path, judge_factory: Any = None,
-                        answerer_factory: Any = None, *, progress: bool = False, console: Any = None):
-    """Replay `benchmark` for each config spec through the product's runtime, on one backend opened here."""
-    from edge_agent.qa.embed import open_embedder
-    from edge_agent.vlm.factory import open_backend
-
-    backend = open_backend(cfg)
-    try:
-        embedder = open_embedder(cfg)
-        answerer = answerer_factory() if answerer_factory is not None else None
-        targets = [RuntimeTarget(s.name, s.adapter_id, adapter_vector(cfg, s.adapter_id), backend, cfg, work_dir,
-                                 embedder, answerer) for s in specs]
-        judge = judge_factory(backend) if judge_factory is not None else None
-        try:
-            return replay(benchmark, targets, judge=judge, progress=progress, console=console)
-        finally:
-            if judge is not None:
-                judge.close()
-    finally:
-        backend.close()
 
 
 def run_benchmark(cfg: Config, bench: str, *, data: Path | None = None, seed: int = 0, minutes: float = 2.0,

@@ -50,7 +50,7 @@ def merge_runs(benchmark: Benchmark, parts: Sequence[ReplayRun]) -> ReplayRun:
 def replay_shard(cfg: Config, shard: Benchmark, specs: Sequence[ConfigSpec], work_dir: Path,
                  judge_factory: Any = None, answerer_factory: Any = None) -> ReplayRun:
     """One worker's job: its own backend, embedder and stores; the same targets as a serial `eval`."""
-    from edge_agent.eval.benchmark_run import replay_with_runtime
+    from edge_agent.eval.target import replay_with_runtime
 
     return replay_with_runtime(cfg, shard, specs, work_dir, judge_factory, answerer_factory)
 

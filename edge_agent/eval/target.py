@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from edge_agent.config import Config
+from edge_agent.eval.replay import replay
 from edge_agent.eval.schema import Answer, BenchItem, BenchQuestion, StreamStats
 from edge_agent.types import SteeringVector
 from edge_agent.vlm.base import Backend
@@ -94,3 +95,35 @@ class RuntimeTarget:
                            n_segments=len(self._latencies.get(stream.key, [])),
                            video_seconds=self._video_seconds.get(stream.key, stream.duration or 0.0),
                            write_latencies=list(self._latencies.get(stream.key, [])))
+
+
+def adapter_vector(cfg: Config, adapter_id: str | None):
+    if adapter_id is None:
+        return None
+    from edge_agent.store import Store
+    from edge_agent.vlm.steering import load_steering_vector
+
+    row = Store.open(cfg.db_path).get_adapter(adapter_id)  # StoreError names an unknown id
+    return load_steering_vector(row["path"])
+
+
+def replay_with_runtime(cfg: Config, benchmark, specs, work_dir: Path, judge_factory: Any = None,
+                        answerer_factory: Any = None, *, progress: bool = False, console: Any = None):
+    """Replay `benchmark` for each config spec through the product's runtime, on one backend opened here."""
+    from edge_agent.qa.embed import open_embedder
+    from edge_agent.vlm.factory import open_backend
+
+    backend = open_backend(cfg)
+    try:
+        embedder = open_embedder(cfg)
+        answerer = answerer_factory() if answerer_factory is not None else None
+        targets = [RuntimeTarget(s.name, s.adapter_id, adapter_vector(cfg, s.adapter_id), backend, cfg, work_dir,
+                                 embedder, answerer) for s in specs]
+        judge = judge_factory(backend) if judge_factory is not None else None
+        try:
+            return replay(benchmark, targets, judge=judge, progress=progress, console=console)
+        finally:
+            if judge is not None:
+                judge.close()
+    finally:
+        backend.close()
