@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import sqlite3
 import subprocess
@@ -21,18 +20,14 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from edge_agent.eval.metrics import wilson_interval  # noqa: E402
 
 
 def wilson(k: int, n: int) -> list[float]:
-    """95 % Wilson interval of k successes in n."""
-    if n == 0:
-        return [0.0, 0.0]
-    z = 1.96
-    p = k / n
-    den = 1 + z * z / n
-    c = (p + z * z / (2 * n)) / den
-    h = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / den
-    return [round(c - h, 3), round(c + h, 3)]
+    """95 % Wilson interval of k successes in n, rounded for the tables."""
+    return [round(x, 3) for x in wilson_interval(k, n)]
 
 
 def one_seed(seed: int, minutes: float, home: Path, model: str | None = None) -> dict:

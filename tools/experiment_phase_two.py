@@ -31,6 +31,9 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from edge_agent.eval.metrics import wilson_interval  # noqa: E402
 DAY_SEEDS = [7100, 7101, 7102, 7103, 7104, 7105]  # wearers' days (held out from train_default.py's seeds)
 EVAL_SEEDS = [7200, 7201, 7202, 7203]  # scoring only: never lived by a wearer
 MIXES = {
@@ -220,17 +223,6 @@ def vectors(out: Path) -> dict:
     return info
 
 
-def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
-    """95 % interval of a proportion pooled over seeds."""
-    if n == 0:
-        return 0.0, 0.0
-    p = k / n
-    d = 1 + z * z / n
-    c = (p + z * z / (2 * n)) / d
-    h = z * ((p * (1 - p) / n + z * z / (4 * n * n)) ** 0.5) / d
-    return max(0.0, c - h), min(1.0, c + h)
-
-
 def run(args) -> None:
     out = Path(args.out)
     start = time.perf_counter()
@@ -272,7 +264,7 @@ def table(args) -> None:
                 k[1] += sc["n_answered"]
                 k[2] += sc["n_correct"]
         for (config, cat), (n, answered, correct) in sorted(pooled.items()):
-            lo, hi = wilson(correct, n)
+            lo, hi = wilson_interval(correct, n)
             prec = f"{100 * correct / answered:.1f}" if answered else "-"
             print(f"| {wearer} | {config} | {cat} | {n} | {100 * correct / max(n, 1):.1f} ({100 * lo:.0f}-"
                   f"{100 * hi:.0f}) | {100 * answered / max(n, 1):.1f} | {prec} |")

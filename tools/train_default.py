@@ -44,6 +44,7 @@ sys.path.insert(0, str(ROOT))
 
 from edge_agent.adapt.reward import JUDGE_SYSTEM, TaskQuestion, judge_messages  # noqa: E402,F401
 from edge_agent.config import CaptureConfig  # noqa: E402
+from edge_agent.eval.metrics import wilson_interval  # noqa: E402
 from edge_agent.memory.prompts import writer_messages  # noqa: E402
 from edge_agent.qa.answer import LETTERS, NOT_IN_MEMORY, answer_schema, build_messages, parse_reply  # noqa: E402
 from edge_agent.types import Frame, Message, Segment  # noqa: E402
@@ -1025,14 +1026,8 @@ def open_default(out: Path, n_ctx: int = 4096):
 
 
 def wilson(k: int, n: int) -> list[float]:
-    if n == 0:
-        return [0.0, 0.0]
-    z = 1.96
-    p = k / n
-    den = 1 + z * z / n
-    c = (p + z * z / (2 * n)) / den
-    h = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / den
-    return [round(c - h, 3), round(c + h, 3)]
+    """95 % Wilson interval of k successes in n, rounded for the tables."""
+    return [round(x, 3) for x in wilson_interval(k, n)]
 
 
 def evaluate(args) -> dict:

@@ -143,3 +143,15 @@ def latency_stats(latencies: Iterable[float]) -> LatencyStats:
     if x.size == 0:
         return LatencyStats(0, 0.0, 0.0, 0.0)
     return LatencyStats(int(x.size), float(x.mean()), float(np.percentile(x, 50)), float(np.percentile(x, 95)))
+
+
+def wilson_interval(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """95 % Wilson score interval of k successes in n (pooled counts, where a bootstrap over outcomes is not at
+    hand; used by the tools that report held-out tables)."""
+    if n == 0:
+        return 0.0, 0.0
+    p = k / n
+    den = 1 + z * z / n
+    c = (p + z * z / (2 * n)) / den
+    h = z * (p * (1 - p) / n + z * z / (4 * n * n)) ** 0.5 / den
+    return max(0.0, c - h), min(1.0, c + h)
