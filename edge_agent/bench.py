@@ -43,7 +43,7 @@ from edge_agent.types import ImagePart, Message, Segment, SteeringVector
 BENCH_VERSION = 1
 # Stage names passed to `progress`, in order (the CLI can size a progress bar with len(STAGES)).
 STAGES = ("load", "vision_cache", "temporal_merging", "writer_vs_llama", "segmenter", "ingest", "ask", "store",
-          "retrieval", "resources")
+          "retrieval", "resources", "phase_two")
 MEMORY_TOKEN_CAP = 32  # fixed writer cap for every stage that writes memories
 CAPTION_SEED = 11
 
@@ -62,12 +62,14 @@ class Sizes:
     retrieval_base: int = 300  # distinct captions embedded by MiniLM (mixed pairwise up to retrieval_memories)
     retrieval_questions: int = 40
     writer_segments: int = 6  # segments written for writer vs llama.cpp alone
+    phase_two_pairs: int = 2  # preference pairs per DPO step (Phase Two rows)
+    phase_two_steps: int = 3  # DPO steps timed, cached and full-forward each
 
 
 QUICK = Sizes(clip_minutes=1.0, ask_memories=120, ask_questions=5, store_memories=1_000, fts_queries=20, repeats=7)
 FULL = Sizes(clip_minutes=3.0, ask_memories=1_000, ask_questions=20, store_memories=10_000, fts_queries=50,
              repeats=21, retrieval_memories=100_000, retrieval_base=2_000, retrieval_questions=100,
-             writer_segments=12)
+             writer_segments=12, phase_two_pairs=4, phase_two_steps=5)
 
 
 # ---------------------------------------------------------------- small helpers
@@ -149,17 +151,19 @@ def _fill_store(store, texts: list[str], source: str) -> tuple[int, float]:
 # ---------------------------------------------------------------- timing proxies for the ask path
 
 class _Clock:
-    """Accumulates seconds per named part while `qa.answer` runs through the proxies below."""
+    """Accumulates seconds per named part while `qa.answer` runs through the proxies below. `now` is the time
+    source (tests inject a fake clock whose parts take known times)."""
 
-    def __init__(self) -> None:
+    def __init__(self, now: Callable[[], float] = time.perf_counter) -> None:
         self.parts: dict[str, float] = {}
+        self.now = now
 
     def timed(self, part: str, fn: Callable, *args, **kwargs):
-        start = time.perf_counter()
+        start = self.now()
         try:
             return fn(*args, **kwargs)
         finally:
-            self.parts[part] = self.parts.get(part, 0.0) + time.perf_counter() - start
+            self.parts[part] = self.parts.get(part, 0.0) + self.now() - start
 
 
 class _TimedStore:
@@ -206,6 +210,9 @@ class _TimedBackend:
 
     def generate(self, *a, **kw):
         return self._clock.timed("model", self._backend.generate, *a, **kw)
+
+    def continuation_logprobs(self, *a, **kw):  # qa.choice = "score": model time too
+        return self._clock.timed("model", self._backend.continuation_logprobs, *a, **kw)
 
     def __getattr__(self, name: str):
         return getattr(self._backend, name)
@@ -381,10 +388,16 @@ def _breakdown(parts: dict[str, float], total: float) -> dict[str, Any]:
     fts, emb, model = parts.get("fts", 0.0), parts.get("embedding", 0.0), parts.get("model", 0.0)
     other = max(total - fts - emb - model, 0.0)
     total = fts + emb + model + other  # == measured total unless timer noise made `other` negative
+    shares, order = _shares({"fts": fts, "embedding": emb, "model": model, "other": other})
     return {"fts_ms": _ms(fts), "embedding_ms": _ms(emb), "model_ms": _ms(model), "other_ms": _ms(other),
-            "total_ms": _ms(total),
-            "shares": {k: (v / total if total else 0.0) for k, v in
-                       (("fts", fts), ("embedding", emb), ("model", model), ("other", other))}}
+            "total_ms": _ms(total), "shares": shares, "order": order}
+
+
+def _shares(parts: dict[str, float]) -> tuple[dict[str, float], list[str]]:
+    """Each part's share of their sum, and the part names largest first."""
+    total = sum(parts.values())
+    shares = {k: (v / total if total else 0.0) for k, v in parts.items()}
+    return shares, sorted(shares, key=lambda k: -shares[k])
 
 
 def _ask(backend, cfg: Config, home: Path, sizes: Sizes, questions: list[dict], cache_dir: Path) -> dict[str, Any]:
@@ -436,8 +449,8 @@ def _ask(backend, cfg: Config, home: Path, sizes: Sizes, questions: list[dict], 
     total = sum(med.values())
     out["questions"] = len(warm)
     out["cold"] = cold  # the first answer of the process (first grammar, first prompt); memories already embedded
-    out["warm"] = {**med, "total_ms": round(total, 3),
-                   "shares": {k[:-3]: (v / total if total else 0.0) for k, v in med.items()}}
+    shares, order = _shares({k[:-3]: v for k, v in med.items()})
+    out["warm"] = {**med, "total_ms": round(total, 3), "shares": shares, "order": order}
     if embedder is not None:
         emb["warm_ms"] = med["embedding_ms"]
         emb["first_to_warm_ratio"] = _ratio(emb["first_call_ms"], med["embedding_ms"])
@@ -850,6 +863,197 @@ def _resources(backend, model, cfg: Config, sizes: Sizes) -> dict[str, Any]:
     }
 
 
+# ---------------------------------------------------------------- Phase Two: what a DPO step costs
+
+class PeakRss:
+    """Peak resident memory of this process from a point on: Linux lets a process reset its high-water mark
+    (writing 5 to /proc/self/clear_refs resets VmHWM), so one stage's peak is measured apart from the earlier
+    stages of the same run. Elsewhere falls back to the process peak (ru_maxrss), which can only be higher."""
+
+    def __init__(self) -> None:
+        self.method = "ru_maxrss (process peak, includes earlier stages)"
+        try:
+            Path("/proc/self/clear_refs").write_text("5")
+            if self._hwm() is not None:
+                self.method = "VmHWM reset at the start of the stage"
+        except OSError:
+            pass
+
+    @staticmethod
+    def _hwm() -> float | None:
+        try:
+            for line in Path("/proc/self/status").read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+        except (OSError, ValueError, IndexError):
+            return None
+        return None
+
+    def mb(self) -> float:
+        hwm = self._hwm() if self.method.startswith("VmHWM") else None
+        return round(hwm if hwm is not None else _peak_rss_mb(), 1)
+
+
+def phase_two_pairs(segments: list[Segment], window_segments: int, n_pairs: int, stream_key: str) -> list:
+    """`n_pairs` preference pairs on the writer's own windows (k segments, the newest last) of `segments`, with
+    two synthetic-world captions as the chosen and the rejected memory (Phase Two trains on exactly such
+    prompts, rebuilt from kept frames)."""
+    from edge_agent.adapt.dpo import PreferencePair, completion_text
+    from edge_agent.memory.prompts import writer_messages
+
+    k = max(1, min(window_segments, len(segments)))
+    caps = _captions(2 * n_pairs + k)
+    out = []
+    for i in range(n_pairs):
+        end = min(k + i, len(segments))
+        window = segments[end - k:end]
+        context = [(s, caps[(i + j) % len(caps)]) for j, s in enumerate(window[:-1])]
+        messages = writer_messages(f"{stream_key}-{i}", context, window[-1])
+        out.append(PreferencePair(messages, completion_text(caps[-1 - 2 * i]), completion_text(caps[-2 - 2 * i]),
+                                  pair_id=i))
+    return out
+
+
+def _tensor_mb(obj) -> float:
+    """Bytes held by the tensors in a LayerInputs-like object (hidden states, layer kwargs, deepstack), MB."""
+    import torch
+
+    seen: set[int] = set()
+    total = 0
+
+    def walk(x) -> None:
+        nonlocal total
+        if isinstance(x, torch.Tensor):
+            if id(x) not in seen:
+                seen.add(id(x))
+                total += x.numel() * x.element_size()
+        elif isinstance(x, dict):
+            for v in x.values():
+                walk(v)
+        elif isinstance(x, (list, tuple)):
+            for v in x:
+                walk(v)
+
+    walk([obj.hidden, obj.layer_kwargs, obj.deepstack])
+    return total / (1 << 20)
+
+
+def phase_two_cost(hf_dir: Path, pairs: list, acfg, *, steps: int, full_steps: int, dtype: str = "float32",
+                   threads: int = 1) -> dict[str, Any]:
+    """Phase Two's DPO step on `pairs` (one step = every pair, chosen and rejected), measured two ways on the
+    frozen checkpoint at `hf_dir`:
+
+      cached        the product's path (`adapt.dpo`): `prepare_pairs` runs the model up to layer L once per
+                    sequence and keeps what enters layer L; each `train_vector` step runs layers L.. only.
+      full_forward  the same loss and optimizer step with every sequence through the whole model each step
+                    (`FrozenQwen3VL.full_logp`, the vector added by a hook at layer L's output), as a trainer
+                    without the cache would do.
+
+    Both start from the zero vector, so their first losses must agree (a check that they compute the same
+    thing). Peak RSS is this stage's (see PeakRss); torch runs on `threads` threads."""
+    import torch
+
+    from edge_agent.adapt.dpo import dpo_loss, prepare_pairs, train_vector
+    from edge_agent.adapt.fit import checkpoint_parameters, estimate_bytes
+    from edge_agent.adapt.frozen_model import FrozenQwen3VL
+
+    saved_threads = torch.get_num_threads()
+    torch.set_num_threads(max(1, threads))
+    peak = PeakRss()
+    rss0 = _current_rss_mb()
+    try:
+        start = time.perf_counter()
+        policy = FrozenQwen3VL(hf_dir, acfg.layer, dtype=getattr(torch, dtype))
+        load_s = time.perf_counter() - start
+        rss_loaded = _current_rss_mb()
+        start, cpu0 = time.perf_counter(), time.process_time()
+        prepared = prepare_pairs(policy, pairs)
+        prepare_s, prepare_cpu = time.perf_counter() - start, time.process_time() - cpu0
+        tokens = [p.chosen.n_tokens for p in prepared] + [p.rejected.n_tokens for p in prepared]
+
+        cfg = dataclasses.replace(acfg, steps=steps, batch_pairs=0)
+        marks: list[tuple[float, float]] = []
+        start = (time.perf_counter(), time.process_time())
+        result = train_vector(policy, prepared, cfg,
+                              progress=lambda stage, info: marks.append((time.perf_counter(), time.process_time())))
+        cached = [b[0] - a[0] for a, b in zip([start] + marks[:-1], marks)]
+        cached_cpu = [b[1] - a[1] for a, b in zip([start] + marks[:-1], marks)]
+        peak_cached_mb = peak.mb()  # load + prepare + cached steps: what `edge-agent adapt` itself goes through
+
+        encs = [(policy.encode(p.messages, p.chosen), policy.encode(p.messages, p.rejected)) for p in pairs]
+        vector = torch.nn.Parameter(torch.zeros(policy.hidden_size))
+        opt = torch.optim.AdamW([vector], lr=acfg.learning_rate, weight_decay=acfg.weight_decay)
+        full, full_cpu, full_losses = [], [], []
+        for _ in range(full_steps):
+            start, cpu0 = time.perf_counter(), time.process_time()
+            opt.zero_grad(set_to_none=True)
+            step_loss = 0.0
+            for (enc_c, enc_r), prep in zip(encs, prepared):
+                pc, pr = policy.full_logp(enc_c, vector), policy.full_logp(enc_r, vector)
+                losses, _ = dpo_loss(pc[None], pr[None], torch.tensor([prep.ref_chosen], dtype=pc.dtype),
+                                     torch.tensor([prep.ref_rejected], dtype=pr.dtype), acfg.beta)
+                (losses[0] / len(encs)).backward()
+                step_loss += float(losses[0].detach()) / len(encs)
+            opt.step()
+            full.append(time.perf_counter() - start)
+            full_cpu.append(time.process_time() - cpu0)
+            full_losses.append(step_loss)
+        n_params = checkpoint_parameters(hf_dir)
+        cached_mb = sum(_tensor_mb(p.chosen) + _tensor_mb(p.rejected) for p in prepared)
+        peak_mb = peak.mb()
+    finally:
+        torch.set_num_threads(saved_threads)
+    c, f = median(cached), median(full) if full else None
+    wall_all, cpu_all = prepare_s + sum(cached) + sum(full), prepare_cpu + sum(cached_cpu) + sum(full_cpu)
+    return {
+        "available": True, "hf_dir": str(hf_dir), "dtype": dtype, "torch_threads": max(1, threads),
+        "parameters": n_params, "layer": acfg.layer, "pairs": len(pairs), "sequence_tokens": tokens,
+        "load_seconds": round(load_s, 3),
+        "prepare_seconds_per_pair": round(prepare_s / max(len(pairs), 1), 4),
+        "prepare_cpu_seconds_per_pair": round(prepare_cpu / max(len(pairs), 1), 4),
+        "cached_inputs_mb": round(cached_mb, 2),
+        "cached": {"steps": len(cached), "step_seconds": round(c, 4), "step_seconds_all": [round(x, 4) for x in cached],
+                   "step_cpu_seconds": round(median(cached_cpu), 4),
+                   "pairs_per_second": _ratio(len(pairs), c), "first_loss": result.losses[0]},
+        "full_forward": {"steps": len(full), "step_seconds": None if f is None else round(f, 4),
+                         "step_seconds_all": [round(x, 4) for x in full],
+                         "step_cpu_seconds": round(median(full_cpu), 4) if full_cpu else None,
+                         "pairs_per_second": None if f is None else _ratio(len(pairs), f),
+                         "first_loss": full_losses[0] if full_losses else None},
+        "full_to_cached_step_ratio": None if f is None else _ratio(f, c),
+        # CPU seconds of this process / wall seconds: near the thread count when the stage had its cores, far
+        # below it when other processes took them (the wall times are then inflated, the CPU times are not)
+        "cpu_share_of_wall": _ratio(cpu_all, wall_all),
+        "peak_rss_mb": peak_mb, "peak_rss_cached_path_mb": peak_cached_mb, "peak_rss_method": peak.method,
+        "peak_rss_growth_mb": None if rss0 is None else round(peak_mb - rss0, 1),
+        "rss_before_load_mb": None if rss0 is None else round(rss0, 1),
+        "rss_after_load_mb": None if rss_loaded is None else round(rss_loaded, 1),
+        "fit_estimate_mb": round(estimate_bytes(n_params, dtype) / (1 << 20), 1),
+        "note": "one step = every pair (chosen + rejected) forward and backward; cached = the product's path "
+                "(layer-L inputs prepared once, `prepare_seconds_per_pair`); full_forward = the whole model "
+                "every step (no trainer in the product does this: it is the cost the cache avoids)",
+    }
+
+
+def _phase_two(model, cfg: Config, segments: list[Segment], sizes: "Sizes") -> dict[str, Any]:
+    """The Phase Two rows of the bench on the configured model's checkpoint (hf/), when it has one and torch
+    is installed."""
+    hf = model.hf_dir
+    if hf is None or not (Path(hf) / "config.json").is_file():
+        return {"available": False, "reason": f"model {model.name!r} has no hf/ checkpoint (Phase Two needs one)"}
+    try:
+        import torch  # noqa: F401
+        import transformers  # noqa: F401
+    except ImportError as e:
+        return {"available": False, "reason": f"torch/transformers not installed ({e.name}): extra `adapt`"}
+    from edge_agent.vlm.llama_cpp import default_threads
+
+    pairs = phase_two_pairs(segments, cfg.writer.window_segments, sizes.phase_two_pairs, f"bench-{time.time_ns()}")
+    return phase_two_cost(Path(hf), pairs, cfg.adapt, steps=sizes.phase_two_steps,
+                          full_steps=sizes.phase_two_steps, dtype="float32",
+                          threads=cfg.model.n_threads or default_threads())
+
+
 # ---------------------------------------------------------------- entry point
 
 def run_bench(cfg: Config, *, quick: bool = False, model_dir: Path | None = None,
@@ -919,6 +1123,9 @@ def run_bench(cfg: Config, *, quick: bool = False, model_dir: Path | None = None
             result["retrieval"] = _retrieval(home, sizes, bcfg, cfg.cache_dir)
             stage("resources")
             result["resources"] = _resources(backend, model, cfg, sizes)
+        # after the llama.cpp model is closed, as `edge-agent adapt` releases it before training
+        stage("phase_two")
+        result["phase_two"] = _phase_two(model, bcfg, segments, sizes)
     end = time.perf_counter()
     ends = [t for _, t in marks[1:]] + [end]
     result["stage_seconds"] = {name: round(e - t, 3) for (name, t), e in zip(marks, ends)}
@@ -929,16 +1136,18 @@ def run_bench(cfg: Config, *, quick: bool = False, model_dir: Path | None = None
 
 # ---------------------------------------------------------------- a table for people
 
+def fmt_number(x: Any, nd: int = 3) -> str:
+    """A measured value for the printed tables: '-' when missing, 3 significant digits, thousands grouped."""
+    if x is None:
+        return "-"
+    if isinstance(x, float):
+        return f"{x:.{nd}g}" if abs(x) < 1e4 else f"{x:,.0f}"
+    return str(x)
+
+
 def summary_rows(result: dict[str, Any]) -> list[tuple[str, str, str]]:
     """(measure, raw numbers, ratio) rows for a printed table (`tools/bench_report.py`, the CLI)."""
-
-    def f(x: Any, nd: int = 3) -> str:
-        if x is None:
-            return "-"
-        if isinstance(x, float):
-            return f"{x:.{nd}g}" if abs(x) < 1e4 else f"{x:,.0f}"
-        return str(x)
-
+    f = fmt_number
     rows: list[tuple[str, str, str]] = []
 
     def versus(label: str, section: dict, a: str, b: str, key: str) -> None:
@@ -1003,6 +1212,15 @@ def summary_rows(result: dict[str, Any]) -> list[tuple[str, str, str]]:
                      f(rv["recall_at_8"]["mean"])))
         rows.append(("vector index RAM / disk per memory", f"{f(rv['index']['bytes_per_memory_ram'])} B / "
                      f"{f(rv['build']['db_bytes_per_memory'])} B", ""))
+    p2 = result.get("phase_two")
+    if p2 and p2.get("available"):
+        c, fw = p2["cached"], p2["full_forward"]
+        rows.append((f"Phase Two DPO step ({p2['pairs']} pairs), full forward / cached layer-{p2['layer']} inputs",
+                     f"{f(fw['step_seconds'])} / {f(c['step_seconds'])} s", f(p2["full_to_cached_step_ratio"])))
+        rows.append(("Phase Two pairs per second, cached / full forward",
+                     f"{f(c['pairs_per_second'])} / {f(fw['pairs_per_second'])}", ""))
+        rows.append(("Phase Two peak RSS / fit estimate", f"{f(p2['peak_rss_mb'])} / {f(p2['fit_estimate_mb'])} MB",
+                     f(_ratio(p2["peak_rss_mb"], p2["fit_estimate_mb"]))))
     r = result.get("resources")
     if r:
         rows.append(("peak RSS / model files", f"{f(r['peak_rss_mb'])} MB / "
@@ -1015,4 +1233,5 @@ def summary_rows(result: dict[str, Any]) -> list[tuple[str, str, str]]:
     return rows
 
 
-__all__ = ["run_bench", "summary_rows", "STAGES", "QUICK", "FULL", "Sizes"]
+__all__ = ["run_bench", "summary_rows", "phase_two_cost", "phase_two_pairs", "PeakRss", "STAGES", "QUICK", "FULL",
+           "Sizes"]

@@ -512,6 +512,11 @@ def adapt(home: Home = None, config: ConfigFile = None, json_out: Json = False) 
                                 progress=lambda stage, info: status.update(f"adapt: {stage} {info}"),
                                 reopen=lambda: open_backend(cfg))
     summary["checkpoint_identity"] = identity["method"]
+    rw = summary.get("reward") or {}
+    if rw.get("judge_fallback"):
+        valid = rw["judge_consistent"] + rw["judge_disagreed"] + rw["judge_ties"]
+        err.print(f"note: the local judge named the same memory in both orderings in {rw['judge_consistent']} of "
+                  f"{valid} comparisons; pairs were decided by embedding relevance (adapt.reward.rule = auto)")
     if json_out:
         _print_json(summary)
     else:
@@ -600,18 +605,35 @@ def adapter_export(adapter_id: AdapterId, out_file: Annotated[Path, typer.Option
 
 @app.command()
 def bench(quick: Annotated[bool, typer.Option(help="Small sizes: about a minute on the tiny model.")] = False,
+          shape: Annotated[Optional[str], typer.Option(
+              help="Instead: a random-weight model of this real shape (qwen3-vl-2b) at its shipped capture "
+                   "settings; built once into <home>/bench/shapes/ (minutes of CPU), then measured.")] = None,
           home: Home = None, config: ConfigFile = None, json_out: Json = False) -> None:
     """Measure speed and memory on this device, as ratios within one run (frame cache, merging, ingest, ask)."""
     from rich.progress import Progress
     from rich.table import Table
 
-    from edge_agent.bench import STAGES, run_bench, summary_rows
+    cfg = _config(home, config)
+    if shape is not None:
+        if quick:
+            raise ConfigError("--shape is a bench of its own (it builds a full-size model); drop --quick")
+        from edge_agent.bench_shape import SHAPE_STAGES as STAGES
+        from edge_agent.bench_shape import run_shape_bench
+        from edge_agent.bench_shape import shape_summary_rows as summary_rows
 
+        def runner(progress):
+            return run_shape_bench(cfg, shape, progress=progress)
+    else:
+        from edge_agent.bench import STAGES, run_bench, summary_rows
+
+        def runner(progress):
+            return run_bench(cfg, quick=quick, progress=progress)
+
+    name = "bench --shape" if shape else "bench"
     with Progress(console=err, disable=json_out) as progress:
-        task = progress.add_task("bench", total=len(STAGES))
-        result = run_bench(_config(home, config), quick=quick,
-                           progress=lambda stage: progress.update(task, description=f"bench: {stage}",
-                                                                  completed=STAGES.index(stage)))
+        task = progress.add_task(name, total=len(STAGES))
+        result = runner(lambda stage: progress.update(task, description=f"{name}: {stage}",
+                                                      completed=STAGES.index(stage)))
         progress.update(task, completed=len(STAGES))
     if json_out:
         _print_json(result)

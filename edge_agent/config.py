@@ -131,6 +131,14 @@ class QAConfig(Section):
     rrf_k: int = setting(60, "Reciprocal-rank-fusion constant for the FTS5 and embedding ranks.", between(1, 10000),
                          "must be in [1, 10000]")
     use_embeddings: bool = setting(True, "MiniLM sentence embeddings (onnxruntime) beside FTS5.")
+    choice: str = setting("generate", 'How multiple choice is answered: "generate" (the model writes the letter) or '
+                          '"score" (the model answers the open question; each option is ranked by its likelihood '
+                          'as that answer, E when "not in memory" is likely enough, then the model cites). A '
+                          'backend that cannot score (a remote answerer) generates.', one_of("generate", "score"),
+                          "must be generate or score")
+    abstain_probability: float = setting(0.5, 'choice "score": answer E when the model\'s probability of answering '
+                                         'exactly "not in memory" is at least this.', between(0, 1),
+                                         "must be in [0, 1]")
 
 
 @dataclass
@@ -138,10 +146,16 @@ class RewardConfig(Section):
     """Phase Two's task-relevance reward: how the wearer's questions are weighted and pairs are decided."""
 
     section = "adapt.reward"
-    rule: str = setting("judge_and_embedding", '"judge_and_embedding" (the local model judges in both orderings and '
-                        'MiniLM relevance agrees), "judge", or "embedding" (no model calls).',
-                        one_of("judge_and_embedding", "judge", "embedding"),
-                        "must be judge_and_embedding, judge or embedding")
+    rule: str = setting("auto", '"auto" (judge_and_embedding while the judge is position-consistent, else '
+                        'embedding), "judge_and_embedding" (the local model judges in both orderings and MiniLM '
+                        'relevance agrees), "judge", or "embedding" (no model calls).',
+                        one_of("auto", "judge_and_embedding", "judge", "embedding"),
+                        "must be auto, judge_and_embedding, judge or embedding")
+    judge_probe: int = setting(8, 'Rule "auto": judged comparisons (both verdicts valid) before the judge is '
+                               'trusted or dropped.', at_least(1), "must be >= 1")
+    min_judge_consistency: float = setting(0.5, 'Rule "auto": the share of probe comparisons whose two orderings '
+                                           'must name the same memory for the judge to be kept.', between(0, 1),
+                                           "must be in [0, 1]")
     max_questions: int = setting(64, "The most recent answered questions that form the task distribution.",
                                  at_least(1), "must be >= 1")
     judge_questions: int = setting(8, "The highest-weighted questions shown to the judge (the prompt stays short).",
@@ -388,7 +402,7 @@ def _leaves(values: dict[str, Any], prefix: str = "") -> Iterator[tuple[str, Any
 PROFILE_KEYS = {"frame_size": "capture.frame_size", "keyframes_per_segment": "capture.keyframes_per_segment",
                 "sample_fps": "capture.sample_fps", "n_ctx": "model.n_ctx", "n_threads": "model.n_threads",
                 "n_gpu_layers": "model.n_gpu_layers", "image_cache_size": "model.image_cache_size",
-                "window_segments": "writer.window_segments"}
+                "window_segments": "writer.window_segments", "answer_choice": "qa.choice"}
 PROFILE_NEEDS = ("ram_gb", "disk_gb")
 
 

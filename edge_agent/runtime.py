@@ -142,28 +142,27 @@ class Ingestor:
             vector = load_steering_vector(row["path"])
             self.backend.set_steering(vector)
         except (AdapterError, OSError) as e:
-            # Keep writing with what was applied before (memories keep recording that one, not `wanted`),
-            # and say why in the registry, where `adapter list` shows it.
+            # The registry must not go on claiming it: the row becomes "failed" with the reason (`adapter list`
+            # shows both), no adapter is active, and the writer falls back to the base model, as memories
+            # record. Not retried on every segment; `adapt` or `adapter activate` can make another one active.
             log.warning("adapter %s not applied: %s", wanted, e)
-            self._restore_applied()
-            note = (f"NOT APPLIED by the writer at {time.strftime('%Y-%m-%d %H:%M:%S')}: {e}; memories record "
-                    f"{'adapter ' + self._adapter_id if self._adapter_id else 'the base model'}")
+            self.backend.set_steering(None)
+            self._adapter_id, self._applied_vector = None, None
+            note = (f"NOT APPLIED by the writer at {time.strftime('%Y-%m-%d %H:%M:%S')}: {e}; "
+                    f"memories after it record the base model")
             try:
+                from edge_agent.adapt.registry import AdapterRegistry
+
                 reason = row.get("reason")
-                self.store.set_adapter_status(wanted, "active", note + (f" (was: {reason})" if reason else ""))
-            except EdgeAgentError as e2:  # the row went meanwhile: nothing to annotate
+                AdapterRegistry(self.store, self.cfg.adapters_dir).mark_failed(
+                    wanted, note + (f" (was: {reason})" if reason else ""))
+            except EdgeAgentError as e2:  # the row went meanwhile, or the store refused: not retried either
                 log.warning("adapter %s: failure not recorded: %s", wanted, e2)
+            else:
+                self._wanted_adapter = None  # recorded: activating it again (once fixed) is picked up and retried
             return
         self._adapter_id, self._applied_vector = wanted, vector
         log.info("adapter %s active", wanted)
-
-    def _restore_applied(self) -> None:
-        """Make sure the backend runs the vector recorded as applied (a refused one must leave no trace)."""
-        try:
-            self.backend.set_steering(self._applied_vector)
-        except (AdapterError, OSError):
-            self.backend.set_steering(None)
-            self._adapter_id, self._applied_vector = None, None
 
     def _drop_forgotten(self) -> None:
         """Drop window entries whose memory (or unwritten segment) was forgotten by another process, so neither

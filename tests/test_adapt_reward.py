@@ -142,3 +142,44 @@ def task_distribution_stub():
     from edge_agent.adapt.reward import TaskDistribution
 
     return TaskDistribution([])
+
+
+# --- rule "auto": the judge is used only while it is position-consistent ------------------------------------
+
+OBJECTS = ["red cup", "keys", "phone", "book", "bowl", "bottle", "green cup", "blue keys", "pen", "mug"]
+
+
+def _pairs_by(store, tmp_path, judge, cfg):
+    from edge_agent.adapt.pairs import judge_new_pairs
+
+    wins = seed_windows(store, tmp_path / "frames", OBJECTS, frames=False)
+    ask(store, "Where did I put the red cup?", False, corrected="on the shelf")
+    ask(store, "What was on the shelf?", False)
+    reward = RelevanceReward(task_distribution(store, cfg), BagOfWords(), cfg, judge)
+    return wins, reward, judge_new_pairs(store, reward)
+
+
+def test_auto_drops_a_judge_that_always_says_A_and_keeps_pairs_by_embedding(store, tmp_path):
+    cfg = RewardConfig(rule="auto", judge_probe=4, min_judge_consistency=0.5)
+    judge = ScriptedBackend(lambda c: '{"better": "A"}')
+    wins, reward, pairs = _pairs_by(store, tmp_path, judge, cfg)
+    assert reward.stats.judge_fallback == 1 and reward.stats.judge_disagreed == 4
+    assert len(judge.calls) == 8  # the probe only: 4 comparisons in both orderings, then no more judge calls
+    # every window still gives its pair, the place-naming memory chosen (the embedding's verdict)
+    assert sorted((p.chosen_id, p.rejected_id) for p in pairs) == sorted((s, p) for _, s, p in wins)
+    assert {p.reason for p in pairs} == {"embedding"} and reward.stats.kept == len(OBJECTS)
+
+
+def test_auto_keeps_a_consistent_judge(store, tmp_path):
+    cfg = RewardConfig(rule="auto", judge_probe=4, min_judge_consistency=0.5)
+    judge = ScriptedBackend(prefer("shelf"))
+    _, reward, pairs = _pairs_by(store, tmp_path, judge, cfg)
+    assert reward.stats.judge_fallback == 0 and reward.stats.judge_consistent == len(OBJECTS)
+    assert len(judge.calls) == 2 * len(OBJECTS) and len(pairs) == len(OBJECTS)
+    assert {p.reason for p in pairs} == {"judge_and_embedding"}
+
+
+def test_judge_and_embedding_never_falls_back(store, tmp_path):
+    cfg = RewardConfig(rule="judge_and_embedding", judge_probe=1)
+    _, reward, pairs = _pairs_by(store, tmp_path, ScriptedBackend(lambda c: '{"better": "A"}'), cfg)
+    assert pairs == [] and reward.stats.judge_fallback == 0 and reward.stats.judge_disagreed == len(OBJECTS)

@@ -238,8 +238,10 @@ def test_memories_record_the_adapter_really_applied_and_the_registry_says_why(tm
         reg.register(vec(2), status="active", reason="gate ok too", adapter_id="bad")
         ing.advance()
     mems = store.memories()
-    assert [m["adapter_id"] for m in mems] == ["good", "good", "good"]  # never "bad": it was not applied
-    assert backend.steering is not None and backend.steering.adapter_id == good
+    # never "bad": it was not applied; the writer fell back to the base model (issue 10: no adapter is active)
+    assert [m["adapter_id"] for m in mems] == ["good", None, None]
+    assert backend.steering is None and store.active_adapter() is None
     row = store.get_adapter("bad")
+    assert row["status"] == "failed" and store.get_adapter(good)["status"] == "inactive"
     assert "NOT APPLIED" in row["reason"] and "another model" in row["reason"] and "gate ok too" in row["reason"]
     assert sum(v is not None and v.adapter_id == "bad" for v in backend.steering_history) == 0

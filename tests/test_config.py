@@ -21,7 +21,7 @@ def test_defaults_are_the_papers():
     assert (cfg.capture.segment_seconds, cfg.writer.window_segments, cfg.writer.max_memory_tokens) == (10.0, 5, 150)
     a = cfg.adapt
     assert (a.layer, a.beta, a.learning_rate, a.steps, a.scale_after_training) == (22, 0.1, 1e-3, 10, 1.5)
-    assert a.reward.rule == "judge_and_embedding" and a.gate.min_holdout_pairs >= 1
+    assert a.reward.rule == "auto" and a.gate.min_holdout_pairs >= 1
 
 
 def test_toml_then_env_with_nested_sections_and_sources(tmp_path):

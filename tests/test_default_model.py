@@ -116,9 +116,9 @@ def test_writes_valid_memories_naming_the_room(backend, heldout):
 
 @pytest.fixture(scope="module")
 def answered(backend):
-    """Held-out world questions over ground-truth memories, one option rotation each (the recipe's rows):
-    [(kind, wanted answer, parsed reply, shown ids)]."""
-    from edge_agent.qa.answer import LETTERS, answer_schema, parse_reply
+    """Held-out world questions over ground-truth memories (8 shown, as `ask` retrieves), answered the way the
+    default's profile says (`qa.choice = "score"`): [(kind, wanted answer, parsed reply, shown ids)]."""
+    from edge_agent.qa.answer import answer_schema, build_messages, parse_reply, scored_reply
     from edge_agent.types import Sampling
 
     rec = _recipe()
@@ -127,16 +127,16 @@ def answered(backend):
     for seed in (9004, 9005):
         c = rec.text_world(seed, 4.0)
         for q in c["questions"]:
-            g = rec.qa_group(c, q, rng)
-            if not g:
+            holds, told = rec.evidence(c, q)
+            mems, _ = rec.show(c, q, rng, holds, remove=False, n_shown=8)
+            if not mems or not told:
                 continue
-            for msgs, ref, kind in [g[rng.randrange(4)]] + g[4:]:
-                body = msgs[1].parts[0]
-                shown = [int(x) for x in re.findall(r"^\[(\d+)\]", body, flags=re.M)]
-                opts = [ln[3:] for ln in body.splitlines() if re.match(r"^[A-D]\. ", ln)]
-                gen = backend.generate(msgs, Sampling(max_tokens=96 if opts else 64),
-                                       json_schema=answer_schema(LETTERS if opts else "", shown))
-                out.append((kind, json.loads(ref)["answer"], parse_reply(gen.text, opts, shown), shown))
+            shown = [m["id"] for m in mems]
+            out.append(("mc", q["answer"], scored_reply(backend, q["question"], q["options"], mems, q["asked_at"],
+                                                        shown), shown))
+            gen = backend.generate(build_messages(q["question"], [], mems, q["asked_at"]), Sampling(max_tokens=64),
+                                   json_schema=answer_schema("", shown))
+            out.append(("open", q["open_answer"], parse_reply(gen.text, [], shown), shown))
     return out
 
 
@@ -189,8 +189,8 @@ def test_end_to_end_on_a_heldout_seed_answers_cites_and_varies(end_to_end):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="issue 9 target not reached: the default answers at chance end to end "
-                   "(22.8 % [18.6, 27.7] on 324 held-out questions; models/default/README.md)")
+@pytest.mark.xfail(strict=True, reason="issue 9 target not reached: end to end 28.4 % [23.8, 33.5] on 324 "
+                   "held-out questions (models/default/README.md)")
 def test_end_to_end_far_above_chance(end_to_end):
     """The issue's bar: end to end >= 50 % on a held-out seed. Strict xfail: it starts failing (= passing) the day
     a retrained default reaches it, and then the xfail must go."""
@@ -227,15 +227,54 @@ def test_transformers_and_llama_cpp_agree_on_a_writer_prompt(backend, heldout):
 
 
 # Measured on the shipped model (models/default/README.md, manifest.json "measured"), minus a margin:
-# held-out clips 9000-9011: valid memories 144/144, room 89.6 %; MC over ground-truth memories 20.5 % (chance 25 %,
-# letters spread), citations 100 %, open questions with text 93.8 %; end to end 22.8 % [18.6, 27.7] over 324
-# questions (seed 9001: 8/27), parity 4.8e-4. The accuracy floors guard against a broken export or prompt drift;
-# they are NOT above chance, because the model is not (see test_end_to_end_far_above_chance).
+# held-out clips 9000-9011: valid memories 140/144, room 88.2 %; MC over ground-truth memories 34.8 % [27.3, 43.3]
+# (132 questions, chance 25 %, letters spread, E 30), citations 100 %, open questions with text 78.5 %; end to end
+# 28.4 % [23.8, 33.5] over 324 questions (seed 9001: 7/27), parity 7.2e-4. One or two seeds are too few to assert
+# above chance (seed 9002 alone: 4/27): the floors guard against a broken export, scorer or prompt drift; the
+# issue's bar is test_end_to_end_far_above_chance.
 VALID_MIN = 7
 ROOM_MIN = 6
-MC_MIN = 0.08
+MC_MIN = 0.15
 CITED_MIN = 0.90
-OPEN_TEXT_MIN = 0.8
+OPEN_TEXT_MIN = 0.6
 E2E_MINUTES = 9.0
-E2E_MIN = 0.10
+E2E_MIN = 0.12
 PARITY_MAX = 2e-3
+
+
+@pytest.mark.slow
+def test_ask_feedback_adapt_from_the_cli_keeps_pairs_and_registers_an_adapter(tmp_path):
+    """The wearer's loop on the shipped model, through the CLI only: `run` a held-out clip, `ask` its questions,
+    `feedback` by the ground truth (`--wrong --answer` when wrong), `adapt`: pairs are kept (with rule "auto" even
+    when the default's own judge is not position-consistent) and an adapter is trained and registered."""
+    from conftest import run_cli
+
+    from edge_agent.config import ModelConfig, WriterConfig
+
+    w = WriterConfig()
+    env = {"EDGE_AGENT_WRITER__MAX_RETRIES": str(w.max_retries),
+           "EDGE_AGENT_WRITER__MAX_MEMORY_TOKENS": str(w.max_memory_tokens),
+           "EDGE_AGENT_WRITER__CANDIDATE_SHARE": "0.5", "EDGE_AGENT_MODEL__N_CTX": str(ModelConfig().n_ctx)}
+    home, clip = tmp_path / "home", tmp_path / "clip"
+
+    def cli(*args):
+        p = run_cli(home, *args, model=DEFAULT, env=env, timeout=1800)
+        assert p.returncode == 0, p.stderr.decode()[-2000:]
+        return p.stdout.decode()
+
+    cli("synth", "--seed", "9003", "--minutes", "2", "--out", str(clip))
+    cli("run", str(clip / "video.mp4"))
+    origin = min(m["t_start"] for m in json.loads(cli("memories", "--json")))
+    questions = json.loads((clip / "questions.json").read_text())["questions"]
+    for q in questions[:6]:
+        args = ["ask", q["question"], "--until", f"{origin + q['asked_at']:.3f}", "--json"]
+        for i, o in enumerate(q["options"]):
+            args += ["-o", f"{'ABCD'[i]}. {o}"]
+        res = json.loads(cli(*args))
+        right = res["choice"] == q["answer"]
+        cli("feedback", str(res["answer_id"]), *(["--correct"] if right else ["--wrong", "--answer", q["open_answer"]]))
+    report = json.loads(cli("adapt", "--json"))
+    assert report["reward"]["kept"] > 0 and report["new_pairs"] > 0, report
+    assert report["adapter_id"], report  # trained and registered (the gate decides whether it becomes active)
+    listed = json.loads(cli("adapter", "list", "--json"))
+    assert report["adapter_id"] in [r["id"] for r in listed]

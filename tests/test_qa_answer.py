@@ -6,46 +6,11 @@ import pytest
 
 from edge_agent.config import QAConfig
 from edge_agent.errors import QuestionError
-from edge_agent.qa.answer import answer, parse_options, parse_reply
+from edge_agent.qa.answer import ANSWER_PREFIX, answer, answer_likelihood, parse_options, parse_reply
 from edge_agent.store import Store
 from edge_agent.types import Segment
 
-try:
-    from edge_agent.vlm.fake import ScriptedBackend
-except ImportError:  # the backend helper's fake not there yet: a minimal stand-in with the same surface
-    from dataclasses import dataclass, field
-
-    from edge_agent.types import Generation
-
-    @dataclass
-    class _Call:
-        messages: list
-        sampling: object
-        json_schema: dict
-        prompt: str = ""
-
-    @dataclass
-    class ScriptedBackend:  # type: ignore[no-redef]
-        replies: list = field(default_factory=list)
-        model_name: str = "scripted"
-        model_hash: str = "h"
-        hidden_size: int = 64
-        n_layers: int = 24
-        calls: list = field(default_factory=list)
-
-        def generate(self, messages, sampling, json_schema=None):
-            prompt = "".join(p for m in messages for p in m.parts if isinstance(p, str))
-            self.calls.append(_Call(messages, sampling, json_schema, prompt))
-            return Generation(self.replies.pop(0), 0, 0)
-
-        def count_tokens(self, text):
-            return len(text.split())
-
-        def set_steering(self, vector):
-            pass
-
-        def close(self):
-            pass
+from edge_agent.vlm.fake import ScriptedBackend
 
 
 CFG = QAConfig(top_k=4, use_embeddings=False)  # FTS5 alone keeps these tests fast; retrieval has its own tests
@@ -187,3 +152,73 @@ def test_hostile_question_text(store):
         res = answer(store, backend, q, ["table", "sink"], asked_at=100.0, cfg=CFG)
         assert res["choice"] == "A"
     assert store.counts()["answers"] == 3
+
+
+# --- qa.choice = "score": options ranked by the model's likelihood of each as the open answer ----------------
+
+
+def word_logprobs(favoured: str):
+    """A scripted scorer: the reply's words, each -0.1 if it is in `favoured`, else -3 (so the option made of
+    favoured words wins, whatever its length)."""
+    def f(messages, text):
+        assert text.startswith(ANSWER_PREFIX) and text.endswith('"')
+        pieces = [ANSWER_PREFIX[:-2], ANSWER_PREFIX[-2:]] + [w + " " for w in text[len(ANSWER_PREFIX):-1].split()]
+        pieces[-1] = pieces[-1].rstrip() + '"'
+        return [(p, -0.1 if p.strip(' "') in favoured.split() else -3.0) for p in pieces]
+    return f
+
+
+def test_score_mode_picks_the_likeliest_option_and_the_model_cites_it(store):
+    sink = mem_id(store, TEXTS[2])
+    backend = ScriptedBackend([json.dumps({"answer": "at the sink", "citations": [sink, 9999]})],
+                              logprobs=word_logprobs("at the sink"))
+    cfg = QAConfig(top_k=4, use_embeddings=False, choice="score")
+    res = answer(store, backend, "Where did I wash the red cup?", ["at the table", "at the sink"],
+                 asked_at=100.0, cfg=cfg)
+    assert res["choice"] == "B" and res["text"] == "at the sink" and not res["abstained"]
+    assert [c["id"] for c in res["citations"]] == [sink]
+    # one generation: the citations, with the chosen answer fixed by the schema, over the open prompt
+    (call,) = backend.calls
+    assert call.json_schema["properties"]["answer"]["enum"] == ["at the sink"]
+    assert "Options:" not in call.prompt and "Question: Where did I wash the red cup?" in call.prompt
+    assert store.get_answer(res["answer_id"])["choice"] == "B"
+
+
+def test_score_mode_abstains_when_not_in_memory_is_likeliest(store):
+    backend = ScriptedBackend([], logprobs=word_logprobs("not in memory"))  # no generation may happen
+    cfg = QAConfig(top_k=4, use_embeddings=False, choice="score")
+    res = answer(store, backend, "What colour was the cup?", ["red", "green"], asked_at=100.0, cfg=cfg)
+    assert res["choice"] == "E" and res["abstained"] and res["citations"] == []
+    # P("not in memory") = exp(-0.3) = 0.74: below a 0.9 threshold the likeliest option is chosen instead
+    backend.queue(json.dumps({"answer": "red", "citations": []}))
+    strict = QAConfig(top_k=4, use_embeddings=False, choice="score", abstain_probability=0.9)
+    assert answer(store, backend, "What colour was the cup?", ["red", "green"], asked_at=100.0,
+                  cfg=strict)["choice"] in ("A", "B")
+
+
+def test_answer_likelihood_is_the_mean_over_the_answer_tokens_and_escapes_quotes():
+    seen = []
+
+    def f(messages, text):
+        seen.append(text)
+        return [('{"answer', -9.0), ('": "', -9.0), ("on", -1.0), (" the", -2.0), (' shelf"', -3.0)]
+
+    assert answer_likelihood(ScriptedBackend(logprobs=f), [], "on the shelf") == pytest.approx(-2.0)
+    answer_likelihood(ScriptedBackend(logprobs=f), [], 'the note that said "HI"')
+    assert seen[-1] == ANSWER_PREFIX + 'the note that said \\"HI\\""'
+
+
+def test_score_mode_without_a_scorer_generates_the_letter(store):
+    class Remote:  # a chat endpoint: generate only
+        model_name = "remote"
+
+        def __init__(self):
+            self.inner = ScriptedBackend([json.dumps({"answer": "A", "citations": []})])
+
+        def generate(self, *a, **k):
+            return self.inner.generate(*a, **k)
+
+    r = Remote()
+    cfg = QAConfig(top_k=4, use_embeddings=False, choice="score")
+    res = answer(store, r, "Where did I wash the red cup?", ["at the table", "at the sink"], asked_at=100.0, cfg=cfg)
+    assert res["choice"] == "A" and r.inner.calls[0].json_schema["properties"]["answer"]["enum"] == ["A", "B", "E"]

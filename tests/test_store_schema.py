@@ -55,7 +55,7 @@ EXPECTED_SCHEMA = [
     ('table', '_migrations',
      'CREATE TABLE _migrations (id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE, applied_at REAL NOT NULL)'),
     ('table', 'adapters',
-     "CREATE TABLE adapters ( id TEXT PRIMARY KEY, status TEXT NOT NULL CHECK (status IN ('candidate', 'active', 'inactive', 'rejected', 'rolled_back')), reason TEXT, path TEXT, gguf_path TEXT, layer INTEGER, scale REAL, hidden_size INTEGER, base_model_hash TEXT, pair_ids TEXT NOT NULL DEFAULT '[]', feedback_ids TEXT NOT NULL DEFAULT '[]', metrics TEXT NOT NULL DEFAULT '{}', extra TEXT NOT NULL DEFAULT '{}', previous_id TEXT, created_at REAL NOT NULL, activated_at REAL )"),
+     "CREATE TABLE adapters ( id TEXT PRIMARY KEY, status TEXT NOT NULL CHECK (status IN ('candidate', 'active', 'inactive', 'rejected', 'rolled_back', 'failed')), reason TEXT, path TEXT, gguf_path TEXT, layer INTEGER, scale REAL, hidden_size INTEGER, base_model_hash TEXT, pair_ids TEXT NOT NULL DEFAULT '[]', feedback_ids TEXT NOT NULL DEFAULT '[]', metrics TEXT NOT NULL DEFAULT '{}', extra TEXT NOT NULL DEFAULT '{}', previous_id TEXT, created_at REAL NOT NULL, activated_at REAL )"),
     ('table', 'answer_citations',
      'CREATE TABLE answer_citations ( answer_id INTEGER NOT NULL REFERENCES answers(id) ON DELETE CASCADE, memory_id INTEGER NOT NULL REFERENCES memories(id) ON DELETE CASCADE, rank INTEGER NOT NULL, cited INTEGER NOT NULL CHECK (cited IN (0, 1)), PRIMARY KEY (answer_id, memory_id) )'),
     ('table', 'answers',

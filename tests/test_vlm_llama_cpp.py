@@ -224,3 +224,37 @@ def test_text_only_backend_without_mmproj(tiny_model, tiny_backend):
         assert json.loads(g.text)["answer"] in {"A", "B", "E"}
         with pytest.raises(ModelError, match="loaded without its mmproj: cannot take images"):
             b.generate(window([frame(0)]), GREEDY)
+
+
+def test_continuation_logprobs_match_transformers(backend, tiny_model):
+    """Each token's log-probability as the start of the reply equals transformers' on the same checkpoint."""
+    import torch
+    from tokenizers import Tokenizer
+    from transformers import Qwen3VLForConditionalGeneration
+
+    from edge_agent.vlm.prompt import PromptEncoder
+
+    msgs = [Message("system", ["you answer"]), Message("user", ["Where did I leave the keys? On the shelf."])]
+    text = '{"answer": "on the shelf"'
+    got = backend.continuation_logprobs(msgs, text)
+    assert "".join(p for p, _ in got) == text
+    tok = Tokenizer.from_file(str(tiny_model / "hf" / "tokenizer.json"))
+    enc = PromptEncoder.from_tokenizer(tok).encode(msgs, text)
+    model = Qwen3VLForConditionalGeneration.from_pretrained(tiny_model / "hf", dtype=torch.float32).eval()
+    with torch.no_grad():
+        lp = model(input_ids=torch.tensor([enc.ids])).logits[0].log_softmax(-1)
+    want = [float(lp[i - 1, enc.ids[i]]) for i in range(enc.n_prompt, len(enc.ids) - 1)]  # minus <|im_end|>
+    assert len(want) == len(got)
+    assert np.allclose([g for _, g in got], want, atol=2e-3)
+    again = backend.continuation_logprobs(msgs, text)  # the prompt's KV reused: the same numbers
+    assert np.allclose([g for _, g in again], [g for _, g in got], atol=1e-5)
+
+
+def test_an_enum_holding_quotes_and_backslashes_is_a_valid_grammar(backend):
+    """The likelihood answerer fixes the chosen option with an enum; a note's text holds quotes (llama-cpp-python's
+    converter left the backslash unescaped, and llama.cpp rejected the grammar)."""
+    value = 'read the note that said "PIN 4066" \\ done'
+    schema = {"type": "object", "properties": {"answer": {"type": "string", "enum": [value]}},
+              "required": ["answer"], "additionalProperties": False}
+    gen = backend.generate(window([]), Sampling(temperature=0.0, max_tokens=64), json_schema=schema)
+    assert json.loads(gen.text) == {"answer": value}

@@ -18,9 +18,12 @@ Stages (each checkpoints weights, optimizer, RNG and data position to /tmp/edge_
           colour, person present, activity) on keyframes cut by the runtime's capture path. Heads are dropped.
   write   vision + text: the runtime's writer prompt, windows of 0-4 earlier segments whose memories are partly
           "(none)" or degraded, content tokens weighted up, replay of answer/judge rows.
+  read    text only: open questions over 1-8 ground-truth memories (growing over the first half) -> the short
+          answer + citations, or "not in memory"; replay of writer rows. What the likelihood answerer
+          (qa.choice = "score", the default model's profile) uses to rank multiple-choice options.
 
-Every stage starts from the previous stage's weights; the first from the shipped checkpoint (copied once to
-/tmp/edge_agent_default/base). Held-out seeds 9000-9999 are never trained or tuned on. Results and timings:
+Every stage starts from the previous stage's weights (`--from-dir` overrides; the shipped read stage started from
+the model shipped before it); the first from the shipped checkpoint (copied once to /tmp/edge_agent_default/base). Held-out seeds 9000-9999 are never trained or tuned on. Results and timings:
 models/default/README.md and models/default/manifest.json.
 """
 
@@ -46,7 +49,8 @@ from edge_agent.adapt.reward import JUDGE_SYSTEM, TaskQuestion, judge_messages  
 from edge_agent.config import CaptureConfig  # noqa: E402
 from edge_agent.eval.metrics import wilson_interval  # noqa: E402
 from edge_agent.memory.prompts import writer_messages  # noqa: E402
-from edge_agent.qa.answer import LETTERS, NOT_IN_MEMORY, answer_schema, build_messages, parse_reply  # noqa: E402
+from edge_agent.qa.answer import (  # noqa: E402
+    LETTERS, NOT_IN_MEMORY, answer_schema, build_messages, parse_reply, scored_reply)
 from edge_agent.types import Frame, Message, Segment  # noqa: E402
 from edge_agent.vlm.prompt import PromptEncoder, pixel_inputs  # noqa: E402
 
@@ -56,7 +60,7 @@ VIDEO_SEEDS = list(range(100, 300))  # rendered clips (vision + writing)
 TEXT_SEED0 = 20000  # text-only worlds: seeds 20000 + n, drawn without end
 HELDOUT_SEEDS = list(range(9000, 9012))  # never trained on; probes and eval
 MINUTES = 2.0
-STAGES = ("answer", "vision", "write")
+STAGES = ("answer", "vision", "write", "read")
 GENERATOR_VERSION = "edge_agent.synth FORMAT_VERSION 1 (world.py/questions.py as of this recipe)"
 
 # ---------------------------------------------------------------------------------------------------- worlds
@@ -174,8 +178,10 @@ def evidence(c: dict, q: dict) -> tuple[list[dict], bool]:
     return holds, bool(holds) and want <= told and "shirt" not in q["question"]
 
 
-def show(c: dict, q: dict, rng: random.Random, holds: list[dict], remove: bool) -> tuple[list[dict], dict]:
-    """Memories for the prompt (store-like ids from a random offset) and the id of each segment."""
+def show(c: dict, q: dict, rng: random.Random, holds: list[dict], remove: bool,
+         n_shown: int | None = None) -> tuple[list[dict], dict]:
+    """Memories for the prompt (store-like ids from a random offset) and the id of each segment; `n_shown`
+    fixes how many are shown (the evidence first), else 2-8 at random."""
     segs = [s for s in c["segments"] if s["t_end"] <= q["asked_at"] + 1e-6]
     first = rng.randint(1, 400)
     ids = {s["index"]: first + j for j, s in enumerate(segs)}
@@ -183,10 +189,10 @@ def show(c: dict, q: dict, rng: random.Random, holds: list[dict], remove: bool) 
         e0, e1 = q["evidence"]
         bad = {s["index"] for s in holds} | {s["index"] for s in segs if s["t_start"] < e1 and e0 < s["t_end"]}
         pool = [s for s in segs if s["index"] not in bad]
-        shown = rng.sample(pool, min(len(pool), rng.randint(2, 8)))
+        shown = rng.sample(pool, min(len(pool), n_shown or rng.randint(2, 8)))
     else:
         rest = [s for s in segs if s not in holds]
-        n = max(len(holds), rng.choice([2, 3, 4, 5, 6, 8]))
+        n = max(len(holds), n_shown or rng.choice([2, 3, 4, 5, 6, 8]))
         shown = list(holds) + rng.sample(rest, min(len(rest), max(0, n - len(holds))))
     mems = [{"id": ids[s["index"]], "t_start": s["t_start"], "t_end": s["t_end"], "text": s["caption"]} for s in shown]
     return mems, ids
@@ -226,6 +232,21 @@ def qa_group(c: dict, q: dict, rng: random.Random, open_row: bool = True,
         rows.append((build_messages(q["question"], [], mems, q["asked_at"]),
                      reply(q["open_answer"] if told else NOT_IN_MEMORY, cites), "open"))
     return rows
+
+
+def read_row(c: dict, q: dict, rng: random.Random, n_shown: int,
+             remove: bool) -> tuple[list[Message], str, str] | None:
+    """One open question over `n_shown` memories -> its short answer and citations, or (evidence removed, or
+    memories that do not tell) "not in memory". What the likelihood answerer scores: the options of a multiple
+    choice question are candidate answers of this same prompt (`qa.choice = "score"`)."""
+    holds, told = evidence(c, q)
+    mems, ids = show(c, q, rng, holds, remove=remove, n_shown=n_shown)
+    if not mems:
+        return None
+    if remove or not told:
+        return build_messages(q["question"], [], mems, q["asked_at"]), reply(NOT_IN_MEMORY, []), "open"
+    return (build_messages(q["question"], [], mems, q["asked_at"]),
+            reply(q["open_answer"], [ids[s["index"]] for s in holds]), "open")
 
 
 # ---------------------------------------------------------------------------------------------------- judge
@@ -562,6 +583,70 @@ def probe_answer(model, tok, penc, ids, device, n_q: int = 24) -> dict:
             "e_acc_without": round(sum(pred[i] == "E" for i in ne) / max(1, len(ne)), 3), "hist": hist}
 
 
+def option_scores(model, tok, penc, msgs, candidates: list[str], device) -> list[float]:
+    """Mean log-probability per token of each candidate as the answer of the open prompt `msgs` (the tokens of
+    '{"answer": "<candidate>"' from the candidate's first character through the closing quote): the rule of
+    the product's likelihood answerer (qa.answer, choice "score")."""
+    import torch
+
+    prefix = '{"answer": "'
+    out = []
+    for cand in candidates:
+        rep = prefix + json.dumps(cand)[1:]  # JSON-escaped, as in the replies it was trained on
+        e = penc.encode(msgs, rep)
+        enc = tok.encode(rep, add_special_tokens=False)
+        first = next(i for i, (a, b) in enumerate(enc.offsets) if b > len(prefix))
+        x = torch.tensor([e.ids], device=device)
+        with torch.no_grad():
+            lp = model(input_ids=x).logits[0, e.n_prompt - 1:-1].float().log_softmax(-1)
+        tgt = x[0, e.n_prompt:]
+        got = lp.gather(1, tgt[:, None])[:, 0][first:first + len(enc.ids) - first]
+        out.append(float(got.mean()))
+    return out
+
+
+def probe_read(model, tok, penc, device, n_q: int = 32) -> dict:
+    """Held-out worlds: multiple choice by likelihood over the open prompt (the 4 options + "not in memory"),
+    on questions whose evidence is shown (8 memories as `ask` retrieves) and on some with it removed."""
+    rng = random.Random(321)
+    items = []
+    for s in HELDOUT_SEEDS:
+        c = text_world(s, 4.0)
+        for q in c["questions"]:
+            if q["options"]:
+                items.append((c, q))
+    rng.shuffle(items)
+    model.eval()
+    right = e_with = n = 0
+    abst = abst_n = 0
+    hist = {L: 0 for L in "ABCDE"}
+    by_cat: dict[str, list[int]] = {}
+    for c, q in items[:n_q]:
+        holds, told = evidence(c, q)
+        remove = rng.random() < 0.2 or not told
+        mems, _ = show(c, q, rng, holds, remove=remove, n_shown=8)
+        if not mems:
+            continue
+        sc = option_scores(model, tok, penc, build_messages(q["question"], [], mems, q["asked_at"]),
+                           q["options"] + [NOT_IN_MEMORY], device)
+        pred = "ABCDE"[max(range(5), key=sc.__getitem__)]
+        if remove:
+            abst_n += 1
+            abst += pred == "E"
+            continue
+        n += 1
+        ok = pred == q["answer"]
+        right += ok
+        e_with += pred == "E"
+        hist[pred] += 1
+        by_cat.setdefault(q["category"], [0, 0])
+        by_cat[q["category"]][0] += ok
+        by_cat[q["category"]][1] += 1
+    model.train()
+    return {"n": n, "acc": round(right / max(1, n), 3), "e_rate_with_evidence": round(e_with / max(1, n), 3),
+            "abstain_n": abst_n, "abstain_acc": round(abst / max(1, abst_n), 3), "hist": hist, "by_category": by_cat}
+
+
 def probe_judge(model, tok, penc, ids, device, n: int = 40) -> dict:
     """Held-out judge pairs in both orderings: verdict accuracy and position consistency (arg-max over A/B/tie)."""
     import torch
@@ -716,6 +801,7 @@ STAGE_DEFAULTS = {  # steps, batch (rows or chunks), lr, minutes cap
     "answer": dict(steps=150, batch=4, lr=2e-3, minutes=42, probe_every=40),
     "vision": dict(steps=1500, batch=64, lr=2e-3, minutes=10, probe_every=300),
     "write": dict(steps=300, batch=10, lr=1.5e-3, minutes=38, probe_every=50),
+    "read": dict(steps=900, batch=24, lr=2e-3, minutes=110, probe_every=50),
 }
 
 
@@ -748,6 +834,8 @@ def previous_weights(name: str) -> Path:
         d = stage_dir(prev)
         if (d / "done.json").is_file():
             return d / "hf"
+        if (d / "stopped.json").is_file():  # shipped from its checkpoint (`finalize --from-dir .../ckpt.pt`)
+            return d / "hf-from-ckpt"
     return ensure_base()
 
 
@@ -781,7 +869,7 @@ def run_stage(name: str, args) -> None:
     torch.set_flush_denormal(True)
     tok, penc = tokenizer()
     ids = {t: tok.token_to_id(t) for t in ("<|endoftext|>", "<|image_pad|>", "<|vision_start|>", "<|im_end|>")}
-    start_from = previous_weights(name)
+    start_from = Path(args.from_dir) if args.from_dir else previous_weights(name)
     model = load_model(start_from, device)
     heads = None
     if name == "vision":
@@ -813,10 +901,10 @@ def run_stage(name: str, args) -> None:
 
     # data
     video = held = chunks = held_chunks = None
-    if name in ("vision", "write"):
+    if name in ("vision", "write", "read"):
         video = [clip(s) for s in VIDEO_SEEDS]
         held = [clip(s) for s in HELDOUT_SEEDS[:4]]
-        variants = [caption_variants(s) for s in VIDEO_SEEDS] if name == "write" else None
+        variants = [caption_variants(s) for s in VIDEO_SEEDS] if name in ("write", "read") else None
     if name == "vision":
         chunks = vision_chunks(video)
         held_chunks = vision_chunks(held)
@@ -829,6 +917,10 @@ def run_stage(name: str, args) -> None:
                                                                                             device)}
         elif name == "vision":
             p = {"vision": probe_vision(model, heads, device, held_chunks)}
+        elif name == "read":
+            p = {"read": probe_read(model, tok, penc, device)}
+            if state["step"] in (0, cfg["steps"]) or state["step"] % (4 * cfg["probe_every"]) == 0:
+                p["write"] = probe_write(model, tok, penc, ids, device, held, n=12)
         else:
             p = {"write": probe_write(model, tok, penc, ids, device, held),
                  "answer": probe_answer(model, tok, penc, ids, device, n_q=12)}
@@ -864,6 +956,30 @@ def run_stage(name: str, args) -> None:
             n_judge = 0
         return rows
 
+    def write_rows(n: int) -> list:
+        rows = []
+        for _ in range(n):
+            j = rng.randrange(len(video))
+            c = video[j]
+            i = rng.randrange(len(c["segments"]))
+            rows.append(writer_example(c, i, min(i, rng.choice([0, 1, 2, 3, 4])), rng, variants[j]))
+        return rows
+
+    def read_rows(n: int, frac: float) -> list:
+        """Open questions; the memories shown grow from 1-2 to 1-8 over the first half (a curriculum: the
+        matching is learnt on short prompts first, which are also cheap), evidence removed in 1 of 5."""
+        top = 2 + round(6 * min(1.0, 2 * frac))
+        rows = []
+        while len(rows) < n:
+            c = next_text_world()
+            qs = [q for q in c["questions"]]
+            rng.shuffle(qs)
+            for q in qs[:3]:
+                r = read_row(c, q, rng, rng.randint(1, top), remove=rng.random() < 0.2)
+                if r:
+                    rows.append(r)
+        return rows[:n]
+
     print(f"[{name}] from {start_from}, {cfg}, threads {args.threads}, device {device}", flush=True)
     if not state["probes"]:
         state["probes"].append(probe())
@@ -893,13 +1009,11 @@ def run_stage(name: str, args) -> None:
             total = ls["room"] + ls["shot"] + 2 * ls["kind"] + 2 * ls["colour"] + ls["person"] + ls["activity"]
             total.backward()
             loss = total.item()
+        elif name == "read":
+            loss, _ = lm_step(model, tok, penc, read_rows(cfg["batch"], frac) + write_rows(2), ids, device,
+                              args.w_key)
         else:
-            rows = []
-            for _ in range(cfg["batch"]):
-                j = rng.randrange(len(video))
-                c = video[j]
-                i = rng.randrange(len(c["segments"]))
-                rows.append(writer_example(c, i, min(i, rng.choice([0, 1, 2, 3, 4])), rng, variants[j]))
+            rows = write_rows(cfg["batch"])
             # replay; the evidence-removed row in 1 group of 3 only: the answer stage (E in ~30 % of its rows)
             # ended with E as the arg-max whenever the model cannot match (E above each letter's ~18 %)
             rows += answer_rows(2, 1, e_share=0.33)
@@ -989,8 +1103,8 @@ def manifest(args) -> None:
     measured = {}
     for key, f in (("writer_and_mc_gt_memories", WORK / f"eval-{args.measured_name}.json"),
                    ("end_to_end", WORK / f"heldout-{args.measured_name}.json"), ("parity", WORK / "parity.json"),
-                   ("previous_model_writer_and_mc", WORK / "eval-previous.json"),
-                   ("previous_model_end_to_end", WORK / "heldout-previous.json")):
+                   ("previous_model_writer_and_mc", WORK / f"eval-{args.previous_name}.json"),
+                   ("previous_model_end_to_end", WORK / f"heldout-{args.previous_name}.json")):
         if f.is_file():
             measured[key] = json.loads(f.read_text())
     files = {str(p.relative_to(out)): {"sha256": sha256(p), "bytes": p.stat().st_size}
@@ -999,7 +1113,8 @@ def manifest(args) -> None:
            "video_seeds": [VIDEO_SEEDS[0], VIDEO_SEEDS[-1]], "text_seeds_from": TEXT_SEED0,
            "heldout_seeds": [HELDOUT_SEEDS[0], HELDOUT_SEEDS[-1]], "stages": stages, "measured": measured,
            # what it was trained at (read by edge_agent.models; the same as the catalog's entry)
-           "profile": {"frame_size": 128, "keyframes_per_segment": 4, "ram_gb": 0.5, "disk_gb": 0.1},
+           "profile": {"frame_size": 128, "keyframes_per_segment": 4, "answer_choice": "score", "ram_gb": 0.5,
+                       "disk_gb": 0.1},
            "files": files}
     (out / "manifest.json").write_text(json.dumps(man, indent=1) + "\n")
     print(f"manifest: {len(files)} files", flush=True)
@@ -1032,14 +1147,15 @@ def wilson(k: int, n: int) -> list[float]:
 
 def evaluate(args) -> dict:
     """Held-out seeds through llama.cpp: the runtime's MemoryWriter (window 5, grammar) on the first segments
-    of each clip, and multiple choice over ground-truth memories (one rotation per question)."""
+    of each clip, and questions over ground-truth memories (8 shown, as `ask` retrieves; each multiple choice also
+    with its evidence removed, which must give E; the open question over the same memories)."""
     from edge_agent.config import WriterConfig
     from edge_agent.memory.writer import MemoryWriter, WindowEntry
     from edge_agent.types import Sampling
 
     w = {"n": 0, "valid": 0, "repeat": 0, "exact": 0, **{k: [0, 0] for k in FIELD_WORDS}}
     qa = {"n": 0, "correct": 0, "e_with_evidence": 0, "abstain_n": 0, "abstain_correct": 0, "hist": {},
-          "cited_ok": 0, "open_n": 0, "open_text": 0}
+          "cited_ok": 0, "open_n": 0, "open_text": 0, "open_right": 0}
     rng = random.Random(1)
     seeds = HELDOUT_SEEDS[: args.eval_clips]
     with open_default(args.out) as be:
@@ -1066,28 +1182,35 @@ def evaluate(args) -> dict:
                 window = (window + [WindowEntry(seg, r.text)])[-4:]
             tw = text_world(seed, 4.0)
             for q in tw["questions"]:
-                g = qa_group(tw, q, rng)
-                if not g:
-                    continue
-                for msgs, ref, kind in [g[rng.randrange(4)]] + g[4:]:
-                    shown = [int(x) for x in re.findall(r"^\[(\d+)\]", msgs[1].parts[0], flags=re.M)]
-                    opts = [ln[3:] for ln in msgs[1].parts[0].splitlines() if re.match(r"^[A-D]\. ", ln)]
-                    gen = be.generate(msgs, Sampling(max_tokens=96 if opts else 64),
-                                      json_schema=answer_schema(LETTERS if opts else "", shown))
-                    p = parse_reply(gen.text, opts, shown)
-                    want = json.loads(ref)["answer"]
-                    if kind == "open":
+                holds, told = evidence(tw, q)
+                for remove in (False, True):
+                    mems, _ = show(tw, q, rng, holds, remove=remove, n_shown=8)  # top_k memories, as `ask`
+                    if not mems or (remove and not told):
+                        continue
+                    shown = [m["id"] for m in mems]
+                    if q["options"]:
+                        if args.choice == "score":
+                            p = scored_reply(be, q["question"], q["options"], mems, q["asked_at"], shown)
+                        else:
+                            gen = be.generate(build_messages(q["question"], q["options"], mems, q["asked_at"]),
+                                              Sampling(max_tokens=96), json_schema=answer_schema(LETTERS, shown))
+                            p = parse_reply(gen.text, q["options"], shown)
+                        if remove or not told:
+                            qa["abstain_n"] += 1
+                            qa["abstain_correct"] += p["choice"] == "E"
+                        else:
+                            qa["n"] += 1
+                            qa["correct"] += p["choice"] == q["answer"]
+                            qa["e_with_evidence"] += p["choice"] == "E"
+                            qa["hist"][p["choice"]] = qa["hist"].get(p["choice"], 0) + 1
+                            qa["cited_ok"] += p["choice"] != "E" and bool(p["cited"])
+                    if not remove:  # the open question over the same memories
+                        gen = be.generate(build_messages(q["question"], [], mems, q["asked_at"]),
+                                          Sampling(max_tokens=64), json_schema=answer_schema("", shown))
+                        p = parse_reply(gen.text, [], shown)
                         qa["open_n"] += 1
                         qa["open_text"] += bool(p["text"]) and p["text"] != NOT_IN_MEMORY
-                    elif kind == "mc_e" or want == "E":
-                        qa["abstain_n"] += 1
-                        qa["abstain_correct"] += p["choice"] == "E"
-                    else:
-                        qa["n"] += 1
-                        qa["correct"] += p["choice"] == want
-                        qa["e_with_evidence"] += p["choice"] == "E"
-                        qa["hist"][p["choice"]] = qa["hist"].get(p["choice"], 0) + 1
-                        qa["cited_ok"] += p["choice"] != "E" and bool(p["cited"])
+                        qa["open_right"] += told and p["text"].lower() == q["open_answer"].lower()
     ans = qa["n"] - qa["e_with_evidence"]
     summary = {
         "seeds": seeds, "segments": w["n"], "valid_memory": round(w["valid"] / max(1, w["n"]), 3),
@@ -1101,6 +1224,7 @@ def evaluate(args) -> dict:
         "abstain_acc_without_evidence": round(qa["abstain_correct"] / max(1, qa["abstain_n"]), 3),
         "abstain_n": qa["abstain_n"], "cited_when_answered": round(qa["cited_ok"] / max(1, ans), 3),
         "open_n": qa["open_n"], "open_text_rate": round(qa["open_text"] / max(1, qa["open_n"]), 3),
+        "open_exact": round(qa["open_right"] / max(1, qa["open_n"]), 3), "choice": args.choice,
     }
     print(json.dumps(summary, indent=1), flush=True)
     (WORK / f"eval-{args.out.name}.json").write_text(json.dumps(summary, indent=1))
@@ -1155,8 +1279,11 @@ def main() -> None:
     ap.add_argument("--device", default="cpu", help="cpu or cuda")
     ap.add_argument("--outtype", default="f32", help="GGUF type of model.gguf and mmproj.gguf (f32 | f16 | q8_0)")
     ap.add_argument("--from-dir", default=None, help="finalize: this hf folder instead of the last stage's")
-    ap.add_argument("--measured-name", default="cand1", help="manifest: the candidate folder name whose eval files to embed")
+    ap.add_argument("--measured-name", default="cand2", help="manifest: the candidate folder name whose eval files to embed")
+    ap.add_argument("--previous-name", default="cand1", help="manifest: the previously shipped candidate, for comparison")
     ap.add_argument("--eval-clips", type=int, default=12)
+    ap.add_argument("--choice", default="score", choices=["score", "generate"],
+                    help="eval: how multiple choice is answered (qa.choice; the default model ships with score)")
     ap.add_argument("--eval-segments", type=int, default=12)
     ap.add_argument("--verbose", action="store_true")
     ap.add_argument("--out", type=Path, default=OUT, help="model folder (hf/, model.gguf, mmproj.gguf)")

@@ -140,6 +140,13 @@ class AdapterRegistry:
     def reject(self, adapter_id: str, reason: str) -> None:
         self.store.set_adapter_status(adapter_id, "rejected", reason)
 
+    def mark_failed(self, adapter_id: str, reason: str) -> dict[str, Any]:
+        """The writer could not apply this adapter (its file does not load, or the model refuses it): status
+        "failed" with `reason`. A failed adapter is no longer the active one, so the writer runs the base model
+        until `adapt` or `adapter activate` makes another (or this one, once fixed) active."""
+        self.store.set_adapter_status(adapter_id, "failed", reason)
+        return self.store.get_adapter(adapter_id)
+
     def rollback(self) -> dict[str, Any] | None:
         """Back to the adapter active before the current one; None = base model. AdapterError if none active."""
         try:

@@ -9,10 +9,15 @@ Combination rule (`RewardConfig.rule`):
 
 - format first: a candidate that failed format validation always loses against a valid one (no judge, no
   feedback ids); two malformed candidates are never paired.
-- "judge_and_embedding" (default): the judge is asked "A or B?" with the two memories in both orders; the
+- "judge_and_embedding": the judge is asked "A or B?" with the two memories in both orders; the
   pair is kept only when both answers name the same memory (a tie or a flip drops it: position bias and
   noise cancel out) AND the weighted embedding relevance of that memory exceeds the other's by more than
   `min_relevance_gap`. Two weak signals that must agree: sparse, noisy feedback in, few clean pairs out.
+- "auto" (default): "judge_and_embedding" while the judge is position-consistent. After its first
+  `judge_probe` comparisons with two valid verdicts, a judge that named the same memory in both orderings in
+  fewer than `min_judge_consistency` of them is not used for the rest of the job, and every comparison it
+  decided or dropped is decided by "embedding" instead (the stats say so: `judge_fallback`). A small model
+  that answers "A" whatever it is shown would otherwise keep no pair at all, and no adapter would ever train.
 - "judge": both judge orderings must agree; embeddings only give the score and the feedback attribution.
 - "embedding": no judge; kept when the relevance gap exceeds `min_relevance_gap`.
 
@@ -156,6 +161,8 @@ class RewardStats:
     embedding_disagreed: int = 0
     below_gap: int = 0
     kept: int = 0
+    judge_consistent: int = 0  # both orderings named the same memory
+    judge_fallback: int = 0  # 1 when rule "auto" stopped trusting the judge
 
     def as_dict(self) -> dict[str, int]:
         return dict(self.__dict__)
@@ -172,6 +179,9 @@ class RelevanceReward:
         if task.questions and task.matrix is None:
             task.matrix = embed_texts(embedder, [q.text for q in task.questions])
         self.stats = RewardStats()
+        # "auto" judges like "judge_and_embedding" until the probe shows the judge cannot be trusted
+        self.rule = "judge_and_embedding" if cfg.rule == "auto" else cfg.rule
+        self._probed: list[tuple] = []  # "auto": comparisons of the probe, re-decided if the judge fails it
 
     def cosines(self, texts: Sequence[str]) -> np.ndarray:
         """(n_texts, n_questions) cosine similarities."""
@@ -225,23 +235,52 @@ class RelevanceReward:
                 continue  # no task distribution yet: nothing to prefer but the format
             gap = float(rel[index[x["id"]]] - rel[index[y["id"]]])
             emb_winner = x if gap > 0 else y
-            winner = emb_winner
-            if self.cfg.rule != "embedding":
-                winner = self._judge_both(shown, x, y)
-                if winner is None:
-                    continue
-                if self.cfg.rule == "judge_and_embedding" and winner is not emb_winner:
-                    self.stats.embedding_disagreed += 1
-                    continue
-            loser = y if winner is x else x
-            margin = float(rel[index[winner["id"]]] - rel[index[loser["id"]]])
-            if self.cfg.rule != "judge" and margin <= self.cfg.min_relevance_gap:
-                self.stats.below_gap += 1
+            if self.rule == "embedding":
+                self._keep(out, x, y, emb_winner, cos, rel, index)
                 continue
-            fids = self._attribution(cos[index[winner["id"]]], cos[index[loser["id"]]])
-            out.append(JudgedPair(winner["id"], loser["id"], winner["segment_id"], margin, fids, self.cfg.rule))
-            self.stats.kept += 1
+            before = len(out)
+            self._decide(out, x, y, self._judge_both(shown, x, y), emb_winner, cos, rel, index)
+            if self.cfg.rule == "auto":
+                self._probed.append((x, y, emb_winner, cos, rel, index, len(out) > before))
+                if self._judge_failed_probe():
+                    self._fall_back(out)
         return out
+
+    def _decide(self, out: list[JudgedPair], x, y, winner, emb_winner, cos, rel, index) -> None:
+        if winner is None:
+            return
+        if self.rule == "judge_and_embedding" and winner is not emb_winner:
+            self.stats.embedding_disagreed += 1
+            return
+        self._keep(out, x, y, winner, cos, rel, index)
+
+    def _keep(self, out: list[JudgedPair], x, y, winner, cos, rel, index) -> None:
+        loser = y if winner is x else x
+        margin = float(rel[index[winner["id"]]] - rel[index[loser["id"]]])
+        if self.rule != "judge" and margin <= self.cfg.min_relevance_gap:
+            self.stats.below_gap += 1
+            return
+        fids = self._attribution(cos[index[winner["id"]]], cos[index[loser["id"]]])
+        out.append(JudgedPair(winner["id"], loser["id"], winner["segment_id"], margin, fids, self.rule))
+        self.stats.kept += 1
+
+    def _judge_failed_probe(self) -> bool:
+        """Rule "auto": whether the probe is complete and the judge was position-consistent too rarely."""
+        if self.stats.judge_fallback:
+            return False
+        valid = self.stats.judge_consistent + self.stats.judge_disagreed + self.stats.judge_ties
+        return (valid >= self.cfg.judge_probe
+                and self.stats.judge_consistent < self.cfg.min_judge_consistency * valid)
+
+    def _fall_back(self, out: list[JudgedPair]) -> None:
+        """Stop using the judge and decide the probe's dropped comparisons by embedding (those it kept agreed
+        with the embedding already). Each pair carries its own segment, so they all join this call's `out`."""
+        self.stats.judge_fallback = 1
+        self.rule = "embedding"
+        for x, y, emb_winner, cos, rel, index, kept in self._probed:
+            if not kept:
+                self._keep(out, x, y, emb_winner, cos, rel, index)
+        self._probed = []
 
     def _judge_both(self, shown: Sequence[TaskQuestion], x: dict[str, Any], y: dict[str, Any]) -> dict | None:
         assert self.judge is not None
@@ -259,4 +298,5 @@ class RelevanceReward:
         if w1 is not w2:
             self.stats.judge_disagreed += 1
             return None
+        self.stats.judge_consistent += 1
         return w1

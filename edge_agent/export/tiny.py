@@ -17,6 +17,7 @@ import itertools
 import json
 import random
 from pathlib import Path
+from typing import Any, Callable
 
 from edge_agent.errors import ConfigError
 from edge_agent.export.gguf_export import Progress, export_hf
@@ -127,10 +128,13 @@ def build_tokenizer():
 def tiny_config(vocab_size: int, ids: dict[str, int], *, hidden: int = 64, intermediate: int = 128,
                 layers: int = 24, heads: int = 4, kv_heads: int = 2, head_dim: int = 16,
                 mrope_section: tuple[int, int, int] = (2, 3, 3), max_positions: int = 4096,
-                vision_hidden: int = 32, vision_intermediate: int = 64, vision_heads: int = 2):
+                vision_hidden: int = 32, vision_intermediate: int = 64, vision_heads: int = 2,
+                vision_depth: int = 3, deepstack: tuple[int, ...] = (0, 1), vision_positions: int = 64,
+                rope_theta: float = 5e6, tied: bool = False):
     """The transformers Qwen3VLConfig of a small Qwen3-VL (the layout llama.cpp was verified to accept).
 
-    The defaults are the tests' tiny model; the embedded default model (tools/train_default.py) is wider.
+    The defaults are the tests' tiny model; the embedded default model (tools/train_default.py) is wider, and
+    `export/shapes.py` fills every argument with a real model's dimensions (random weights at full size).
     `mrope_section` must sum to head_dim / 2.
     """
     from transformers import Qwen3VLConfig
@@ -140,19 +144,20 @@ def tiny_config(vocab_size: int, ids: dict[str, int], *, hidden: int = 64, inter
             hidden_size=hidden, intermediate_size=intermediate, num_hidden_layers=layers,
             num_attention_heads=heads, num_key_value_heads=kv_heads, head_dim=head_dim, vocab_size=vocab_size,
             max_position_embeddings=max_positions,
-            rope_parameters={"rope_type": "default", "rope_theta": 5e6, "mrope_section": list(mrope_section),
+            rope_parameters={"rope_type": "default", "rope_theta": rope_theta, "mrope_section": list(mrope_section),
                              "mrope_interleaved": True},
-            tie_word_embeddings=False, bos_token_id=ids["<|endoftext|>"], eos_token_id=ids["<|im_end|>"],
+            tie_word_embeddings=tied, bos_token_id=ids["<|endoftext|>"], eos_token_id=ids["<|im_end|>"],
             pad_token_id=ids["<|endoftext|>"],
         ),
         vision_config=dict(
-            depth=3, hidden_size=vision_hidden, intermediate_size=vision_intermediate, num_heads=vision_heads,
+            depth=vision_depth, hidden_size=vision_hidden, intermediate_size=vision_intermediate,
+            num_heads=vision_heads,
             out_hidden_size=hidden, patch_size=PATCH, spatial_merge_size=MERGE, temporal_patch_size=2,
-            num_position_embeddings=64, deepstack_visual_indexes=[0, 1],
+            num_position_embeddings=vision_positions, deepstack_visual_indexes=list(deepstack),
         ),
         image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
         vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"],
-        tie_word_embeddings=False,
+        tie_word_embeddings=tied,
     )
 
 
@@ -168,10 +173,15 @@ def preprocessor_config() -> dict:
 
 
 def make_tiny(out_dir: str | Path, seed: int = 0, *, outtype: str = "f32",
-              progress: Progress | None = None) -> tuple[Path, Path, Path]:
+              progress: Progress | None = None, config: Callable[[int, dict[str, int]], Any] | None = None,
+              dtype: str = "float32", mmproj_outtype: str | None = None,
+              name: str | None = None) -> tuple[Path, Path, Path]:
     """Build the tiny Qwen3-VL into OUT_DIR; returns (OUT_DIR/hf, OUT_DIR/model.gguf, OUT_DIR/mmproj.gguf).
 
     Deterministic: the same seed gives byte-identical files. Needs torch and transformers (extra `adapt`).
+    config(vocab_size, special_ids) -> Qwen3VLConfig replaces `tiny_config` (same tokenizer, other shape:
+    `export/shapes.py`); dtype "bfloat16"/"float16" initialises and saves the weights in that type (half the
+    RAM of a full-size random model); mmproj_outtype and name go to `export_hf`.
     """
     if not isinstance(seed, int) or seed < 0:
         raise ConfigError(f"seed={seed!r}: expected a non-negative integer")
@@ -192,7 +202,11 @@ def make_tiny(out_dir: str | Path, seed: int = 0, *, outtype: str = "f32",
 
     with torch.random.fork_rng(devices=[]):  # seed the init without disturbing the caller's RNG
         torch.manual_seed(seed)
-        model = Qwen3VLForConditionalGeneration(tiny_config(vocab_size, ids)).to(torch.float32).eval()
+        if config is None and dtype == "float32":
+            model = Qwen3VLForConditionalGeneration(tiny_config(vocab_size, ids)).to(torch.float32).eval()
+        else:  # created directly in `dtype`: a 2B-parameter init never exists in float32
+            qcfg = (config or tiny_config)(vocab_size, ids)
+            model = Qwen3VLForConditionalGeneration._from_config(qcfg, dtype=getattr(torch, dtype)).eval()
     model.generation_config.eos_token_id = ids["<|im_end|>"]
     model.generation_config.pad_token_id = ids["<|endoftext|>"]
     from transformers.utils import logging as hf_logging
@@ -204,6 +218,8 @@ def make_tiny(out_dir: str | Path, seed: int = 0, *, outtype: str = "f32",
     finally:
         if bars_were_on:
             hf_logging.enable_progress_bar()
+    del model  # the exporter streams the saved files; a full-size random model need not stay in RAM
     (hf / "preprocessor_config.json").write_text(json.dumps(preprocessor_config(), indent=2) + "\n")
-    model_path, mmproj_path = export_hf(hf, out, outtype, name=f"edge-agent-tiny-qwen3vl-s{seed}", progress=progress)
+    model_path, mmproj_path = export_hf(hf, out, outtype, mmproj_outtype=mmproj_outtype,
+                                        name=name or f"edge-agent-tiny-qwen3vl-s{seed}", progress=progress)
     return hf, model_path, mmproj_path

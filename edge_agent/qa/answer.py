@@ -5,11 +5,19 @@ replies {"answer": ..., "citations": [memory ids]} under a JSON schema (a llama.
 backend): for multiple choice one of the option letters or E = "not in memory"; for open questions a
 short answer or "not in memory". Citations are kept only if they name memories that were shown. Every
 question and answer is stored, with the shown and cited memories, so feedback can be traced to memories.
+
+Multiple choice is answered one of two ways (`qa.choice`): "generate" lets the model write the letter;
+"score" asks the open question, ranks each option by the model's mean token log-probability as that
+answer, abstains when the model would answer exactly "not in memory" with probability at least
+`qa.abstain_probability`, and lets the model cite for the chosen one. Scoring is how small models are
+read on multiple choice (they learn to answer from the memories long before they learn to map an answer to a
+letter), and it cannot produce a letter that is not an option.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import re
 import time
 from datetime import datetime, timezone
@@ -96,9 +104,11 @@ def clock(t: float) -> str:
     return datetime.fromtimestamp(t, tz=timezone.utc).astimezone().strftime("%Y-%m-%d %H:%M:%S")
 
 
-def answer_schema(option_letters: str, shown_ids: list[int]) -> dict[str, Any]:
-    """JSON schema of the reply: the answer (a letter for multiple choice) and citations among the shown ids."""
-    ans: dict[str, Any] = ({"type": "string", "enum": [*option_letters, ABSTAIN_LETTER]} if option_letters
+def answer_schema(option_letters: str, shown_ids: list[int], fixed_answer: str | None = None) -> dict[str, Any]:
+    """JSON schema of the reply: the answer (a letter for multiple choice; `fixed_answer` when it is already
+    chosen and only the citations are left to the model) and citations among the shown ids."""
+    ans: dict[str, Any] = ({"type": "string", "enum": [fixed_answer]} if fixed_answer is not None else
+                           {"type": "string", "enum": [*option_letters, ABSTAIN_LETTER]} if option_letters
                            else {"type": "string"})
     return {
         "type": "object",
@@ -186,6 +196,65 @@ def parse_reply(text: str, options: list[str], shown_ids: list[int]) -> dict[str
     return {"choice": None, "text": ans, "abstained": False, "cited": cited, "reason": None}
 
 
+ANSWER_PREFIX = '{"answer": "'
+
+
+def answer_logprobs(backend: Any, messages: list[Message], text: str) -> list[float]:
+    """Log-probability of each token of `text` as the answer the model replies to the open prompt `messages`:
+    the tokens of '{"answer": "<text>"' from the one that holds the text's first character through the closing
+    quote (which ends the answer, so a prefix of a longer answer does not score as the whole). The text is
+    JSON-escaped, as the model writes it."""
+    pieces = backend.continuation_logprobs(messages, ANSWER_PREFIX + json.dumps(text)[1:])
+    end, kept = 0, []
+    for piece, logprob in pieces:
+        end += len(piece.encode("utf-8"))
+        if end > len(ANSWER_PREFIX):
+            kept.append(logprob)
+    return kept
+
+
+def answer_likelihood(backend: Any, messages: list[Message], text: str) -> float:
+    """Mean log-probability per token of `text` as the answer (answer_logprobs): how options are ranked."""
+    lp = answer_logprobs(backend, messages, text)
+    return sum(lp) / len(lp)
+
+
+def choose_by_likelihood(backend: Any, question: str, options: list[str], memories: list[dict[str, Any]],
+                         asked_at: float, abstain_probability: float = 0.5) -> tuple[str, list[float], float]:
+    """(letter, mean log-probability of each option, probability of "not in memory") for `qa.choice = "score"`.
+
+    The options are ranked by mean token log-probability (so a longer option is not penalised for its length);
+    the answer is E when the model's probability of answering exactly "not in memory" is at least
+    `abstain_probability`: abstaining is a decision about the memories, not one more option competing on length.
+    """
+    msgs = build_messages(question, [], memories, asked_at)
+    scores = [answer_likelihood(backend, msgs, t) for t in options]
+    p_abstain = math.exp(sum(answer_logprobs(backend, msgs, NOT_IN_MEMORY)))
+    if p_abstain >= abstain_probability:
+        return ABSTAIN_LETTER, scores, p_abstain
+    return LETTERS[max(range(len(scores)), key=scores.__getitem__)], scores, p_abstain
+
+
+def scored_reply(backend: Any, question: str, opts: list[str], memories: list[dict[str, Any]], asked_at: float,
+                 shown: list[int], abstain_probability: float = 0.5) -> dict[str, Any]:
+    """The reply `answer` records in score mode: the likeliest option (or E), cited by the model."""
+    letter, _, _ = choose_by_likelihood(backend, question, opts, memories, asked_at, abstain_probability)
+    if letter == ABSTAIN_LETTER:
+        return {"choice": ABSTAIN_LETTER, "text": NOT_IN_MEMORY, "abstained": True, "cited": [], "reason": None}
+    chosen = opts[LETTERS.index(letter)]
+    gen = backend.generate(build_messages(question, [], memories, asked_at),
+                           Sampling(temperature=0.0, max_tokens=OPEN_MAX_TOKENS),
+                           json_schema=answer_schema("", shown, fixed_answer=chosen))
+    return parse_reply(gen.text, opts, shown)
+
+
+def can_score(backend: Any) -> bool:
+    """Whether `backend` can rank answers by likelihood (llama.cpp can; a remote chat endpoint cannot): it says so
+    with a true `scores_continuations` and has `continuation_logprobs`."""
+    return bool(getattr(backend, "scores_continuations", False)) and callable(
+        getattr(backend, "continuation_logprobs", None))
+
+
 def answer(store: Store, backend: Backend | None, question: str, options: Sequence[str] | None, *,
            asked_at: float | None = None, cfg: QAConfig | None = None, since: float | None = None,
            until: float | None = None, embedder: Embedder | None = None,
@@ -212,10 +281,13 @@ def answer(store: Store, backend: Backend | None, question: str, options: Sequen
     else:
         if backend is None:
             raise ValueError("answer: a backend is needed when there are memories to read")
-        gen = backend.generate(build_messages(q, opts, memories, asked_at),
-                               Sampling(temperature=0.0, max_tokens=MC_MAX_TOKENS if opts else OPEN_MAX_TOKENS),
-                               json_schema=answer_schema(LETTERS[: len(opts)], shown))
-        result = parse_reply(gen.text, opts, shown)
+        if opts and cfg.choice == "score" and can_score(backend):
+            result = scored_reply(backend, q, opts, memories, asked_at, shown, cfg.abstain_probability)
+        else:
+            gen = backend.generate(build_messages(q, opts, memories, asked_at),
+                                   Sampling(temperature=0.0, max_tokens=MC_MAX_TOKENS if opts else OPEN_MAX_TOKENS),
+                                   json_schema=answer_schema(LETTERS[: len(opts)], shown))
+            result = parse_reply(gen.text, opts, shown)
 
     answer_id = store.add_answer(question_id, choice=result["choice"], text=result["text"],
                                  abstained=result["abstained"], cited=result["cited"], model=model,

@@ -286,8 +286,49 @@ def m004_feedback_history_issue13(conn: sqlite3.Connection) -> None:
     conn.execute("CREATE INDEX feedback_history_answer ON feedback_history(answer_id)")
 
 
+ADAPTER_COLUMNS_M005 = ("id", "status", "reason", "path", "gguf_path", "layer", "scale", "hidden_size",
+                        "base_model_hash", "pair_ids", "feedback_ids", "metrics", "extra", "previous_id",
+                        "created_at", "activated_at")
+
+
+def m005_adapter_failed_issue10(conn: sqlite3.Connection) -> None:
+    """Adapter status 'failed' (issue 10): an adapter the writer could not apply (its file does not load, or the
+    model refuses it), with the reason in `reason`. A failed adapter is not the active one.
+
+    SQLite cannot alter a CHECK constraint, so the table is rebuilt inside this migration's transaction: the
+    old table is renamed aside (nothing references `adapters`: no foreign key, trigger or view), the new one
+    created with the full CHECK, every row copied (rowid included, so the order is unchanged), the old one
+    dropped and the one-active index recreated. Columns are unchanged.
+    """
+    cols = ", ".join(ADAPTER_COLUMNS_M005)
+    conn.execute("DROP INDEX adapters_one_active")
+    conn.execute("ALTER TABLE adapters RENAME TO _adapters_before_m005")
+    conn.execute("""CREATE TABLE adapters (
+            id TEXT PRIMARY KEY,
+            status TEXT NOT NULL CHECK (status IN ('candidate', 'active', 'inactive', 'rejected', 'rolled_back',
+                                                   'failed')),
+            reason TEXT,
+            path TEXT,
+            gguf_path TEXT,
+            layer INTEGER,
+            scale REAL,
+            hidden_size INTEGER,
+            base_model_hash TEXT,
+            pair_ids TEXT NOT NULL DEFAULT '[]',
+            feedback_ids TEXT NOT NULL DEFAULT '[]',
+            metrics TEXT NOT NULL DEFAULT '{}',
+            extra TEXT NOT NULL DEFAULT '{}',
+            previous_id TEXT,
+            created_at REAL NOT NULL,
+            activated_at REAL
+        )""")
+    conn.execute(f"INSERT INTO adapters (rowid, {cols}) SELECT rowid, {cols} FROM _adapters_before_m005")
+    conn.execute("DROP TABLE _adapters_before_m005")
+    conn.execute("CREATE UNIQUE INDEX adapters_one_active ON adapters(status) WHERE status = 'active'")
+
+
 MIGRATIONS: list[Migration] = [m001_initial, m002_vector_index_issue14, m003_device_events_issue15,
-                               m004_feedback_history_issue13]
+                               m004_feedback_history_issue13, m005_adapter_failed_issue10]
 
 
 def _ensure_table(conn: sqlite3.Connection) -> None:

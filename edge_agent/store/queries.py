@@ -13,7 +13,7 @@ import sqlite_utils
 from edge_agent.errors import StoreError
 
 BUSY_TIMEOUT_S = 30.0
-ADAPTER_STATUSES = ("candidate", "active", "inactive", "rejected", "rolled_back")
+ADAPTER_STATUSES = ("candidate", "active", "inactive", "rejected", "rolled_back", "failed")
 ADAPTER_COLUMNS = ("id", "status", "reason", "path", "gguf_path", "layer", "scale", "hidden_size",
                     "base_model_hash", "pair_ids", "feedback_ids", "metrics", "extra", "previous_id",
                     "created_at", "activated_at")

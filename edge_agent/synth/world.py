@@ -343,6 +343,9 @@ class _Director:
             targets = [(pl.name, self.free_slots(self.room, pl.name)) for pl in self.w.rooms[self.room].places.values()
                        if pl.surface_y is not None]
             targets = [(pl, fs) for pl, fs in targets if fs]
+        if not targets:  # carried into a room whose every surface is full: take it back to where it was
+            self.walk(room, holding=name)
+            targets = [(place, [slot])]
         to_place, free = targets[int(self.rng.integers(len(targets)))]
         to_slot = free[int(self.rng.integers(len(free)))]
         q = self.w.place(self.room, to_place)

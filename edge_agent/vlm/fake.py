@@ -52,6 +52,7 @@ class ScriptedBackend:
 
     `replies`: strings returned in order, or one callable `f(call) -> str` used for every call (a callable inside
     the queue is used once). Running out of replies raises AssertionError: the test scripted too few.
+    `logprobs`: `f(messages, text) -> [(piece, logprob), ...]` for `continuation_logprobs` (likelihood answering).
     """
 
     replies: Union[Iterable[Reply], Callable[[ScriptedCall], str]] = ()
@@ -63,6 +64,7 @@ class ScriptedBackend:
     steering: SteeringVector | None = None
     steering_history: list[SteeringVector | None] = field(default_factory=list)
     closed: bool = False
+    logprobs: Callable[[list[Message], str], list[tuple[str, float]]] | None = None
 
     def __post_init__(self) -> None:
         self._fn = self.replies if callable(self.replies) else None
@@ -88,6 +90,15 @@ class ScriptedBackend:
         n_prompt = rough_token_count(call.prompt) + 16 * n_images
         return Generation(text=reply, n_prompt_tokens=n_prompt, n_completion_tokens=rough_token_count(reply),
                           seconds=time.perf_counter() - start)
+
+    @property
+    def scores_continuations(self) -> bool:
+        return self.logprobs is not None
+
+    def continuation_logprobs(self, messages: list[Message], text: str) -> list[tuple[str, float]]:
+        assert not self.closed, "ScriptedBackend used after close()"
+        assert self.logprobs is not None, "ScriptedBackend: no `logprobs` scripted for continuation_logprobs"
+        return self.logprobs(list(messages), text)
 
     def count_tokens(self, text: str) -> int:
         return rough_token_count(text)

@@ -109,11 +109,21 @@ def schema_to_gbnf(schema: dict[str, Any]) -> str:
     Bound string lengths (`maxLength`) in schemas used with a token cap, so the grammar closes the document
     before `max_tokens` runs out even when the model rambles.
     """
-    import json
+    import re
 
-    from llama_cpp.llama_grammar import json_schema_to_gbnf
+    from llama_cpp.llama_grammar import SchemaConverter
 
-    return json_schema_to_gbnf(json.dumps(schema)).replace(_LOOSE_CHAR, _STRICT_CHAR)
+    class _Converter(SchemaConverter):
+        # The port leaves a backslash unescaped in grammar literals, so an enum or const holding a quote (a note
+        # that said "PIN 4066") becomes a literal that ends early and llama.cpp rejects the grammar; llama.cpp's
+        # own converter escapes it.
+        def _format_literal(self, literal: str) -> str:
+            esc = {"\r": "\\r", "\n": "\\n", '"': '\\"', "\\": "\\\\"}
+            return '"' + re.sub(r'[\r\n"\\]', lambda m: esc[m.group(0)], literal) + '"'
+
+    conv = _Converter(prop_order={}, allow_fetch=False, dotall=False, raw_pattern=False)
+    conv.visit(conv.resolve_refs(schema, "stdin"), "")
+    return conv.format_grammar().replace(_LOOSE_CHAR, _STRICT_CHAR)
 
 
 # ---------------------------------------------------------------- the backend
@@ -289,6 +299,30 @@ class LlamaCppBackend:
             self._evaluate(units, want_logits=True)
             ptr = self._lc.llama_get_logits_ith(self._ctx, -1)
             return np.ctypeslib.as_array(ptr, shape=(self.n_vocab,)).copy()
+
+    scores_continuations = True  # qa.choice = "score" can rank answers with continuation_logprobs
+
+    def continuation_logprobs(self, messages: list[Message], text: str) -> list[tuple[str, float]]:
+        """(piece, log-probability) of each token of `text` as the start of the assistant's reply to `messages`,
+        with the current steering vector. The prompt's KV cache is reused across calls (scoring several answers
+        to one prompt decodes the prompt once)."""
+        with self._lock, ExitStack() as stack:
+            self._check_open()
+            units = self._prompt_units(messages, True, stack)
+            toks = [int(t) for t in self._llm.tokenize(text.encode("utf-8"), add_bos=False, special=False)]
+            if not toks:
+                return []
+            self._evaluate(units, want_logits=True)
+            out: list[tuple[str, float]] = []
+            for i, tok in enumerate(toks):
+                if i:
+                    self._decode_text([_Unit(("t", toks[i - 1]), 1, 1)], want_logits=True)
+                ptr = self._lc.llama_get_logits_ith(self._ctx, -1)
+                logits = np.ctypeslib.as_array(ptr, shape=(self.n_vocab,)).astype(np.float64)
+                top = logits.max()
+                logprob = float(logits[tok] - top - np.log(np.exp(logits - top).sum()))
+                out.append((self._llm.detokenize([tok]).decode("utf-8", errors="replace"), logprob))
+            return out
 
     def prompt_tokens(self, messages: list[Message], *, add_generation_prompt: bool = True) -> list[int]:
         """Token ids of the rendered chat; each image token appears as -1."""
