@@ -49,8 +49,9 @@ from edge_agent.adapt.reward import JUDGE_SYSTEM, TaskQuestion, judge_messages  
 from edge_agent.config import CaptureConfig  # noqa: E402
 from edge_agent.eval.metrics import wilson_interval  # noqa: E402
 from edge_agent.memory.prompts import writer_messages  # noqa: E402
+from edge_agent.config import QAConfig  # noqa: E402
 from edge_agent.qa.answer import (  # noqa: E402
-    LETTERS, NOT_IN_MEMORY, answer_schema, build_messages, parse_reply, scored_reply)
+    LETTERS, NOT_IN_MEMORY, build_messages, reply_from_memories)
 from edge_agent.types import Frame, Message, Segment  # noqa: E402
 from edge_agent.vlm.prompt import PromptEncoder, pixel_inputs  # noqa: E402
 
@@ -583,31 +584,27 @@ def probe_answer(model, tok, penc, ids, device, n_q: int = 24) -> dict:
             "e_acc_without": round(sum(pred[i] == "E" for i in ne) / max(1, len(ne)), 3), "hist": hist}
 
 
-def option_scores(model, tok, penc, msgs, candidates: list[str], device) -> list[float]:
-    """Mean log-probability per token of each candidate as the answer of the open prompt `msgs` (the tokens of
-    '{"answer": "<candidate>"' from the candidate's first character through the closing quote): the rule of
-    the product's likelihood answerer (qa.answer, choice "score")."""
+def answer_token_logprobs(model, tok, penc, msgs, text: str, device) -> list[float]:
+    """Log-probability of each token of `text` as the answer of the open prompt `msgs` (the tokens of
+    '{"answer": "<text>"' from the text's first character through the closing quote): what the product's
+    likelihood answerer scores (qa.answer.answer_logprobs), in torch."""
     import torch
 
     prefix = '{"answer": "'
-    out = []
-    for cand in candidates:
-        rep = prefix + json.dumps(cand)[1:]  # JSON-escaped, as in the replies it was trained on
-        e = penc.encode(msgs, rep)
-        enc = tok.encode(rep, add_special_tokens=False)
-        first = next(i for i, (a, b) in enumerate(enc.offsets) if b > len(prefix))
-        x = torch.tensor([e.ids], device=device)
-        with torch.no_grad():
-            lp = model(input_ids=x).logits[0, e.n_prompt - 1:-1].float().log_softmax(-1)
-        tgt = x[0, e.n_prompt:]
-        got = lp.gather(1, tgt[:, None])[:, 0][first:first + len(enc.ids) - first]
-        out.append(float(got.mean()))
-    return out
+    rep = prefix + json.dumps(text)[1:]  # JSON-escaped, as in the replies it was trained on
+    e = penc.encode(msgs, rep)
+    enc = tok.encode(rep, add_special_tokens=False)
+    first = next(i for i, (a, b) in enumerate(enc.offsets) if b > len(prefix))
+    x = torch.tensor([e.ids], device=device)
+    with torch.no_grad():
+        lp = model(input_ids=x).logits[0, e.n_prompt - 1:-1].float().log_softmax(-1)
+    return lp.gather(1, x[0, e.n_prompt:][:, None])[:, 0][first:len(enc.ids)].tolist()
 
 
 def probe_read(model, tok, penc, device, n_q: int = 32) -> dict:
-    """Held-out worlds: multiple choice by likelihood over the open prompt (the 4 options + "not in memory"),
-    on questions whose evidence is shown (8 memories as `ask` retrieves) and on some with it removed."""
+    """Held-out worlds: multiple choice by the product's likelihood rule over the open prompt (the option with the
+    highest mean token log-probability; E when P("not in memory") >= 0.5, qa.abstain_probability's default), on
+    questions whose evidence is shown (8 memories as `ask` retrieves) and on some with it removed."""
     rng = random.Random(321)
     items = []
     for s in HELDOUT_SEEDS:
@@ -627,9 +624,10 @@ def probe_read(model, tok, penc, device, n_q: int = 32) -> dict:
         mems, _ = show(c, q, rng, holds, remove=remove, n_shown=8)
         if not mems:
             continue
-        sc = option_scores(model, tok, penc, build_messages(q["question"], [], mems, q["asked_at"]),
-                           q["options"] + [NOT_IN_MEMORY], device)
-        pred = "ABCDE"[max(range(5), key=sc.__getitem__)]
+        msgs = build_messages(q["question"], [], mems, q["asked_at"])
+        means = [float(np.mean(answer_token_logprobs(model, tok, penc, msgs, o, device))) for o in q["options"]]
+        p_abstain = math.exp(sum(answer_token_logprobs(model, tok, penc, msgs, NOT_IN_MEMORY, device)))
+        pred = "E" if p_abstain >= 0.5 else "ABCD"[int(np.argmax(means))]
         if remove:
             abst_n += 1
             abst += pred == "E"
@@ -1151,8 +1149,8 @@ def evaluate(args) -> dict:
     with its evidence removed, which must give E; the open question over the same memories)."""
     from edge_agent.config import WriterConfig
     from edge_agent.memory.writer import MemoryWriter, WindowEntry
-    from edge_agent.types import Sampling
 
+    qcfg = QAConfig(choice=args.choice)
     w = {"n": 0, "valid": 0, "repeat": 0, "exact": 0, **{k: [0, 0] for k in FIELD_WORDS}}
     qa = {"n": 0, "correct": 0, "e_with_evidence": 0, "abstain_n": 0, "abstain_correct": 0, "hist": {},
           "cited_ok": 0, "open_n": 0, "open_text": 0, "open_right": 0}
@@ -1187,14 +1185,8 @@ def evaluate(args) -> dict:
                     mems, _ = show(tw, q, rng, holds, remove=remove, n_shown=8)  # top_k memories, as `ask`
                     if not mems or (remove and not told):
                         continue
-                    shown = [m["id"] for m in mems]
                     if q["options"]:
-                        if args.choice == "score":
-                            p = scored_reply(be, q["question"], q["options"], mems, q["asked_at"], shown)
-                        else:
-                            gen = be.generate(build_messages(q["question"], q["options"], mems, q["asked_at"]),
-                                              Sampling(max_tokens=96), json_schema=answer_schema(LETTERS, shown))
-                            p = parse_reply(gen.text, q["options"], shown)
+                        p = reply_from_memories(be, q["question"], q["options"], mems, q["asked_at"], qcfg)
                         if remove or not told:
                             qa["abstain_n"] += 1
                             qa["abstain_correct"] += p["choice"] == "E"
@@ -1205,9 +1197,7 @@ def evaluate(args) -> dict:
                             qa["hist"][p["choice"]] = qa["hist"].get(p["choice"], 0) + 1
                             qa["cited_ok"] += p["choice"] != "E" and bool(p["cited"])
                     if not remove:  # the open question over the same memories
-                        gen = be.generate(build_messages(q["question"], [], mems, q["asked_at"]),
-                                          Sampling(max_tokens=64), json_schema=answer_schema("", shown))
-                        p = parse_reply(gen.text, [], shown)
+                        p = reply_from_memories(be, q["question"], [], mems, q["asked_at"], qcfg)
                         qa["open_n"] += 1
                         qa["open_text"] += bool(p["text"]) and p["text"] != NOT_IN_MEMORY
                         qa["open_right"] += told and p["text"].lower() == q["open_answer"].lower()

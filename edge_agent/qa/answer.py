@@ -255,6 +255,19 @@ def can_score(backend: Any) -> bool:
         getattr(backend, "continuation_logprobs", None))
 
 
+def reply_from_memories(backend: Backend, question: str, opts: list[str], memories: list[dict[str, Any]],
+                        asked_at: float, cfg: QAConfig) -> dict[str, Any]:
+    """The model's parsed reply to `question` over `memories` (choice / text / abstained / cited / reason), by
+    `cfg.choice`; nothing is stored."""
+    shown = [m["id"] for m in memories]
+    if opts and cfg.choice == "score" and can_score(backend):
+        return scored_reply(backend, question, opts, memories, asked_at, shown, cfg.abstain_probability)
+    gen = backend.generate(build_messages(question, opts, memories, asked_at),
+                           Sampling(temperature=0.0, max_tokens=MC_MAX_TOKENS if opts else OPEN_MAX_TOKENS),
+                           json_schema=answer_schema(LETTERS[: len(opts)], shown))
+    return parse_reply(gen.text, opts, shown)
+
+
 def answer(store: Store, backend: Backend | None, question: str, options: Sequence[str] | None, *,
            asked_at: float | None = None, cfg: QAConfig | None = None, since: float | None = None,
            until: float | None = None, embedder: Embedder | None = None,
@@ -281,13 +294,7 @@ def answer(store: Store, backend: Backend | None, question: str, options: Sequen
     else:
         if backend is None:
             raise ValueError("answer: a backend is needed when there are memories to read")
-        if opts and cfg.choice == "score" and can_score(backend):
-            result = scored_reply(backend, q, opts, memories, asked_at, shown, cfg.abstain_probability)
-        else:
-            gen = backend.generate(build_messages(q, opts, memories, asked_at),
-                                   Sampling(temperature=0.0, max_tokens=MC_MAX_TOKENS if opts else OPEN_MAX_TOKENS),
-                                   json_schema=answer_schema(LETTERS[: len(opts)], shown))
-            result = parse_reply(gen.text, opts, shown)
+        result = reply_from_memories(backend, q, opts, memories, asked_at, cfg)
 
     answer_id = store.add_answer(question_id, choice=result["choice"], text=result["text"],
                                  abstained=result["abstained"], cited=result["cited"], model=model,
