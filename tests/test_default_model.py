@@ -254,7 +254,7 @@ def test_ask_feedback_adapt_from_the_cli_keeps_pairs_and_registers_an_adapter(tm
     w = WriterConfig()
     env = {"EDGE_AGENT_WRITER__MAX_RETRIES": str(w.max_retries),
            "EDGE_AGENT_WRITER__MAX_MEMORY_TOKENS": str(w.max_memory_tokens),
-           "EDGE_AGENT_WRITER__CANDIDATE_SHARE": "0.5", "EDGE_AGENT_MODEL__N_CTX": str(ModelConfig().n_ctx)}
+           "EDGE_AGENT_WRITER__CANDIDATE_SHARE": "1.0", "EDGE_AGENT_MODEL__N_CTX": str(ModelConfig().n_ctx)}
     home, clip = tmp_path / "home", tmp_path / "clip"
 
     def cli(*args):
@@ -262,7 +262,10 @@ def test_ask_feedback_adapt_from_the_cli_keeps_pairs_and_registers_an_adapter(tm
         assert p.returncode == 0, p.stderr.decode()[-2000:]
         return p.stdout.decode()
 
-    cli("synth", "--seed", "9003", "--minutes", "2", "--out", str(clip))
+    # Which segments get candidates hangs on the stream's fingerprint (the clip's path, so tmp_path), and windows
+    # that share frames go to one side of the split: a 2-minute clip can hold a single window group, all held
+    # out. Candidates on every segment of 3 minutes always give two groups (segments 0-9 and 14-17).
+    cli("synth", "--seed", "9003", "--minutes", "3", "--out", str(clip))
     cli("run", str(clip / "video.mp4"))
     origin = min(m["t_start"] for m in json.loads(cli("memories", "--json")))
     questions = json.loads((clip / "questions.json").read_text())["questions"]
