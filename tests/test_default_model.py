@@ -83,7 +83,9 @@ def heldout(tmp_path_factory):
 
     paths = generate(seed=HELDOUT_SEED, minutes=2, out_dir=tmp_path_factory.mktemp("heldout"))
     with open_source(str(paths.video)) as src:
-        segs = list(segment_stream(src, CaptureConfig()))
+        # at the frame size the model was trained at (its profile), as `edge-agent run` captures for it
+        frame_size = json.loads((DEFAULT / "manifest.json").read_text())["profile"]["frame_size"]
+        segs = list(segment_stream(src, CaptureConfig(frame_size=frame_size)))
     captions = {s["index"]: s["caption"] for s in json.loads(paths.events.read_text())["segments"]}
     return segs, captions, json.loads(paths.questions.read_text())["questions"]
 

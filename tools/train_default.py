@@ -61,6 +61,10 @@ VIDEO_SEEDS = list(range(100, 300))  # rendered clips (vision + writing)
 TEXT_SEED0 = 20000  # text-only worlds: seeds 20000 + n, drawn without end
 HELDOUT_SEEDS = list(range(9000, 9012))  # never trained on; probes and eval
 MINUTES = 2.0
+# Longest side of the keyframes the model is trained (and profiled) at. 256 keeps the synthetic world's objects
+# (20-30 px tall at 256x192) at 1-2 patches of 16 px; at 128 they fall inside one patch and the vision probe's
+# held-object kind stayed at 24 %. Set by --frame-size.
+FRAME_SIZE = 256
 STAGES = ("answer", "vision", "write", "read")
 GENERATOR_VERSION = "edge_agent.synth FORMAT_VERSION 1 (world.py/questions.py as of this recipe)"
 
@@ -89,7 +93,7 @@ def clip(seed: int, minutes: float = MINUTES) -> dict:
     from edge_agent.capture import open_source, segment_stream
     from edge_agent.synth import generate
 
-    cache = WORK / "data" / f"v2-s{seed}-{minutes:g}.pkl"
+    cache = WORK / "data" / f"v2-s{seed}-{minutes:g}-f{FRAME_SIZE}.pkl"
     if cache.is_file():
         return pickle.loads(cache.read_bytes())
     d = WORK / "synth" / f"s{seed}"
@@ -98,7 +102,7 @@ def clip(seed: int, minutes: float = MINUTES) -> dict:
     captions = {s["index"]: s["caption"] for s in events["segments"]}
     tw = text_world(seed, minutes)
     with open_source(str(paths.video)) as src:
-        segs = list(segment_stream(src, CaptureConfig()))
+        segs = list(segment_stream(src, CaptureConfig(frame_size=FRAME_SIZE)))
     out = {"seed": seed, "segments": [
         {"index": s.index, "t_start": s.t_start, "t_end": s.t_end, "caption": captions[s.index],
          "frames": [f.image for f in s.keyframes], "frame_idx": [f.index for f in s.keyframes],
@@ -716,7 +720,7 @@ def probe_write(model, tok, penc, ids, device, clips, n: int = 24) -> dict:
 
 
 class Heads:
-    """Training-only classifiers on the merger output of one image chunk (12 merged tokens x hidden, flattened).
+    """Training-only classifiers on the merger output of one image chunk (merged tokens x hidden, flattened).
     Never exported."""
 
     def __init__(self, n_tokens: int, hidden: int, device):
@@ -867,6 +871,17 @@ def run_stage(name: str, args) -> None:
     torch.set_flush_denormal(True)
     tok, penc = tokenizer()
     ids = {t: tok.token_to_id(t) for t in ("<|endoftext|>", "<|image_pad|>", "<|vision_start|>", "<|im_end|>")}
+    # data
+    video = held = chunks = held_chunks = None
+    if name in ("vision", "write", "read"):
+        video = [clip(s) for s in VIDEO_SEEDS]
+        held = [clip(s) for s in HELDOUT_SEEDS[:4]]
+        variants = [caption_variants(s) for s in VIDEO_SEEDS] if name in ("write", "read") else None
+    if name == "vision":
+        chunks = vision_chunks(video)
+        held_chunks = vision_chunks(held)
+        print(f"[vision] {len(chunks)} training chunks, {len(held_chunks)} held-out", flush=True)
+
     start_from = Path(args.from_dir) if args.from_dir else previous_weights(name)
     model = load_model(start_from, device)
     heads = None
@@ -875,7 +890,8 @@ def run_stage(name: str, args) -> None:
             p.requires_grad_(False)
         for p in model.model.visual.parameters():
             p.requires_grad_(True)
-        heads = Heads(12, model.config.vision_config.out_hidden_size, device)
+        h, w = chunks[0][0][0].shape[:2]
+        heads = Heads((h // 32) * (w // 32), model.config.vision_config.out_hidden_size, device)
         params = list(model.model.visual.parameters()) + list(heads.net.parameters())
     else:
         params = list(model.parameters())
@@ -896,17 +912,6 @@ def run_stage(name: str, args) -> None:
         state = st["state"]
         print(f"[{name}] resumed at step {state['step']} ({state['seconds']:.0f}s)", flush=True)
     d.mkdir(parents=True, exist_ok=True)
-
-    # data
-    video = held = chunks = held_chunks = None
-    if name in ("vision", "write", "read"):
-        video = [clip(s) for s in VIDEO_SEEDS]
-        held = [clip(s) for s in HELDOUT_SEEDS[:4]]
-        variants = [caption_variants(s) for s in VIDEO_SEEDS] if name in ("write", "read") else None
-    if name == "vision":
-        chunks = vision_chunks(video)
-        held_chunks = vision_chunks(held)
-        print(f"[vision] {len(chunks)} training chunks, {len(held_chunks)} held-out", flush=True)
 
     def probe() -> dict:
         t = time.time()
@@ -1011,10 +1016,9 @@ def run_stage(name: str, args) -> None:
             loss, _ = lm_step(model, tok, penc, read_rows(cfg["batch"], frac) + write_rows(2), ids, device,
                               args.w_key)
         else:
-            rows = write_rows(cfg["batch"])
-            # replay; the evidence-removed row in 1 group of 3 only: the answer stage (E in ~30 % of its rows)
-            # ended with E as the arg-max whenever the model cannot match (E above each letter's ~18 %)
-            rows += answer_rows(2, 1, e_share=0.33)
+            # replay of the read stage's open questions (what the likelihood answerer uses), so a write stage run
+            # after it (a new frame size) keeps the skill; the answer stage's letters are not used any more
+            rows = write_rows(cfg["batch"]) + read_rows(6, 1.0)
             loss, _ = lm_step(model, tok, penc, rows, ids, device, args.w_key)
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
@@ -1107,13 +1111,25 @@ def manifest(args) -> None:
             measured[key] = json.loads(f.read_text())
     files = {str(p.relative_to(out)): {"sha256": sha256(p), "bytes": p.stat().st_size}
              for p in sorted(out.rglob("*")) if p.is_file() and p.name not in ("manifest.json",)}
-    man = {"seed": args.seed, "generator": GENERATOR_VERSION, "recipe": "tools/train_default.py run",
+    # A model retrained from the one shipped before it keeps that one's record (its stages ran in an earlier
+    # session whose stage folders are gone): the provenance chain, one level deep.
+    previous = None
+    old_path = out / "manifest.json"
+    if old_path.is_file():
+        old = json.loads(old_path.read_text())
+        weights = "hf/model.safetensors"
+        if old.get("files", {}).get(weights, {}).get("sha256") != files.get(weights, {}).get("sha256"):
+            previous = {k: old.get(k) for k in ("stages", "measured", "profile")}
+            previous["weights_sha256"] = old.get("files", {}).get(weights, {}).get("sha256")
+        else:
+            previous = old.get("previous")
+    man = {"seed": args.seed, "generator": GENERATOR_VERSION, "recipe": args.recipe,
            "video_seeds": [VIDEO_SEEDS[0], VIDEO_SEEDS[-1]], "text_seeds_from": TEXT_SEED0,
            "heldout_seeds": [HELDOUT_SEEDS[0], HELDOUT_SEEDS[-1]], "stages": stages, "measured": measured,
            # what it was trained at (read by edge_agent.models; the same as the catalog's entry)
-           "profile": {"frame_size": 128, "keyframes_per_segment": 4, "answer_choice": "score", "ram_gb": 0.5,
+           "profile": {"frame_size": FRAME_SIZE, "keyframes_per_segment": 4, "answer_choice": "score", "ram_gb": 0.5,
                        "disk_gb": 0.1},
-           "files": files}
+           "previous": previous, "files": files}
     (out / "manifest.json").write_text(json.dumps(man, indent=1) + "\n")
     print(f"manifest: {len(files)} files", flush=True)
 
@@ -1253,6 +1269,7 @@ def parity(args) -> float:
 
 
 def main() -> None:
+    global FRAME_SIZE
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("what", choices=["run", "stage", "data", "finalize", "manifest", "eval", "parity", "probe"])
     ap.add_argument("name", nargs="?", choices=STAGES, help="the stage (for `stage`)")
@@ -1276,8 +1293,13 @@ def main() -> None:
                     help="eval: how multiple choice is answered (qa.choice; the default model ships with score)")
     ap.add_argument("--eval-segments", type=int, default=12)
     ap.add_argument("--verbose", action="store_true")
+    ap.add_argument("--recipe", default="tools/train_default.py run",
+                    help="manifest: the commands that made the model (starting with tools/train_default.py)")
+    ap.add_argument("--frame-size", type=int, default=FRAME_SIZE,
+                    help="keyframe longest side (capture.frame_size) the model is trained and profiled at")
     ap.add_argument("--out", type=Path, default=OUT, help="model folder (hf/, model.gguf, mmproj.gguf)")
     args = ap.parse_args()
+    FRAME_SIZE = args.frame_size
     if args.what == "data":
         for s in VIDEO_SEEDS + HELDOUT_SEEDS:
             clip(s)
