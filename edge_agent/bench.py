@@ -767,6 +767,7 @@ def vector_retrieval(home: Path, n: int, base_texts: list[str], base_vecs: np.nd
         rss1 = _current_rss_mb()
         stats = store.vector_index_stats(model)
         out["index"] = {"load_s": round(t_load, 3), "ram_mb": round(stats["bytes"] / (1 << 20), 2),
+                        "lists": stats["lists"],
                         "rss_growth_mb": None if rss0 is None or rss1 is None else round(rss1 - rss0, 1),
                         "bytes_per_memory_ram": round(stats["bytes"] / max(stats["vectors"], 1), 1)}
         table = {}

@@ -253,7 +253,8 @@ def test_segmenter_against_a_bare_decode(bench):
 @pytest.mark.slow
 def test_retrieval_at_scale_reports_every_ranking(bench):
     r = bench[0]["retrieval"]
-    assert r["memories"] == 10_000 and r["index"]["bytes_per_memory_ram"] == 64.0  # 48 B code + id + t_end
+    # 48 B residual code + id + t_end + list + scale, and 4 B of order by list (lists were probed)
+    assert r["memories"] == 10_000 and r["index"]["bytes_per_memory_ram"] == 76.0 and r["index"]["lists"] == 400
     for part in ("fts5", "vector", "fused", "exact_scan"):
         assert r[part]["n"] > 0 and r[part]["p95_ms"] >= r[part]["p50_ms"] > 0
     assert r["recall_at_8"]["mean"] >= 0.9 and r["build"]["db_bytes_per_memory"] > 1536  # float32 vectors kept

@@ -410,12 +410,15 @@ def test_service_install_print_shows_the_units_and_changes_nothing(tmp_path, mon
 
 # --- performance: the design the numbers rest on ---------------------------------------------------------------------
 
-def test_the_vector_index_holds_64_bytes_a_memory_and_rescores_1000_of_8000(tmp_path):
+def test_the_vector_index_holds_72_bytes_a_memory_scans_a_48th_and_rescores_400(tmp_path):
     from edge_agent.store import Store
     from edge_agent.store import memories as mem
+    from edge_agent.store import vectors as vec
     from edge_agent.types import Segment
 
-    assert mem.VECTOR_RESCORE == 1000 and mem.HAMMING_FACTOR * mem.VECTOR_RESCORE == 8000
+    assert vec.VECTOR_RESCORE == 400 and vec.scan_for(100_000) == 8_000 and vec.scan_for(1_000_000) == 20_833
+    assert vec.lists_for(320_000) == 2263 and vec.PARTITION_FIRST == 256 and vec.PARTITION_GROWTH == 4
+    assert mem.FTS_MATCHES == 5_000
     store = Store.open(tmp_path / "v.db")
     sid = store.get_or_create_stream("s", "fp", 0.0, "file")
     for i in range(300):
@@ -425,7 +428,8 @@ def test_the_vector_index_holds_64_bytes_a_memory_and_rescores_1000_of_8000(tmp_
     vecs = np.random.default_rng(0).standard_normal((len(ids), 384)).astype(np.float32)
     store.put_embeddings("m", ids, vecs / np.linalg.norm(vecs, axis=1, keepdims=True))
     stats = store.vector_index_stats("m")
-    assert stats["vectors"] == 300 and stats["bytes"] == 300 * 64  # 48 B of sign bits + id + time
+    # 48 B of residual sign bits + id + time + list + scale (+ 4 B of order by list once lists are probed)
+    assert stats["vectors"] == 300 and stats["bytes"] == 300 * 72 and stats["lists"] == vec.lists_for(300)
     store.close()
 
 
@@ -444,6 +448,18 @@ def test_sqlite_utils_pulls_in_pandas_and_pyarrow_where_they_are_installed():
     code = "import sys, sqlite_utils; print('pandas' in sys.modules, 'pyarrow' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60).stdout
     assert out.split() == ["True", "True"]
+
+
+def test_the_store_imports_neither_sqlite_utils_nor_pandas(tmp_path):
+    """The footprint row: opening the store and writing a segment leaves sqlite-utils (and so pandas and
+    pyarrow) unimported; inserts are plain SQL."""
+    code = ("import sys; from edge_agent.store import Store; from edge_agent.types import Segment; "
+            f"s = Store.open({str(tmp_path / 'f.db')!r}); sid = s.get_or_create_stream('a', 'fp', 0.0, 'file'); "
+            "s.commit_segment(sid, Segment(0, 0.0, 10.0), memory='m', failure=None, writer_model='m', "
+            "adapter_id=None, n_tokens=1, latency_s=0.0); s.add_adapter({'id': 'x'}); "
+            "print(len(s.memories()), 'sqlite_utils' in sys.modules, 'pandas' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=REPO)
+    assert out.stdout.split() == ["1", "False", "False"], out.stderr
 
 
 def test_minilm_runs_float32_with_one_intra_op_thread_no_inter_op_pool_and_the_arena_on(tmp_path, monkeypatch):

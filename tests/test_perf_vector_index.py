@@ -13,7 +13,7 @@ import pytest
 from edge_agent.qa.retrieve import ensure_embeddings, exact_ranking, recall_at
 from edge_agent.store import Store
 from edge_agent.store import migrations
-from edge_agent.store.memories import sign_bits
+from edge_agent.store.vectors import PARTITION_FIRST, encode, lists_for, sign_bits
 from edge_agent.types import Segment
 
 DIM = 384
@@ -151,30 +151,116 @@ def test_watermark_never_skips_a_memory(store):
     assert store.memories_without_embedding("rec") == []
 
 
-def test_migration_codes_existing_embeddings(tmp_path):
-    path = tmp_path / "old.db"
+def _old_database(path, vecs: np.ndarray) -> None:
+    """A database from before the vector index (m001 only) holding memories with float32 embeddings."""
     conn = sqlite3.connect(path, isolation_level=None)
     conn.execute("PRAGMA foreign_keys = ON")
-    migrations.migrate(conn, migrations.MIGRATIONS[:1])  # a database from before the index
+    migrations.migrate(conn, migrations.MIGRATIONS[:1])
+    conn.execute("INSERT INTO streams VALUES (1, 's', 'fp', 0, 'file', 0)")
+    for i, v in enumerate(vecs, start=1):
+        conn.execute("INSERT INTO segments (id, stream_id, idx, t_start, t_end, status, created_at) "
+                     "VALUES (?, 1, ?, ?, ?, 'written', 0)", (i, i, 10.0 * i, 10.0 * i + 10))
+        conn.execute("INSERT INTO memories (id, stream_id, segment_id, text, t_start, t_end, created_at) "
+                     "VALUES (?, 1, ?, ?, ?, ?, 0)", (i, i, f"memory {i}", 10.0 * i, 10.0 * i + 10))
+        conn.execute("INSERT INTO memory_embeddings VALUES (?, 'm', ?, ?)", (i, DIM, v.astype("<f4").tobytes()))
     conn.close()
-    store = Store.open(path)  # needs every migration to open; simulate old rows by removing the codes
+
+
+@pytest.mark.parametrize("n", [20, 300])
+def test_migrations_code_existing_embeddings(tmp_path, n):
+    """m002 codes old embeddings, m006 turns the codes into one list's residual codes; the store partitions
+    the model when it maintains the index, and search then still finds the exact scan's results."""
+    vecs = clustered(n, seed=7)
+    _old_database(tmp_path / "old.db", vecs)
+    store = Store.open(tmp_path / "old.db")
     try:
-        ids = fill(store, 20)
-        vecs = clustered(20, seed=7)
-        store.put_embeddings("m", ids, vecs)
-        codes = dict(store.conn.execute("SELECT memory_id, bits FROM memory_vectors"))
-        with store._tx() as c:
-            c.execute("DELETE FROM memory_vectors")
-            c.execute("DELETE FROM _migrations WHERE name = 'm002_vector_index_issue14'")
-            c.execute("DROP TRIGGER memory_vectors_ad")
-            c.execute("DROP TRIGGER memory_embeddings_ad")
-            c.execute("DROP TABLE memory_vectors")
-            c.execute("DROP TABLE vector_index_state")
+        lists, bits, scale = encode(vecs, None)
+        rows = store.conn.execute("SELECT memory_id, list, bits, scale FROM memory_vectors ORDER BY memory_id")
+        for (mid, lst, b, sc), want_b, want_sc in zip(rows, bits, scale):
+            assert lst == 0 and b == want_b.tobytes() and sc == pytest.approx(float(want_sc), rel=1e-6)
+        assert store.maintain_vector_index("m") == (n >= PARTITION_FIRST)
+        assert store.vector_index_stats("m")["lists"] == (lists_for(n) if n >= PARTITION_FIRST else 1)
+        for i in (3, n - 1):
+            assert store.vector_search("m", vecs[i], 1, rescore=8, scan=16)[0][0] == i + 1
+            assert store.vector_search("m", vecs[i], 5, rescore=n) == exact_ranking(store, vecs[i], "m", 5)
     finally:
         store.close()
-    store = Store.open(path)  # m002 runs again on the old-style file
+
+
+def test_probing_a_few_lists_keeps_recall(store):
+    """Most of the partition is never scanned (800 of 8,000 codes estimated, 80 re-scored), yet the index
+    returns the exact scan's top 8 within the recall target on a fixed seeded set."""
+    both = clustered(8040, seed=11, centers=200, noise=0.5)
+    vecs, queries = both[:8000], both[8000:]
+    ids = fill(store, len(vecs))
+    store.put_embeddings("m", ids, vecs)
+    assert store.vector_index_stats("m")["lists"] == lists_for(8000)
+    recalls = [recall_at(store.vector_search("m", q, 8, rescore=80, scan=800), exact_ranking(store, q, "m", 8), 8)
+               for q in queries]
+    assert np.mean(recalls) >= 0.98
+    # Time filters count only the memories in range when choosing lists; every result is in range.
+    for q in queries[:10]:
+        got = store.vector_search("m", q, 8, since=20_000.0, until=60_000.0, rescore=80, scan=800)
+        exact = exact_ranking(store, q, "m", 8, since=20_000.0, until=60_000.0)
+        assert recall_at(got, exact, 8) >= 0.875
+        mem = {r["id"]: r for r in store.get_memories([i for i, _ in got])}
+        assert all(20_000.0 < mem[i]["t_end"] <= 60_000.0 for i, _ in got)
+
+
+def test_rows_written_after_the_list_order_are_searched(store):
+    """Rows appended after the in-RAM order by list was built (the unordered tail) are probed too."""
+    from edge_agent.bench import bulk_memories
+
+    vecs = clustered(5100, seed=12)
+    ids = bulk_memories(store, ["m"] * len(vecs))
+    store.put_embeddings("m", ids[:5000], vecs[:5000])
+    store.vector_search("m", vecs[0], 8, rescore=20, scan=300)  # builds the order by list
+    store.put_embeddings("m", ids[5000:], vecs[5000:])  # 100 rows: below the re-ordering threshold
+    index = store._vector_index("m")
+    assert index.ordered_n == 5000 and index.n == 5100
+    for i in (5000, 5050, 5099, 17):
+        assert store.vector_search("m", vecs[i], 1, rescore=20, scan=300)[0][0] == ids[i]
+
+
+def test_the_partition_grows_with_the_model_and_readers_follow(tmp_path):
+    a, b = Store.open(tmp_path / "v.db"), Store.open(tmp_path / "v.db")
     try:
-        assert dict(store.conn.execute("SELECT memory_id, bits FROM memory_vectors")) == codes
-        assert store.vector_search("m", vecs[3], 1)[0][0] == ids[3]
+        vecs = clustered(1300, seed=13)
+        ids = fill(a, 1300)
+        a.put_embeddings("m", ids[:200], vecs[:200])
+        assert b.vector_index_stats("m")["lists"] == 1  # below PARTITION_FIRST: one list around zero
+        a.put_embeddings("m", ids[200:300], vecs[200:300])
+        assert b.vector_index_stats("m")["lists"] == lists_for(300)
+        a.put_embeddings("m", ids[300:], vecs[300:])  # 1,300 >= 4 x 300: partitioned again
+        assert b.vector_index_stats("m")["lists"] == lists_for(1300)
+        # Every stored code is the code of its vector under the current centroids.
+        centroids = a._centroids(a.conn, "m")
+        lists, bits, scale = encode(vecs, centroids)
+        rows = a.conn.execute("SELECT memory_id, list, bits, scale FROM memory_vectors ORDER BY memory_id")
+        for (mid, lst, code, sc), want_l, want_b, want_s in zip(rows, lists, bits, scale):
+            assert (lst, code) == (want_l, want_b.tobytes()) and sc == pytest.approx(float(want_s), rel=1e-5)
+        q = clustered(1, seed=14)[0]
+        assert b.vector_search("m", q, 10, rescore=2000) == exact_ranking(a, q, "m", 10)
     finally:
-        store.close()
+        a.close()
+        b.close()
+
+
+@pytest.mark.slow
+def test_recall_at_100k_with_the_default_settings(tmp_path):
+    """The shipped defaults (scan_for, VECTOR_RESCORE) at 100,000 memories of mixed clustered vectors, the
+    way the bench mixes MiniLM vectors, against the exact scan."""
+    from edge_agent.bench import bulk_memories, mixed_vectors
+
+    both = clustered(10_040, seed=15, centers=300, noise=0.5)
+    vecs, _ = mixed_vectors(both[:10_000], 100_000)
+    with Store.open(tmp_path / "big.db") as s:
+        ids = bulk_memories(s, ["m"] * len(vecs))
+        for i in range(0, len(vecs), 20_000):
+            s.put_embeddings("m", ids[i:i + 20_000], vecs[i:i + 20_000])
+        recalls = []
+        for q in both[10_000:]:
+            sims = vecs @ q
+            top = np.argsort(-sims, kind="stable")[:8]
+            recalls.append(recall_at(s.vector_search("m", q, 8), [(ids[i], float(sims[i])) for i in top], 8))
+    assert np.mean(recalls) >= 0.98

@@ -65,7 +65,7 @@ def main() -> None:
     ap.add_argument("--questions", type=int, default=200)
     ap.add_argument("--questions-large", type=int, default=30, help="questions above 100k memories")
     ap.add_argument("--exact-queries", type=int, default=20)
-    ap.add_argument("--other-rescores", type=int, nargs="*", default=[400, 3000])
+    ap.add_argument("--other-rescores", type=int, nargs="*", default=[160, 1000])
     ap.add_argument("--tmp", type=Path, default=None, help="folder for the temporary databases")
     ap.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "edge-agent-bench-cache")
     ap.add_argument("--out", type=Path)

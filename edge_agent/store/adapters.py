@@ -48,7 +48,7 @@ class AdapterQueries(Queries):
         with self._tx():
             if self._one("SELECT 1 AS x FROM adapters WHERE id = ?", (str(row["id"]),)):
                 raise StoreError(f"adapter {row['id']}: already registered")
-            self.db["adapters"].insert(rec)
+            self._insert("adapters", rec)
             if status == "active":
                 self.activate(str(row["id"]))
         return str(row["id"])

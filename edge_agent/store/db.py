@@ -19,8 +19,6 @@ import stat
 import threading
 from pathlib import Path
 
-import sqlite_utils
-
 from edge_agent.errors import StoreError
 from edge_agent.store import migrations
 from edge_agent.store.adapters import AdapterQueries
@@ -30,6 +28,7 @@ from edge_agent.store.forget import ForgetQueries
 from edge_agent.store.memories import MemoryQueries
 from edge_agent.store.queries import BUSY_TIMEOUT_S
 from edge_agent.store.streams import StreamQueries
+from edge_agent.store.vectors import VectorQueries
 
 log = logging.getLogger(__name__)
 
@@ -89,13 +88,13 @@ def private_home(home: str | os.PathLike, *, create: bool = False) -> Path:
     return home
 
 
-class Store(StreamQueries, MemoryQueries, AnswerQueries, CandidateQueries, AdapterQueries, ForgetQueries):
+class Store(StreamQueries, MemoryQueries, VectorQueries, AnswerQueries, CandidateQueries, AdapterQueries,
+            ForgetQueries):
     """Open with `Store.open(path)`; use as a context manager or call `close()`."""
 
     def __init__(self, path: Path, conn: sqlite3.Connection):
         self.path = path
         self.conn = conn
-        self.db = sqlite_utils.Database(conn)  # table helpers for inserts and schema introspection
         self._lock = threading.RLock()  # the connection may be shared by a capture thread and the main thread
 
     # ------------------------------------------------------------------ opening

@@ -327,8 +327,44 @@ def m005_adapter_failed_issue10(conn: sqlite3.Connection) -> None:
     conn.execute("CREATE UNIQUE INDEX adapters_one_active ON adapters(status) WHERE status = 'active'")
 
 
+def m006_vector_partitions_issue14(conn: sqlite3.Connection) -> None:
+    """A coarse partition for the vector index (issue 14; store/vectors.py): k-means centroids per model and,
+    per code, its list and residual scale; `bits` become the sign bits of (vector - its list's centroid).
+
+    vector_index_state.centroids: [lists, dim] float32 (NULL: one list centered at zero); trained_on: how many
+    vectors the partition was trained with (the store re-partitions as the model grows); `center` (m002) is no
+    longer read. memory_vectors.list: the code's list; scale: |r|^2 / |r|_1 of its residual r. Existing rows
+    become one list around m002's center (or zero), with bits and scale recomputed from memory_embeddings;
+    the store trains a real partition the next time the model is written or maintained.
+    """
+    import numpy as np
+
+    conn.execute("ALTER TABLE memory_vectors ADD COLUMN list INTEGER NOT NULL DEFAULT 0")
+    conn.execute("ALTER TABLE memory_vectors ADD COLUMN scale REAL NOT NULL DEFAULT 0")
+    conn.execute("ALTER TABLE vector_index_state ADD COLUMN centroids BLOB")
+    conn.execute("ALTER TABLE vector_index_state ADD COLUMN trained_on INTEGER NOT NULL DEFAULT 0")
+    centers = {}
+    for model, center in conn.execute("SELECT model, center FROM vector_index_state").fetchall():
+        centers[model] = None if center is None else np.frombuffer(center, dtype="<f4")
+        conn.execute("UPDATE vector_index_state SET centroids = ?, generation = generation + 1 WHERE model = ?",
+                     (center, model))
+    rows = conn.execute("SELECT v.memory_id, v.model, e.vector FROM memory_vectors v JOIN memory_embeddings e "
+                        "ON e.memory_id = v.memory_id AND e.model = v.model").fetchall()
+    for mid, model, blob in rows:
+        r = np.frombuffer(blob, dtype="<f4")
+        center = centers.get(model)
+        if center is not None and center.shape == r.shape:
+            r = r - center
+        l1 = float(np.abs(r).sum())
+        bits = np.packbits(r > 0)  # big-endian per byte (np.packbits), zero-padded to a multiple of 8 bytes
+        bits = np.concatenate([bits, np.zeros((-len(bits)) % 8, np.uint8)])
+        conn.execute("UPDATE memory_vectors SET bits = ?, scale = ? WHERE memory_id = ? AND model = ?",
+                     (bits.tobytes(), float(r @ r) / l1 if l1 > 0 else 0.0, mid, model))
+
+
 MIGRATIONS: list[Migration] = [m001_initial, m002_vector_index_issue14, m003_device_events_issue15,
-                               m004_feedback_history_issue13, m005_adapter_failed_issue10]
+                               m004_feedback_history_issue13, m005_adapter_failed_issue10,
+                               m006_vector_partitions_issue14]
 
 
 def _ensure_table(conn: sqlite3.Connection) -> None:

@@ -8,8 +8,6 @@ import sqlite3
 from contextlib import contextmanager
 from typing import Any, Iterable, Iterator, Sequence
 
-import sqlite_utils
-
 from edge_agent.errors import StoreError
 
 BUSY_TIMEOUT_S = 30.0
@@ -40,7 +38,6 @@ class Queries:
 
     path: "os.PathLike"
     conn: sqlite3.Connection
-    db: sqlite_utils.Database
     _lock: Any
 
 
@@ -71,8 +68,15 @@ class Queries:
         return rows[0] if rows else None
 
     def _insert(self, table: str, record: dict[str, Any]) -> int:
+        """INSERT one row (table and column names are ours, never user text); returns its rowid.
+
+        Plain SQL rather than sqlite-utils: importing sqlite-utils imports pandas and pyarrow wherever they
+        are installed, about 100 MB resident in every process that opens the store (README, Performance)."""
+        cols = list(record)
+        sql = f"INSERT INTO {table} ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})"
         try:
-            return int(self.db[table].insert(record).last_pk)
+            with self._lock:
+                return int(self.conn.execute(sql, [record[c] for c in cols]).lastrowid)
         except sqlite3.IntegrityError as e:
             raise StoreError(f"{table}: cannot insert ({e})") from None
 

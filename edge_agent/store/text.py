@@ -46,18 +46,26 @@ def _phrase(tok: str) -> str:
     return '"' + tok.replace('"', '""') + '"'
 
 
+def search_tokens(text: str, op: str = "OR") -> list[str]:
+    """The tokens `match_expression` joins: for OR a question's function words ("where did I ... the") are
+    dropped, since they would make nearly every memory match and be BM25-scored (4x slower at 10k
+    memories); they are kept only when nothing else is left."""
+    if op not in ("OR", "AND"):
+        raise ValueError(f"op={op!r}: expected 'OR' or 'AND'")
+    toks = tokens(text)
+    if op == "OR":
+        toks = [t for t in toks if t not in STOPWORDS] or toks
+    return toks
+
+
+def phrases(toks: list[str], op: str = "OR") -> str | None:
+    """An FTS5 MATCH expression of tokens quoted as phrases joined by `op`; None when there is none."""
+    return f" {op} ".join(_phrase(t) for t in toks) if toks else None
+
+
 def match_expression(text: str, op: str = "OR") -> str | None:
     """An FTS5 MATCH expression of `text`'s tokens quoted as phrases joined by `op` ("OR" or "AND").
 
     None when `text` has no token (then nothing can match and the caller returns no rows).
     """
-    if op not in ("OR", "AND"):
-        raise ValueError(f"op={op!r}: expected 'OR' or 'AND'")
-    toks = tokens(text)
-    if op == "OR":
-        # A question's function words ("where did I ... the") would make nearly every memory match and be
-        # BM25-scored (4x slower at 10k memories); keep them only when nothing else is left.
-        toks = [t for t in toks if t not in STOPWORDS] or toks
-    if not toks:
-        return None
-    return f" {op} ".join(_phrase(t) for t in toks)
+    return phrases(search_tokens(text, op), op)
