@@ -22,7 +22,8 @@ Stages (each checkpoints weights, optimizer, RNG and data position to /tmp/edge_
           answer + citations, or "not in memory"; replay of writer rows. What the likelihood answerer
           (qa.choice = "score", the default model's profile) uses to rank multiple-choice options.
 
-Every stage starts from the previous stage's weights (`--from-dir` overrides; the shipped read stage started from
+`--frame-size N` trains (and profiles) at keyframes of N px (capture.frame_size; the shipped model: 128); its data
+cache is per size. Every stage starts from the previous stage's weights (`--from-dir` overrides; the shipped read stage started from
 the model shipped before it); the first from the shipped checkpoint (copied once to /tmp/edge_agent_default/base). Held-out seeds 9000-9999 are never trained or tuned on. Results and timings:
 models/default/README.md and models/default/manifest.json.
 """
@@ -61,10 +62,11 @@ VIDEO_SEEDS = list(range(100, 300))  # rendered clips (vision + writing)
 TEXT_SEED0 = 20000  # text-only worlds: seeds 20000 + n, drawn without end
 HELDOUT_SEEDS = list(range(9000, 9012))  # never trained on; probes and eval
 MINUTES = 2.0
-# Longest side of the keyframes the model is trained (and profiled) at. 256 keeps the synthetic world's objects
-# (20-30 px tall at 256x192) at 1-2 patches of 16 px; at 128 they fall inside one patch and the vision probe's
-# held-object kind stayed at 24 %. Set by --frame-size.
-FRAME_SIZE = 256
+# Longest side of the keyframes the model is trained (and profiled) at; the shipped model: 128. At 256 the
+# synthetic world's objects (20-30 px tall at 256x192) span 1-2 patches of 16 px instead of a quarter of a merged
+# token: the vision probe's held-object kind rose 0.24 -> 0.48, but a 300-step write stage did not carry it into
+# the memories (models/default/README.md, "Tried at 256 px"). Set by --frame-size.
+FRAME_SIZE = 128
 STAGES = ("answer", "vision", "write", "read")
 GENERATOR_VERSION = "edge_agent.synth FORMAT_VERSION 1 (world.py/questions.py as of this recipe)"
 
