@@ -174,24 +174,38 @@ def test_sigkill_campaign(tmp_path, tiny_model):
     cli_home = tmp_path / "cli-home"
     short = write_clip(tmp_path / "short.mp4", 40.0)
     cli_env = {**env, **FAST_WRITER_ENV, "EDGE_AGENT_HOME": str(cli_home), "EDGE_AGENT_MODEL__NAME": str(tiny_model)}
+    # The kills land within one uninterrupted run's duration, measured here: fixed delays stopped landing when
+    # the store stopped importing pandas (a faster start) and every run finished first.
+    t0 = time.monotonic()
+    timed = subprocess.run([sys.executable, "-m", "edge_agent.cli", "run", str(short)], capture_output=True,
+                           env={**cli_env, "EDGE_AGENT_HOME": str(tmp_path / "cli-timed")}, timeout=600)
+    run_seconds = time.monotonic() - t0
+    assert timed.returncode == 0, timed.stderr.decode()
     for _ in range(8):
         proc = subprocess.Popen([sys.executable, "-m", "edge_agent.cli", "run", str(short)], env=cli_env,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        kill_at(proc, rng.uniform(3.0, 9.0), "run")
+        kill_at(proc, rng.uniform(0.3, 0.95) * run_seconds, "run")
         if (cli_home / "memory.db").exists():
             check_store(cli_home)
 
     # 3. forget: 14 kills mid-delete / mid-scrub, each on a fresh copy of the ingested store
-    for i in range(30):
+    def forget_code(db: Path, since: float, everything: bool) -> str:
+        return (f"from edge_agent.store import Store\n"
+                f"s = Store.open({str(db)!r})\n"
+                f"s.forget(since=s.streams()[0]['origin'] + {since!r}, everything={everything})\n")
+
+    timed_copy = copy_home(home, tmp_path / "forget-timed")  # one uninterrupted forget: where kills may land
+    t0 = time.monotonic()
+    assert subprocess.run([sys.executable, "-c", forget_code(timed_copy / "memory.db", 0.0, True)],
+                          env=env, timeout=300).returncode == 0
+    forget_seconds = time.monotonic() - t0
+    for i in range(40):
         if TALLY["forget_kills"] >= 14:
             break
         copy = copy_home(home, tmp_path / f"forget-{i}")
         since = rng.uniform(0, 20)
-        code = (f"from edge_agent.store import Store\n"
-                f"s = Store.open({str(copy / 'memory.db')!r})\n"
-                f"s.forget(since=s.streams()[0]['origin'] + {since!r}, everything={i % 3 == 0})\n")
-        proc = subprocess.Popen([sys.executable, "-c", code], env=env)
-        kill_at(proc, rng.uniform(0.05, 0.6), "forget")
+        proc = subprocess.Popen([sys.executable, "-c", forget_code(copy / "memory.db", since, i % 3 == 0)], env=env)
+        kill_at(proc, rng.uniform(0.2, 0.95) * forget_seconds, "forget")
         check_store(copy)
 
     # 4. adapt (torch DPO on the tiny checkpoint): 6 kills, on copies of one prepared home
