@@ -23,7 +23,9 @@ Stages (each checkpoints weights, optimizer, RNG and data position to /tmp/edge_
           (qa.choice = "score", the default model's profile) uses to rank multiple-choice options.
 
 `--frame-size N` trains (and profiles) at keyframes of N px (capture.frame_size; the shipped model: 128); its data
-cache is per size. Every stage starts from the previous stage's weights (`--from-dir` overrides; the shipped read stage started from
+cache is per size.
+
+Every stage starts from the previous stage's weights (`--from-dir` overrides; the shipped read stage started from
 the model shipped before it); the first from the shipped checkpoint (copied once to /tmp/edge_agent_default/base). Held-out seeds 9000-9999 are never trained or tuned on. Results and timings:
 models/default/README.md and models/default/manifest.json.
 """
@@ -54,7 +56,7 @@ from edge_agent.config import QAConfig  # noqa: E402
 from edge_agent.qa.answer import (  # noqa: E402
     LETTERS, NOT_IN_MEMORY, build_messages, reply_from_memories)
 from edge_agent.types import Frame, Message, Segment  # noqa: E402
-from edge_agent.vlm.prompt import PromptEncoder, pixel_inputs  # noqa: E402
+from edge_agent.vlm.prompt import PromptEncoder, image_tokens, pixel_inputs  # noqa: E402
 
 OUT = ROOT / "models" / "default"
 WORK = Path("/tmp/edge_agent_default")  # data cache + checkpoints (not shipped)
@@ -892,8 +894,7 @@ def run_stage(name: str, args) -> None:
             p.requires_grad_(False)
         for p in model.model.visual.parameters():
             p.requires_grad_(True)
-        h, w = chunks[0][0][0].shape[:2]
-        heads = Heads((h // 32) * (w // 32), model.config.vision_config.out_hidden_size, device)
+        heads = Heads(image_tokens(*chunks[0][0][0].shape[:2]), model.config.vision_config.out_hidden_size, device)
         params = list(model.model.visual.parameters()) + list(heads.net.parameters())
     else:
         params = list(model.parameters())
