@@ -254,7 +254,7 @@ def _writer_summary(rows: list[dict[str, Any]], bcfg: Config) -> dict[str, Any]:
     out = {
         "segments": len(rows), "window_segments": k, "segment_seconds": seg_s,
         "frame_size": bcfg.capture.frame_size, "keyframes_per_segment": bcfg.capture.keyframes_per_segment,
-        "max_memory_tokens": cap, "n_ctx": bcfg.model.n_ctx,
+        "max_memory_tokens": cap, "n_ctx": context_size(bcfg),
         "vision_encode_seconds_per_frame": (round(total("vision_encode_seconds") / total("frames_encoded"), 4)
                                             if total("frames_encoded") else None),
         "vision_encode_seconds_per_chunk": (round(total("vision_encode_seconds") / total("chunks_encoded"), 4)
@@ -304,6 +304,7 @@ def run_shape_bench(cfg: Config, shape: str = "qwen3-vl-2b", *, progress: Callab
     from edge_agent.bench import CAPTION_SEED, _clip_segments, _current_rss_mb, _load_average, _ratio
     from edge_agent.export.shapes import SHAPES, ensure_shape, shape_dir
     from edge_agent.synth import generate
+    from edge_agent.vlm.factory import context_size
     from edge_agent.vlm.llama_cpp import LlamaCppBackend, default_threads
 
     step = progress or (lambda stage: None)
@@ -339,7 +340,7 @@ def run_shape_bench(cfg: Config, shape: str = "qwen3-vl-2b", *, progress: Callab
     }
     result["settings"] = {"profile": label, **{k: profile[k] for k in sorted(profile)},
                           "frame_size": bcfg.capture.frame_size,
-                          "keyframes_per_segment": bcfg.capture.keyframes_per_segment, "n_ctx": bcfg.model.n_ctx,
+                          "keyframes_per_segment": bcfg.capture.keyframes_per_segment, "n_ctx": context_size(bcfg),
                           "window_segments": bcfg.writer.window_segments,
                           "max_memory_tokens": SHAPE_MEMORY_TOKENS, "max_retries": 0, "candidate_share": 0.0,
                           "image_cache_size": bcfg.model.image_cache_size or 64}
@@ -364,7 +365,7 @@ def run_shape_bench(cfg: Config, shape: str = "qwen3-vl-2b", *, progress: Callab
     rss0 = _current_rss_mb()
     start = time.perf_counter()
     backend = LlamaCppBackend(folder / "model.gguf", folder / "mmproj.gguf", n_threads=threads,
-                              n_ctx=bcfg.model.n_ctx, n_gpu_layers=bcfg.model.n_gpu_layers,
+                              n_ctx=context_size(bcfg), n_gpu_layers=bcfg.model.n_gpu_layers,
                               image_cache_size=bcfg.model.image_cache_size or 64, seed=bcfg.model.seed,
                               name=f"shape:{shape}")
     load_s = time.perf_counter() - start

@@ -94,8 +94,10 @@ class ModelConfig(Section):
                         "mmproj.gguf (and hf/ for Phase Two).", bool, "must not be empty")
     n_threads: int = setting(0, "llama.cpp threads; 0 = all usable cores but one (llama.cpp spin-waits).",
                              between(0, 512), "must be in [0, 512]")
-    n_ctx: int = setting(8192, "llama.cpp context size in tokens (the writer's window must fit).",
-                         between(512, 262144), "must be in [512, 262144]")
+    n_ctx: int = setting(0, "llama.cpp context size in tokens; 0 = sized from these settings: the writer's window "
+                         "(frames + memories) or the answerer's top_k memories, whichever is larger, plus 1,024 for "
+                         "instructions and the question (the KV cache is resident: a larger context costs RAM).",
+                         lambda v: v == 0 or 512 <= v <= 262144, "must be 0 (auto) or in [512, 262144]")
     n_gpu_layers: int = setting(0, "Layers offloaded to the GPU; -1 = all (llama.cpp built with CUDA, e.g. Jetson).",
                                 at_least(-1), "must be >= -1")
     image_cache_size: int = setting(64, "Encoded frames kept so each frame goes through the vision tower once.",

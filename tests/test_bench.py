@@ -26,7 +26,7 @@ from edge_agent.export.tiny import SPECIAL_TOKENS
 from edge_agent.types import ImagePart, Message
 
 SECTIONS = ("environment", "settings", "vision_cache", "temporal_merging", "writer_vs_llama", "segmenter", "ingest",
-            "ask", "store", "retrieval", "resources", "phase_two")
+            "ask", "store", "retrieval", "resources", "run_rss", "phase_two")
 
 
 def _numbers(obj, path=""):
@@ -139,10 +139,25 @@ def test_store_and_resources(bench):
 
 
 @pytest.mark.slow
+def test_run_rss_is_a_cli_run_of_a_three_minute_clip(bench):
+    """The README's footprint row from `bench`: a real `edge-agent run` child, its own peak (not the bench's)."""
+    result, _, tiny = bench
+    rr = result["run_rss"]
+    assert rr["available"], rr
+    assert rr["segments_written"] + rr["segments_failed"] == 18  # 3 minutes of 10 s segments (the tiny model's
+    # random memories fail validation: the writer still ran on every segment)
+    files = ((tiny / "model.gguf").stat().st_size + (tiny / "mmproj.gguf").stat().st_size) / 2**20
+    assert rr["model_files_mb"] == pytest.approx(files, abs=0.1)
+    assert rr["beyond_model_files_mb"] == pytest.approx(rr["peak_rss_mb"] - rr["model_files_mb"], abs=0.2)
+    assert 60 < rr["peak_rss_mb"] < result["resources"]["peak_rss_mb"]  # numpy + cv2 + llama.cpp; not the bench's
+
+
+@pytest.mark.slow
 def test_summary_rows_cover_every_measurement(bench):
     rows = summary_rows(bench[0])
     text = "\n".join(" | ".join(r) for r in rows)
     for word in ("cache on/off", "merged/separated", "real-time factor", "ask (warm): model", "FTS5", "peak RSS",
+                 "beyond the model files",
                  "control vector apply"):
         assert word in text
 

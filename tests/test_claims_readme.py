@@ -252,6 +252,18 @@ def test_the_qwen3_vl_2b_profile_is_the_one_the_jetson_steps_describe(tmp_path):
     assert (cfg.capture.frame_size, cfg.capture.keyframes_per_segment, cfg.model.n_ctx, cfg.model.n_gpu_layers) \
         == (448, 4, 4096, -1)  # 448 px frames, 4 keyframes, n_ctx 4096, all layers on the GPU
     assert all(cfg.sources[k].startswith("profile") for k in ("capture.frame_size", "model.n_ctx"))
+    from edge_agent.vlm.factory import context_size
+
+    auto = load_config(tmp_path / "h", environ={"EDGE_AGENT_MODEL__NAME": "qwen3-vl-2b", "EDGE_AGENT_MODEL__N_CTX": "0"})
+    assert context_size(auto) == 4096  # the automatic size agrees with the profile's hand-set one
+
+
+def test_a_command_does_not_import_pydantic():
+    """typer 0.29 validates options with pydantic (+11 MB resident in every command): pinned below it (issue 14)."""
+    code = ("import sys\nfrom edge_agent.cli import app\ntry:\n    app(['config', 'show', '--json'])\n"
+            "except SystemExit:\n    pass\nsys.stderr.write('pydantic' in sys.modules and 'IMPORTED' or 'clean')")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.stderr.strip().endswith("clean"), proc.stderr[-300:]
 
 
 # --- the embedded default model's measured table --------------------------------------------------------------

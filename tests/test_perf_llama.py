@@ -75,3 +75,57 @@ def test_kv_reuse_and_frame_cache_give_the_same_tokens_as_no_reuse(default_backe
     again = b.generate(windows[0], sampling, SCHEMA)
     assert again.text == b.generate(windows[0], sampling, SCHEMA).text
     assert b.stats["prompt_tokens_reused"] > reused_before
+
+
+def _text_of_tokens(backend, n: int) -> str:
+    """A memory-like text of exactly `n` tokens (the writer's cap is counted with the model's tokenizer)."""
+    words = " ".join(["the green mug on the kitchen table"] * n).split()
+    lo, hi = 1, len(words)
+    while lo < hi:  # the most words whose tokens still fit in n
+        mid = (lo + hi + 1) // 2
+        lo, hi = (mid, hi) if backend.count_tokens(" ".join(words[:mid])) <= n else (lo, mid - 1)
+    return " ".join(words[:lo])
+
+
+def test_auto_context_holds_the_longest_writer_window_and_answer_prompt(default_backend, tmp_path):
+    """model.n_ctx = 0 sizes the KV cache from the settings (issue 14: 8,192 -> 2,560 tokens on the default, 17 MB
+    of `run`'s peak RSS); the prompts it must hold, at their longest under the same settings, do."""
+    from edge_agent.config import load_config
+    from edge_agent.memory.prompts import writer_messages
+    from edge_agent.qa.answer import build_messages
+    from edge_agent.types import Frame, Segment
+    from edge_agent.vlm.factory import context_size
+
+    cfg = load_config(tmp_path, environ={})
+    assert cfg.model.n_ctx == 0
+    n_ctx = context_size(cfg)
+    assert 2048 <= n_ctx < 8192 and n_ctx % 256 == 0
+    b, cap, side = default_backend, cfg.writer.max_memory_tokens, cfg.capture.frame_size
+    memory = _text_of_tokens(b, cap)
+    rng = np.random.default_rng(0)
+
+    def segment(i: int) -> Segment:  # square frames: more image tokens than any 4:3 frame of that longest side
+        frames = [Frame(i * 10 + k, 10.0 * i + k, rng.integers(0, 255, (side, side, 3), dtype=np.uint8))
+                  for k in range(cfg.capture.keyframes_per_segment)]
+        return Segment(i, 10.0 * i, 10.0 * i + 10, frames)
+
+    k = cfg.writer.window_segments
+    window = writer_messages("ctx", [(segment(i), memory) for i in range(k - 1)], segment(k - 1),
+                             retry_note="x " * 40)
+    assert len(b.prompt_tokens(window)) + cap <= n_ctx
+
+    memories = [{"id": 100000 + i, "t_start": 36000.0 + i, "t_end": 36010.0 + i, "text": memory}
+                for i in range(cfg.qa.top_k)]
+    question = "Where did I leave the small green mug that I used in the kitchen this morning before the call?"
+    ask = build_messages(question, [f"on the {w} shelf in the living room" for w in ("top", "middle", "low", "side")],
+                         memories, 36100.0)
+    assert len(b.prompt_tokens(ask)) + 64 <= n_ctx  # the JSON answer with its citations
+
+    # and a smaller context changes nothing the model computes (the fixture's context is 2,048)
+    with LlamaCppBackend(DEFAULT / "model.gguf", DEFAULT / "mmproj.gguf", n_threads=1, n_ctx=8192, seed=0) as large:
+        assert np.abs(large.logits(window) - b.logits(window)).max() < 1e-3
+
+    bigger = load_config(tmp_path, environ={"EDGE_AGENT_QA__TOP_K": "32"})
+    assert context_size(bigger) > n_ctx  # the context grows with what it must hold
+    fixed = load_config(tmp_path, environ={"EDGE_AGENT_MODEL__N_CTX": "8192"})
+    assert context_size(fixed) == 8192  # an explicit size is kept

@@ -2,8 +2,32 @@
 
 from __future__ import annotations
 
+import math
+
 from edge_agent.config import Config
 from edge_agent.vlm.base import Backend
+from edge_agent.vlm.prompt import image_tokens
+
+MIN_AUTO_CTX = 2048
+PROMPT_ROOM = 1024  # instructions, the question and its options, the answer or memory being generated
+MEMORY_LABEL_TOKENS = 32  # each memory shown in a prompt carries its time and id
+
+
+def context_size(cfg: Config) -> int:
+    """`model.n_ctx`, or when it is 0 the smallest context (a multiple of 256, at least 2,048) that holds the
+    writer's window and the answerer's prompt under these settings. The KV cache is allocated and touched for the
+    whole context, so sizing it to the need is resident memory saved (issue 14: 8,192 -> 2,560 tokens is 16 MB on
+    the embedded default; a Qwen3-VL-2B pays 112 KB a token)."""
+    if cfg.model.n_ctx:
+        return cfg.model.n_ctx
+    side = cfg.capture.frame_size  # a square frame bounds any aspect ratio from above
+    chunks = math.ceil(cfg.capture.keyframes_per_segment / 2)  # two keyframes share one temporal patch
+    per_segment = chunks * (image_tokens(side, side) + 2)  # + vision start / end markers
+    per_memory = cfg.writer.max_memory_tokens + MEMORY_LABEL_TOKENS
+    writer = cfg.writer.window_segments * (per_segment + per_memory)
+    answerer = cfg.qa.top_k * per_memory
+    need = max(writer, answerer) + PROMPT_ROOM
+    return max(MIN_AUTO_CTX, 256 * math.ceil(need / 256))
 
 
 def open_backend(cfg: Config, with_vision: bool = True) -> Backend:
@@ -13,6 +37,6 @@ def open_backend(cfg: Config, with_vision: bool = True) -> Backend:
 
     model = resolve(cfg.model.name, cfg.home)
     return LlamaCppBackend(model.model_path, model.mmproj_path if with_vision else None,
-                           n_threads=cfg.model.n_threads, n_ctx=cfg.model.n_ctx, n_gpu_layers=cfg.model.n_gpu_layers,
+                           n_threads=cfg.model.n_threads, n_ctx=context_size(cfg), n_gpu_layers=cfg.model.n_gpu_layers,
                            image_cache_size=cfg.model.image_cache_size, seed=cfg.model.seed, name=model.name,
                            model_hash=model.expected_hash or None)
