@@ -385,12 +385,14 @@ def export_(out_file: Annotated[Optional[Path], typer.Option("--out", help="Writ
 def synth(seed: Annotated[int, typer.Option(help="World seed.")] = 0,
           minutes: Annotated[float, typer.Option(help="Clip length, 1 to 60 minutes.")] = 1.0,
           out_dir: Annotated[Path, typer.Option("--out", help="Output folder.")] = Path("synth"),
+          questions_per_minute: Annotated[float, typer.Option(
+              help="Questions asked per minute of clip (fewer when the world runs out of distinct ones).")] = 3.0,
           json_out: Json = False) -> None:
     """Render a synthetic egocentric clip with its event log and questions."""
     from edge_agent.synth import generate
 
     _writable_out(out_dir)
-    paths = generate(seed=seed, minutes=minutes, out_dir=out_dir)
+    paths = generate(seed=seed, minutes=minutes, out_dir=out_dir, questions_per_minute=questions_per_minute)
     if json_out:
         _print_json({k: str(v) for k, v in paths.items()})
     else:

@@ -217,6 +217,21 @@ def test_minutes_and_seed_are_checked(tmp_path):
         generate(1, 1, tmp_path / "file")
 
 
+def test_questions_per_minute_asks_more_of_the_same_world(tmp_path):
+    """A wearer experiment draws many questions from one day (tools/experiment_phase_two.py): same video and
+    events, more distinct questions, every one still answered by the event log's rules."""
+    few = generate(4, 2, tmp_path / "few")
+    many = generate(4, 2, tmp_path / "many", questions_per_minute=20)
+    assert few.video.read_bytes() == many.video.read_bytes()
+    assert few.events.read_text() == many.events.read_text()
+    qs_few = json.loads(few.questions.read_text())["questions"]
+    qs_many = json.loads(many.questions.read_text())["questions"]
+    assert len(qs_many) > 3 * len(qs_few)
+    assert len({(q["question"], q["open_answer"]) for q in qs_many}) == len(qs_many)
+    with pytest.raises(ConfigError, match=r"synth questions_per_minute=0"):
+        generate(4, 1, tmp_path / "bad", questions_per_minute=0)
+
+
 def test_a_clip_too_short_for_any_event_still_generates(tmp_path):
     """15 s of world (what `demo --minutes 0.25` renders) used to raise IndexError in the event-order questions."""
     from edge_agent.synth import generate

@@ -13,8 +13,9 @@ would schedule it at night. Nothing goes around the CLI.
 Then every wearer's final adapter and the baseline are scored on other held-out seeds (EVAL_SEEDS) with
 `edge-agent eval --bench synthetic --compare baseline --compare <wearer>=<adapter>`: Acc/Cov/Prec per category
 with 95 % intervals, memory bytes per minute, and how often memories mention each kind of fact. The learning
-curve is the dominant category's Acc with the adapter active after 10, 30 and 100 feedback events (adapters
-snapshotted at those counts).
+curve is the dominant category's Acc with the adapter each night activated, after 10, 30 and 100 feedback events
+(`--questions-per-day 10,20,70`). Day clips offer DAY_QUESTIONS_PER_MINUTE questions a minute to draw from, so
+the wearer's mix decides what is asked rather than the world's even spread.
 
 Every step writes its result under --out and is skipped when present, so an interrupted run resumes.
 """
@@ -69,12 +70,21 @@ def cached(path: Path, make):
     return value
 
 
+DAY_QUESTIONS_PER_MINUTE = 20  # a wearer's day offers many questions, so its mix, not the world's, decides
+
+
 def day_clip(out: Path, seed: int, minutes: float) -> Path:
-    clip = out / "clips" / f"seed{seed}-{minutes:g}min"
+    clip = out / "clips" / f"seed{seed}-{minutes:g}min-q{DAY_QUESTIONS_PER_MINUTE}"
     if not (clip / "questions.json").is_file():
         subprocess.run([sys.executable, "-m", "edge_agent.cli", "synth", "--seed", str(seed), "--minutes",
-                        f"{minutes:g}", "--out", str(clip)], cwd=ROOT, check=True, capture_output=True)
+                        f"{minutes:g}", "--questions-per-minute", str(DAY_QUESTIONS_PER_MINUTE), "--out", str(clip)],
+                       cwd=ROOT, check=True, capture_output=True)
     return clip
+
+
+def questions_on(day: int, schedule: list[int]) -> int:
+    """Questions asked on `day` (0-based): the schedule's entry, its last one repeating."""
+    return schedule[min(day, len(schedule) - 1)]
 
 
 def pick_questions(questions: list[dict], mix: dict[str, float], n: int, rng: random.Random) -> list[dict]:
@@ -233,7 +243,8 @@ def run(args) -> None:
             (home / "config.toml").write_text(Path(args.settings).read_text())
         for day, seed in enumerate(DAY_SEEDS[:args.days]):
             day_result = cached(out / f"wearer_{wearer}" / "days" / f"day{day}.json",
-                                lambda: live_day(out, wearer, day, seed, args.minutes, args.questions_per_day))
+                                lambda: live_day(out, wearer, day, seed, args.minutes,
+                                                 questions_on(day, args.questions_per_day)))
             acc = sum(a["right"] for a in day_result["asked"]) / max(len(day_result["asked"]), 1)
             print(f"wearer {wearer} day {day} (seed {seed}): asked {len(day_result['asked'])}, right {acc:.0%}, "
                   f"adapt {day_result['adapt'].get('status')}: {day_result['adapt'].get('reason', '')}", flush=True)
@@ -289,7 +300,9 @@ def main() -> None:
     p.add_argument("--wearers", nargs="+", default=["A", "B"], choices=sorted(MIXES))
     p.add_argument("--days", type=int, default=3, help="days lived per wearer (<= %d)" % len(DAY_SEEDS))
     p.add_argument("--minutes", type=float, default=10.0, help="length of each day's clip")
-    p.add_argument("--questions-per-day", type=int, default=12)
+    p.add_argument("--questions-per-day", type=lambda v: [int(x) for x in v.split(",")], default=[10, 20, 70],
+                   help="questions asked each day, comma-separated, the last repeating (10,20,70: adapters after "
+                        "10, 30 and 100 feedback events, the learning curve)")
     p.add_argument("--eval-minutes", type=float, default=4.0)
     p.add_argument("--settings", help="a config.toml every wearer's home starts with (e.g. the Phase Two recipe)")
     p.add_argument("--eval-seeds", type=int, default=len(EVAL_SEEDS), help="held-out seeds scored (<= %d)" % len(EVAL_SEEDS))

@@ -67,6 +67,8 @@ def generate(seed: int, minutes: float, out_dir: str | os.PathLike, *, fps: floa
         raise ConfigError(f"synth fps={fps!r}: must be between 1 and 30")
     if segment_seconds <= 0:
         raise ConfigError(f"synth segment_seconds={segment_seconds!r}: must be > 0")
+    if not (0.0 < float(questions_per_minute) <= 60.0):
+        raise ConfigError(f"synth questions_per_minute={questions_per_minute!r}: must be above 0 and at most 60")
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise ConfigError(f"synth out={str(out)!r}: exists and is not a folder")
