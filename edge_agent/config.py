@@ -191,6 +191,11 @@ class GateConfig(Section):
                                  "the baseline's accuracy (at least a coin flip) must be at most this; 1 = off.",
                                  lambda v: 0 < v <= 1, "must be in (0, 1]")
     require_compliance: bool = setting(True, "Refuse when no format-compliance check can be run.")
+    shrink_steps: int = setting(2, "When a vector that wins on held-out pairs fails only format compliance, try it "
+                                "again at half its length, up to this many times (0 = never, the paper): a vector "
+                                "pushed far enough to break the memories' format may help, in the same direction, "
+                                "at a shorter length. Every try must pass the whole gate again.",
+                                between(0, 8), "must be in [0, 8]")
 
 
 @dataclass

@@ -69,7 +69,7 @@ def test_feedback_to_active_adapter(home, tiny_hf, tmp_path):
     assert s["metrics"]["baseline_accuracy"] == 0.5 and s["metrics"]["holdout_accuracy"] == 1.0
     assert s["metrics"]["holdout_logratio"] > s["metrics"]["holdout_logratio_baseline"]
     assert s["metrics"]["loss_last"] < s["metrics"]["loss_first"]
-    assert compliance_calls[1] is None  # baseline = base model: no adapter was active
+    assert compliance_calls[0] is None  # baseline (measured first) = base model: no adapter was active
     assert {"frames", "reward", "prepare", "train", "gate", "register", "done"} <= set(stages)
 
     reg = AdapterRegistry(store, cfg.adapters_dir)
@@ -134,3 +134,37 @@ def test_format_compliance_drop_rejects_and_keeps_previous_adapter(home, tiny_hf
     assert store.active_adapter()["id"] == prev
     assert s["metrics"]["baseline_accuracy"] == 0.5 and s["metrics"]["holdout_accuracy"] == 1.0
     assert f"adapter {prev}" in store.get_adapter(s["adapter_id"])["metrics"]["gate"]["baseline"]
+
+
+@pytest.mark.parametrize("shrink_steps", [2, 0])
+def test_a_vector_that_breaks_the_format_is_tried_shorter_in_the_same_direction(home, tiny_hf, shrink_steps):
+    """Issue 12: a vector that orders held-out pairs right but breaks the memories' format at its trained length
+    goes live at the longest half-length that keeps the format (every try passes the whole gate); with
+    shrink_steps = 0 (the paper) it is rejected."""
+    cfg, store = home
+    seed_windows(store, cfg.frames_dir, OBJECTS[:8])
+    ask(store, "Where did I put the phone?", False, corrected="on the shelf")
+    cfg = Config(home=cfg.home, adapt=AdaptConfig(gate=GateConfig(min_holdout_pairs=1, max_p_value=1.0,
+                                                                  shrink_steps=shrink_steps)))
+    seen = []
+
+    def compliance(vec):  # the format holds only below 30 % of the trained vector's length
+        if vec is None:
+            return 1.0
+        seen.append(vec.vector.copy())
+        return 1.0 if np.linalg.norm(vec.vector) < 0.3 * np.linalg.norm(seen[0]) else 0.5
+
+    s = run_adapt(store, cfg, tiny_hf, _judge(prefer("shelf")), BagOfWords(), compliance)
+    row = store.get_adapter(s["adapter_id"])
+    if shrink_steps == 0:
+        assert s["status"] == "rejected" and len(seen) == 1
+        assert s["reason"].startswith("format compliance drops 1.000 -> 0.500")
+        return
+    assert s["status"] == "activated", s["reason"]
+    assert [t["length"] for t in row["metrics"]["gate"]["tries"]] == [1.0, 0.5, 0.25]
+    assert s["metrics"]["length"] == 0.25 and row["length"] == 0.25 and "at x0.25" in s["reason"]
+    cos = seen[0] @ seen[2] / (np.linalg.norm(seen[0]) * np.linalg.norm(seen[2]))
+    assert cos == pytest.approx(1.0, abs=1e-6)  # same direction
+    deployed = AdapterRegistry(store, cfg.adapters_dir).active_vector().applied()
+    np.testing.assert_allclose(deployed, 0.25 * seen[0], rtol=1e-5, atol=1e-7)  # what goes live is the short one
+    assert s["metrics"]["holdout_accuracy"] > s["metrics"]["baseline_accuracy"]

@@ -16,6 +16,10 @@ now: the active adapter, or the base model (vector zero) when none is active.
    the llama.cpp backend; None when no held-out window could be rebuilt). It must not drop by more than
    `max_compliance_drop`. Unmeasured compliance (no function, or no window to measure on) refuses, unless
    `require_compliance=False`: a check over zero windows is no check.
+3. Shrinking (`shrink_steps`, the caller's loop in adapt/loop.py): a vector that fails only on compliance is
+   tried again at half its length, and again, each try through this whole rule. For the small vectors DPO
+   trains here the held-out margins are nearly linear in the vector, so its length barely changes which pairs
+   it orders right, while the format breaks only past some length: the direction is kept, the step shortened.
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ class GateDecision:
     accepted: bool
     reason: str
     metrics: dict[str, Any] = field(default_factory=dict)
+    failed_on: str = ""  # "evidence", "accuracy", "significance" or "compliance"; "" when accepted
 
 
 def p_value(n: int, accuracy: float, base_accuracy: float) -> float:
@@ -56,22 +61,22 @@ def decide(*, new_accuracy: float, base_accuracy: float, n_holdout: int, new_com
          "p_value": p, "compliance": new_compliance, "baseline_compliance": base_compliance, "baseline": baseline}
     if n_holdout < cfg.min_holdout_pairs:
         return GateDecision(False, f"only {n_holdout} held-out pairs (need {cfg.min_holdout_pairs}, "
-                                   "adapt.gate.min_holdout_pairs)", m)
+                                   "adapt.gate.min_holdout_pairs)", m, "evidence")
     if math.isnan(new_accuracy):
-        return GateDecision(False, "held-out accuracy undefined", m)
+        return GateDecision(False, "held-out accuracy undefined", m, "evidence")
     if not new_accuracy > base_accuracy + cfg.min_accuracy_gain:
         return GateDecision(False, f"held-out preference accuracy {new_accuracy:.3f} does not improve on "
-                                   f"{baseline} {base_accuracy:.3f} (+{cfg.min_accuracy_gain:g} needed)", m)
+                                   f"{baseline} {base_accuracy:.3f} (+{cfg.min_accuracy_gain:g} needed)", m, "accuracy")
     if p > cfg.max_p_value:
         return GateDecision(False, f"held-out accuracy {base_accuracy:.3f} -> {new_accuracy:.3f} over {n_holdout} "
                                    f"pairs is not significant vs {baseline} (p={p:.3f} > {cfg.max_p_value:g}, "
-                                   "adapt.gate.max_p_value)", m)
+                                   "adapt.gate.max_p_value)", m, "significance")
     if new_compliance is None or base_compliance is None:
         if cfg.require_compliance:
-            return GateDecision(False, f"format compliance not measured ({compliance_note})", m)
+            return GateDecision(False, f"format compliance not measured ({compliance_note})", m, "evidence")
     elif new_compliance < base_compliance - cfg.max_compliance_drop:
         return GateDecision(False, f"format compliance drops {base_compliance:.3f} -> {new_compliance:.3f} "
-                                   f"(allowed drop {cfg.max_compliance_drop:g})", m)
+                                   f"(allowed drop {cfg.max_compliance_drop:g})", m, "compliance")
     comp = "" if new_compliance is None else f", compliance {base_compliance:.3f} -> {new_compliance:.3f}"
     return GateDecision(True, f"held-out accuracy {base_accuracy:.3f} -> {new_accuracy:.3f} over {n_holdout} pairs "
                               f"(p={p:.3f}) vs {baseline}{comp}", m)

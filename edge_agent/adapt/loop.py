@@ -15,6 +15,7 @@ Order of work (each stage reports through `progress(stage, info)`):
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -118,36 +119,55 @@ def run_adapt(store: Any, cfg: Config, hf_dir: str | Path, backend_for_judge: Ba
     prep_hold = prepare_pairs(policy, hold, progress=say)
     result = train_vector(policy, prep_train, dcfg, init=init, base_model_hash=model_hash, progress=say)
 
-    # gate
-    new_eval = evaluate(policy, prep_hold, result.vector.applied(), dcfg.beta)
+    # gate: the trained vector, then (only when format compliance alone refuses it) shorter ones, same direction
     base_vec = active_vec if baseline_fits else None
     base_eval = evaluate(policy, prep_hold, None if base_vec is None else base_vec.applied(), dcfg.beta)
     baseline = f"adapter {active_row['id']}" if base_vec is not None and active_row else "base model"
-    new_c = base_c = None
     note = "no compliance function"
+    base_c = None
     if compliance_fn is not None:
         say("gate", {"measuring": "compliance"})
-        raw_new, raw_base = compliance_fn(result.vector), compliance_fn(base_vec)
-        new_c = None if raw_new is None else float(raw_new)
+        raw_base = compliance_fn(base_vec)
         base_c = None if raw_base is None else float(raw_base)
         note = "no held-out window could be rebuilt (their frames are gone)"
+
+    def gate_at(length: float):
+        vec = dataclasses.replace(result.vector, vector=(result.vector.vector * length).astype(np.float32))
+        held = evaluate(policy, prep_hold, vec.applied(), dcfg.beta)
+        raw = compliance_fn(vec) if compliance_fn is not None else None
+        comp = None if raw is None else float(raw)
+        verdict = decide(new_accuracy=held.accuracy, base_accuracy=base_eval.accuracy, n_holdout=held.n,
+                         new_compliance=comp, base_compliance=base_c, cfg=gcfg, baseline=baseline,
+                         compliance_note=note)
+        return vec, held, comp, verdict
+
+    length = 1.0
+    vector, new_eval, new_c, decision = gate_at(length)
+    tries = [{"length": length, **decision.metrics, "reason": decision.reason}]
+    first_reason = decision.reason
+    while decision.failed_on == "compliance" and len(tries) <= gcfg.shrink_steps:
+        length /= 2
+        say("gate", {"shrinking": length, "because": decision.reason})
+        vector, new_eval, new_c, decision = gate_at(length)
+        tries.append({"length": length, **decision.metrics, "reason": decision.reason})
+    if len(tries) > 1:
+        decision.reason = (f"{decision.reason} (at x{length:g} of its trained length; at x1: {first_reason})"
+                           if decision.accepted else f"{first_reason}; at x{length:g}: {decision.reason}")
+    if compliance_fn is not None:
         counter = getattr(compliance_fn, "n_windows", None)
         summary["compliance_windows"] = counter() if callable(counter) else None
-    decision = decide(new_accuracy=new_eval.accuracy, base_accuracy=base_eval.accuracy, n_holdout=new_eval.n,
-                      new_compliance=new_c, base_compliance=base_c, cfg=gcfg, baseline=baseline,
-                      compliance_note=note)
     say("gate", {"accepted": decision.accepted, "reason": decision.reason})
 
     # register
     used_rows = [r for r in train_rows + hold_rows if r["id"] in {p.pair_id for p in train + hold}]
     feedback_ids = sorted({f for r in used_rows for f in r["feedback_ids"]})
     metrics = {"holdout": new_eval.as_dict(), "holdout_baseline": base_eval.as_dict(),
-               "train_final": evaluate(policy, prep_train, result.vector.applied(), dcfg.beta).as_dict(),
-               "gate": decision.metrics, "training": result.metrics()}
+               "train_final": evaluate(policy, prep_train, vector.applied(), dcfg.beta).as_dict(),
+               "gate": {**decision.metrics, "tries": tries}, "training": result.metrics()}
     row = registry.register(
-        result.vector, status="active" if decision.accepted else "rejected", reason=decision.reason,
+        vector, status="active" if decision.accepted else "rejected", reason=decision.reason,
         pair_ids=[r["id"] for r in used_rows], feedback_ids=feedback_ids, metrics=metrics,
-        extra={"scale_after_training": dcfg.scale_after_training, "trained_from": active_row["id"] if init is not None
+        extra={"scale_after_training": dcfg.scale_after_training, "length": length, "trained_from": active_row["id"] if init is not None
                and active_row else None, "train_pair_ids": [p.pair_id for p in train],
                "holdout_pair_ids": [p.pair_id for p in hold], "hf_dir": str(hf_dir)})
     say("register", {"adapter_id": row["id"], "status": row["status"]})
@@ -164,7 +184,7 @@ def run_adapt(store: Any, cfg: Config, hf_dir: str | Path, backend_for_judge: Ba
                             "holdout_logratio": new_eval.mean_logratio,
                             "loss_first": result.losses[0], "loss_last": result.losses[-1],
                             "compliance": new_c, "baseline_compliance": base_c,
-                            "vector_norm": float(np.linalg.norm(result.vector.vector))},
+                            "vector_norm": float(np.linalg.norm(vector.vector)), "length": length},
                    seconds=time.perf_counter() - start)
     say("done", summary)
     return summary
