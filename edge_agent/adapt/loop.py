@@ -167,8 +167,10 @@ def run_adapt(store: Any, cfg: Config, hf_dir: str | Path, backend_for_judge: Ba
     row = registry.register(
         vector, status="active" if decision.accepted else "rejected", reason=decision.reason,
         pair_ids=[r["id"] for r in used_rows], feedback_ids=feedback_ids, metrics=metrics,
-        extra={"scale_after_training": dcfg.scale_after_training, "length": length, "trained_from": active_row["id"] if init is not None
-               and active_row else None, "train_pair_ids": [p.pair_id for p in train],
+        # `length`: the gate's shrink; the next night continues from this shorter, live vector
+        extra={"scale_after_training": dcfg.scale_after_training, "length": length,
+               "trained_from": active_row["id"] if init is not None and active_row else None,
+               "train_pair_ids": [p.pair_id for p in train],
                "holdout_pair_ids": [p.pair_id for p in hold], "hf_dir": str(hf_dir)})
     say("register", {"adapter_id": row["id"], "status": row["status"]})
 
