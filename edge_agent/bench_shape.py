@@ -33,6 +33,7 @@ from typing import Any, Callable
 from edge_agent.config import PROFILE_KEYS, Config
 from edge_agent.config import replace as replace_cfg
 from edge_agent.types import Frame, Segment
+from edge_agent.vlm.factory import context_size
 
 SHAPE_STAGES = ("build", "load", "writer", "phase_two")
 SHAPE_MEMORY_TOKENS = 40  # the writer's memory cap in the shape bench: about two sentences
@@ -304,7 +305,6 @@ def run_shape_bench(cfg: Config, shape: str = "qwen3-vl-2b", *, progress: Callab
     from edge_agent.bench import CAPTION_SEED, _clip_segments, _current_rss_mb, _load_average, _ratio
     from edge_agent.export.shapes import SHAPES, ensure_shape, shape_dir
     from edge_agent.synth import generate
-    from edge_agent.vlm.factory import context_size
     from edge_agent.vlm.llama_cpp import LlamaCppBackend, default_threads
 
     step = progress or (lambda stage: None)
