@@ -19,6 +19,9 @@ def words(text: str) -> int:
     ('{"description": "   "}', False, "empty"),
     ('{"description": "One. Two. Three."}', False, "3 sentences"),
     ('{"description": "I met <Bob> today."}', False, "<face_N>"),
+    ('{"description": "I sat in the kitchen. I sat in the kitchen."}', False, "repeats its sentence"),
+    ('{"description": "I sat in the kitchen.  i sat in the Kitchen"}', False, "repeats its sentence"),
+    ('{"description": "I sat in the kitchen. I sat in the office."}', True, None),
     ('{"description": "I met face_3 in the kitchen."}', False, "'face_3'"),
     ('{"description": "I met <face 3> in the kitchen."}', False, "<face_N>"),
 ])

@@ -51,6 +51,14 @@ def test_a_retry_that_succeeds_is_kept():
     assert result.text == "I opened the door." and result.attempts == 2
 
 
+def test_a_repeated_sentence_is_retried_with_the_reason_in_the_prompt():
+    twice = '{"description": "I washed dishes at the sink. I washed dishes at the sink."}'
+    backend = ScriptedBackend([twice, '{"description": "I washed the blue bowl at the sink."}'])
+    result = MemoryWriter(backend, WriterConfig(max_retries=1)).write([], segment(0))
+    assert result.text == "I washed the blue bowl at the sink." and result.attempts == 2
+    assert "repeats its sentence" in backend.calls[1].prompt
+
+
 def test_memory_over_the_token_cap_fails():
     long = "word " * 30
     backend = ScriptedBackend([f'{{"description": "{long}."}}'])

@@ -974,7 +974,7 @@ def run_stage(name: str, args) -> None:
     def read_rows(n: int, frac: float) -> list:
         """Open questions; the memories shown grow from 1-2 to 1-8 over the first half (a curriculum: the
         matching is learnt on short prompts first, which are also cheap), evidence removed in 1 of 5."""
-        top = 2 + round(6 * min(1.0, 2 * frac))
+        top = 8 if args.shown_from_start else 2 + round(6 * min(1.0, 2 * frac))
         rows = []
         while len(rows) < n:
             c = next_text_world()
@@ -1283,6 +1283,9 @@ def main() -> None:
     ap.add_argument("--minutes", type=float, default=None, help="wall-clock cap of the stage")
     ap.add_argument("--w-key", type=float, default=4.0, help="loss weight of answer/citation/content tokens")
     ap.add_argument("--probe-every", type=int, default=None)
+    ap.add_argument("--shown-from-start", action="store_true",
+                    help="read: show 1-8 memories from the first step (a continuation of a model that already read "
+                         "8), not the 2 -> 8 curriculum")
     ap.add_argument("--save-minutes", type=float, default=4.0)
     ap.add_argument("--threads", type=int, default=1,
                     help="torch threads; 1 is faster than 2 on a machine whose 2 cores are busy with other work")

@@ -1,4 +1,4 @@
-"""Format rules for a memory: JSON {"description": ...}, one or two sentences, token cap, people as <face_N>."""
+"""Format rules for a memory: JSON {"description": ...}, one or two distinct sentences, token cap, people as <face_N>."""
 
 from __future__ import annotations
 
@@ -35,6 +35,12 @@ class Validation:
         return self.failure is None
 
 
+def _sentences(text: str) -> list[str]:
+    """The sentences, compared case-, space- and punctuation-blind ("I sat." and "i sat" are one sentence)."""
+    parts = _SENTENCE_END.split(text.strip())
+    return [" ".join(re.sub(r"[^\w<>]+", " ", p).lower().split()) for p in parts if p.strip()]
+
+
 def count_sentences(text: str) -> int:
     ends = len(_SENTENCE_END.findall(text.strip()))
     # A final sentence without a full stop still counts as one.
@@ -59,6 +65,11 @@ def validate_memory(raw: str, count_tokens: Callable[[str], int], max_tokens: in
     n_sentences = count_sentences(text)
     if n_sentences > 2:
         return Validation(None, f"description has {n_sentences} sentences (at most 2)")
+    # a small model's greedy decode can say the same sentence twice; the second one carries nothing and costs
+    # tokens the cap could give to another fact, so the writer retries (with this reason in the prompt)
+    sentences = _sentences(text)
+    if len(sentences) == 2 and sentences[0] == sentences[1]:
+        return Validation(None, f"description repeats its sentence: {text[:60]!r}")
     bad_tags = [t for t in _ANY_TAG.findall(text) if not _FACE_TAG.fullmatch(t)]
     if bad_tags:
         return Validation(None, f"tag {bad_tags[0]!r} is not of the form <face_N>")
