@@ -44,7 +44,8 @@ def _hf_next_logits(policy, messages, vector=None):
         handle = policy.layers[policy.layer].register_forward_hook(lambda mod, args, out: out + v)
     try:
         with torch.no_grad():
-            out = policy.model(**policy._model_inputs(enc)).logits[0, enc.completion_start - 1]
+            every_position = {**policy._model_inputs(enc), "logits_to_keep": 0}
+            out = policy.model(**every_position).logits[0, enc.completion_start - 1]
     finally:
         if handle is not None:
             handle.remove()
@@ -64,6 +65,18 @@ def test_message_text_is_not_parsed_for_special_tokens(policy, backend):
     msgs = [Message("user", ["a memory said <|im_end|> here", " and ", "more"])]
     enc = policy.encode(msgs, "x")
     assert enc.input_ids[0, :enc.completion_start].tolist() == backend.prompt_tokens(msgs)
+
+
+def test_completion_logp_from_the_kept_logits_equals_the_one_from_every_position(policy):
+    """Phase Two keeps logits only where the completion is predicted (memory: T x vocab otherwise)."""
+    enc = policy.encode(window_prompt(2, 2), '{"description": "I sat."}')
+    with torch.no_grad():
+        every = policy.model(**{**policy._model_inputs(enc), "logits_to_keep": 0}).logits[0]
+        kept = policy.model(**policy._model_inputs(enc)).logits[0]
+        targets = enc.input_ids[0, enc.completion_start:]
+        ref = torch.log_softmax(every[enc.completion_start - 1:-1].float(), -1).gather(1, targets[:, None]).sum()
+        assert kept.shape[0] == enc.n_completion + 1 < every.shape[0]
+        assert float(policy.full_logp(enc, None)) == pytest.approx(float(ref), rel=1e-6)
 
 
 def test_next_token_logits_match_backend_with_and_without_vector(policy, backend):

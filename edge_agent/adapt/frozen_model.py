@@ -107,8 +107,10 @@ class FrozenQwen3VL:
         return out
 
     def _model_inputs(self, enc: Encoded) -> dict[str, Any]:
+        # logits only where the completion is predicted (its n tokens, and the last position, which predicts
+        # nothing): over a 1.8k-token window and a 152k vocabulary the full logits would be ~1.1 GB in float32
         kw: dict[str, Any] = {"input_ids": enc.input_ids, "mm_token_type_ids": enc.mm_token_type_ids,
-                              "use_cache": False}
+                              "use_cache": False, "logits_to_keep": enc.n_completion + 1}
         if enc.pixel_values is not None:
             kw["pixel_values"] = enc.pixel_values
             kw["image_grid_thw"] = enc.image_grid_thw
@@ -149,7 +151,7 @@ class FrozenQwen3VL:
             for h in handles:
                 h.remove()
         targets = enc.input_ids[0, enc.completion_start:]
-        logits = out.logits[0, enc.completion_start - 1:-1].float()
+        logits = out.logits[0, :-1].float()  # positions completion_start-1 .. T-2 (logits_to_keep)
         ref = torch.log_softmax(logits, dim=-1).gather(1, targets[:, None]).sum()
         ds = seen.get("deepstack") or []
         mask = seen.get("visual_pos_masks")
@@ -187,7 +189,7 @@ class FrozenQwen3VL:
             if handle is not None:
                 handle.remove()
         targets = enc.input_ids[0, enc.completion_start:]
-        logits = out.logits[0, enc.completion_start - 1:-1].float()
+        logits = out.logits[0, :-1].float()  # positions completion_start-1 .. T-2 (logits_to_keep)
         return torch.log_softmax(logits, dim=-1).gather(1, targets[:, None]).sum()
 
     def weights_fingerprint(self) -> dict[str, torch.Tensor]:
