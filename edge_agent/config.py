@@ -213,6 +213,10 @@ class AdaptConfig(Section):
                          "must be in [1, 100000]")
     scale_after_training: float = setting(1.5, "The trained vector is multiplied by this before it is gated and "
                                           "deployed.", lambda v: 0 < v <= 100, "must be in (0, 100]")
+    sft_weight: float = setting(0.0, "Weight of an SFT term, the mean token NLL of the chosen memories, added to the "
+                                "DPO loss (TRL loss_types [\"sigmoid\", \"sft\"], as RPO): it keeps the steered "
+                                "writer's chosen replies, which are in format, likely. 0 = the paper's pure DPO.",
+                                between(0, 100), "must be in [0, 100]")
     optimizer: str = setting("adamw", '"adamw", "adam" or "sgd".', one_of("adamw", "adam", "sgd"),
                              'must be "adamw", "adam" or "sgd"')
     weight_decay: float = setting(0.0, "AdamW decoupled weight decay on the vector.", at_least(0), "must be >= 0")

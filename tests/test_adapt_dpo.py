@@ -15,7 +15,7 @@ pytest.importorskip("transformers")
 from adapt_support import OBJECTS, hf_dir, one_torch_thread, window_prompt  # noqa: E402
 
 from edge_agent.adapt.dpo import (  # noqa: E402
-    PreferencePair, completion_text, dpo_loss, evaluate, prepare_pairs, train_vector,
+    PreferencePair, completion_text, dpo_loss, dpo_sft_loss, evaluate, prepare_pairs, train_vector,
     vector_gradient)
 from edge_agent.config import AdaptConfig  # noqa: E402
 from edge_agent.errors import AdapterError, ConfigError  # noqa: E402
@@ -35,19 +35,26 @@ def test_loss_equals_hand_computed_value():
     assert losses[0].item() == pytest.approx(0.598138869381592, abs=1e-12)
 
 
-def _trl_sigmoid_loss(beta, pc, pr, rc, rr):
-    """TRL 1.16's DPOTrainer._compute_loss (loss_type "sigmoid") on given sequence log-probs.
+def _trl_loss(beta, pc, pr, rc, rr, lengths=None, loss_types=("sigmoid",), loss_weights=(1.0,)):
+    """TRL 1.16's DPOTrainer._compute_loss on given sequence log-probs (`lengths`: tokens of each of the 2n
+    completions, chosen then rejected; 1 each by default).
 
     TRL has no standalone loss function: the loss is computed inside `_compute_loss` from the model's
-    per-token log-probs. A stand-in model returns per-token log-probs whose sums are our sequence log-probs
-    (labels outside the completion contribute 0, as in TRL's fused LM head), the reference log-probs come
-    in precomputed, and the trainer object is built without __init__ (no model, data set or accelerator).
+    per-token log-probs. A stand-in model returns per-token log-probs (0 outside the completion, as TRL's fused
+    LM head gives for labels -100) spread evenly over each completion's tokens, so their sums are our sequence
+    log-probs; the reference log-probs come in precomputed, and the trainer object is built without __init__
+    (no model, data set or accelerator).
     """
     from trl import DPOTrainer
 
-    n, seq = len(pc), 4
+    n = len(pc)
+    lengths = list(lengths or [1] * (2 * n))
+    seq = max(lengths) + 1
+    completion = torch.zeros(2 * n, seq, dtype=torch.long)
     per_token = torch.zeros(2 * n, seq - 1, dtype=torch.float64)
-    per_token[:, -1] = torch.tensor(list(pc) + list(pr), dtype=torch.float64)
+    for row, (logp, k) in enumerate(zip(list(pc) + list(pr), lengths)):
+        completion[row, seq - k:] = 1
+        per_token[row, seq - 1 - k:] = logp / k
     model = lambda **kw: SimpleNamespace(  # noqa: E731
         log_probs=per_token, entropy=torch.zeros_like(per_token), mean_logits=torch.zeros_like(per_token),
         is_top1=torch.zeros_like(per_token, dtype=torch.bool))
@@ -56,13 +63,11 @@ def _trl_sigmoid_loss(beta, pc, pr, rc, rr):
     ident = lambda x: x  # noqa: E731
     attrs = dict(model=model, accelerator=SimpleNamespace(device="cpu", gather_for_metrics=ident, gather=ident),
                  aux_loss_enabled=False, ld_alpha=None, precompute_ref_logps=True, f_divergence_type="reverse_kl",
-                 loss_types=["sigmoid"], loss_weights=[1.0], beta=beta, use_weighting=False, label_smoothing=0.0,
-                 _metrics={"train": defaultdict(list), "eval": defaultdict(list)}, _total_train_tokens=0,
-                 _tp_size=1)
+                 loss_types=list(loss_types), loss_weights=list(loss_weights), beta=beta, use_weighting=False,
+                 label_smoothing=0.0, _metrics={"train": defaultdict(list), "eval": defaultdict(list)},
+                 _total_train_tokens=0, _tp_size=1)
     for k, v in attrs.items():
         object.__setattr__(trainer, k, v)
-    completion = torch.zeros(2 * n, seq, dtype=torch.long)
-    completion[:, -1] = 1
     inputs = {"input_ids": torch.zeros(2 * n, seq, dtype=torch.long), "attention_mask": torch.ones(2 * n, seq),
               "completion_mask": completion, "ref_chosen_logps": torch.tensor(rc, dtype=torch.float64),
               "ref_rejected_logps": torch.tensor(rr, dtype=torch.float64)}
@@ -75,11 +80,23 @@ def test_loss_equals_trl_dpo_loss():
     import trl
 
     assert trl.__version__ == "1.16.0", trl.__version__
-    trl_loss, trl_metrics = _trl_sigmoid_loss(0.1, *LOGPS)
+    trl_loss, trl_metrics = _trl_loss(0.1, *LOGPS)
     pc, pr, rc, rr = (torch.tensor(x, dtype=torch.float64) for x in LOGPS)
     losses, margins = dpo_loss(pc, pr, rc, rr, beta=0.1)
     assert float(trl_loss) == pytest.approx(float(losses.mean()), abs=1e-12)
     assert trl_metrics["rewards/margins"][-1] == pytest.approx(float(margins.mean()), abs=1e-12)
+
+
+def test_dpo_plus_sft_equals_trls_sigmoid_and_sft_loss_types():
+    """adapt.sft_weight: TRL's loss_types ["sigmoid", "sft"] with loss_weights [1, w], the SFT term a token mean over
+    the batch's chosen completions (of different lengths here, so a mean of per-pair means would differ)."""
+    lengths = [3, 7, 12, 5, 9, 4]
+    pc, pr, rc, rr = (torch.tensor(x, dtype=torch.float64) for x in LOGPS)
+    ours = dpo_sft_loss(pc, pr, rc, rr, torch.tensor(lengths[:3], dtype=torch.float64), beta=0.1, sft_weight=0.7)
+    trl_loss, _ = _trl_loss(0.1, *LOGPS, lengths=lengths, loss_types=("sigmoid", "sft"), loss_weights=(1.0, 0.7))
+    assert float(ours) == pytest.approx(float(trl_loss), abs=1e-12)
+    per_pair_means = dpo_loss(pc, pr, rc, rr, 0.1)[0].mean() + 0.7 * (-pc / torch.tensor(lengths[:3])).mean()
+    assert abs(float(ours) - float(per_pair_means)) > 1e-3
 
 
 def test_config_checks_and_defaults():
@@ -194,6 +211,29 @@ def test_heldout_preference_accuracy_and_logratio_rise(policy, prepared):
     assert new.accuracy == 1.0
     assert new.mean_logratio > base.mean_logratio
     assert new.mean_margin > 0
+
+
+def test_sft_weight_trains_on_dpo_plus_sft_and_keeps_the_chosen_replies_likely(policy, prepared):
+    """Step 0's accumulated loss is dpo_sft_loss of the batch; with the SFT term the chosen replies end likelier
+    than with DPO alone (same lr and steps), while the held-out pairs are still ordered."""
+    train, hold = prepared[:6], prepared[6:]
+    chosen = torch.tensor([p.ref_chosen for p in train], dtype=torch.float64)
+    rejected = torch.tensor([p.ref_rejected for p in train], dtype=torch.float64)
+    tokens = torch.tensor([len(p.chosen.targets) for p in train], dtype=torch.float64)
+    want = float(dpo_sft_loss(chosen, rejected, chosen, rejected, tokens, 0.1, 2.0))
+    cfg = dict(steps=10, learning_rate=5e-2)
+    with_sft = train_vector(policy, train, AdaptConfig(sft_weight=2.0, **cfg))
+    dpo_only = train_vector(policy, train, AdaptConfig(**cfg))
+    assert with_sft.losses[0] == pytest.approx(want, rel=1e-5) and want > math.log(2) + 0.1
+    assert with_sft.losses[-1] < with_sft.losses[0]
+
+    def chosen_logp(res):
+        with torch.no_grad():
+            v = torch.as_tensor(res.vector.applied())
+            return sum(float(policy.steered_logp(p.chosen, v)) for p in hold)
+
+    assert chosen_logp(with_sft) > chosen_logp(dpo_only) + 0.1
+    assert evaluate(policy, hold, with_sft.vector.applied(), 0.1).accuracy > 0.5
 
 
 def test_wrong_layer_and_empty_set(policy, prepared):

@@ -9,6 +9,11 @@ tokens, policy pi = model with the vector, reference = the same model with the v
     margin = beta * ((log pi(chosen) - log ref(chosen)) - (log pi(rejected) - log ref(rejected)))
     loss   = -log sigmoid(margin)
 
+With `adapt.sft_weight` w > 0 a batch's loss also gets w x the chosen replies' NLL per token (over the batch's chosen
+tokens, as TRL's loss_types ["sigmoid", "sft"]): DPO alone may raise the chosen-over-rejected margin by making both
+unlikely, which on a small writer breaks the JSON format at the deployed length; the SFT term holds the chosen
+replies, all in format, likely.
+
 Output convention: the returned `SteeringVector` carries the vector ALREADY multiplied by
 `scale_after_training` and `scale = 1.0`. Every consumer (backend `set_steering` applies scale * vector,
 the control-vector GGUF, stock `llama-cli --control-vector`) therefore applies the same thing. The unscaled
@@ -47,6 +52,15 @@ def dpo_loss(policy_chosen_logps: "torch.Tensor", policy_rejected_logps: "torch.
 
     margin = beta * ((policy_chosen_logps - ref_chosen_logps) - (policy_rejected_logps - ref_rejected_logps))
     return -F.logsigmoid(margin), margin
+
+
+def dpo_sft_loss(policy_chosen_logps: "torch.Tensor", policy_rejected_logps: "torch.Tensor",
+                 ref_chosen_logps: "torch.Tensor", ref_rejected_logps: "torch.Tensor", chosen_tokens: "torch.Tensor",
+                 beta: float, sft_weight: float) -> "torch.Tensor":
+    """A batch's loss: mean sigmoid DPO loss + sft_weight x the chosen replies' NLL per token (TRL's token mean
+    over the batch, not a mean of per-pair means). `chosen_tokens` (n,) counts each chosen reply's tokens."""
+    losses, _ = dpo_loss(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps, beta)
+    return losses.mean() + sft_weight * (-policy_chosen_logps.sum() / chosen_tokens.sum())
 
 
 # ---------------------------------------------------------------------------- pairs
@@ -160,7 +174,7 @@ def evaluate(policy: "FrozenQwen3VL", prepared: Sequence[PreparedPair], applied:
 class TrainResult:
     vector: SteeringVector  # deployed: vector already x scale_after_training, scale 1.0 (see module docstring)
     raw: np.ndarray  # the trained vector before scaling
-    losses: list[float]  # mean DPO loss of each step's batch, measured before that step's update
+    losses: list[float]  # each step's batch loss (DPO + the SFT term when weighted), before that step's update
     train_accuracy: list[float]  # share of the step's batch with margin > 0, before the update
     grad_norms: list[float]
     seconds: float
@@ -182,7 +196,7 @@ def vector_gradient(policy: "FrozenQwen3VL", prepared: Sequence[PreparedPair], v
     v = torch.tensor(np.asarray(vector, np.float32), requires_grad=True)
     total = 0.0
     for p in prepared:
-        loss, _ = _pair_loss(policy, p, v, beta)
+        loss, _, _ = _pair_loss(policy, p, v, beta)
         (loss / len(prepared)).backward()
         total += float(loss.detach()) / len(prepared)
     assert v.grad is not None
@@ -190,6 +204,7 @@ def vector_gradient(policy: "FrozenQwen3VL", prepared: Sequence[PreparedPair], v
 
 
 def _pair_loss(policy: "FrozenQwen3VL", p: PreparedPair, v: "torch.Tensor", beta: float):
+    """One pair's DPO loss, its margin and the chosen reply's log-prob (for the SFT term)."""
     import torch
 
     pc = policy.steered_logp(p.chosen, v)
@@ -197,7 +212,7 @@ def _pair_loss(policy: "FrozenQwen3VL", p: PreparedPair, v: "torch.Tensor", beta
     ref_c = torch.tensor(p.ref_chosen, dtype=pc.dtype)
     ref_r = torch.tensor(p.ref_rejected, dtype=pr.dtype)
     losses, margin = dpo_loss(pc[None], pr[None], ref_c[None], ref_r[None], beta)
-    return losses[0], margin[0]
+    return losses[0], margin[0], pc
 
 
 def train_vector(policy: "FrozenQwen3VL", train: Sequence[PreparedPair], cfg: AdaptConfig, *,
@@ -240,10 +255,13 @@ def train_vector(policy: "FrozenQwen3VL", train: Sequence[PreparedPair], cfg: Ad
         idx, order = order[:batch], order[batch:]
         opt.zero_grad(set_to_none=True)
         step_loss, wins = 0.0, 0
+        chosen_tokens = sum(len(train[i].chosen.targets) for i in idx)
         for i in idx:  # gradient accumulation, one pair (two sequences) at a time: bounded memory
-            loss, margin = _pair_loss(policy, train[i], vector, cfg.beta)
-            (loss / len(idx)).backward()
-            step_loss += float(loss.detach()) / len(idx)
+            loss, margin, chosen_logp = _pair_loss(policy, train[i], vector, cfg.beta)
+            # this pair's share of dpo_sft_loss over the batch
+            share = loss / len(idx) - cfg.sft_weight * chosen_logp / chosen_tokens
+            share.backward()
+            step_loss += float(share.detach())
             wins += int(float(margin.detach()) > 0)
         assert vector.grad is not None
         if cfg.max_grad_norm > 0:
