@@ -161,6 +161,42 @@ def memory_texts(run_dir: Path) -> dict[str, list[str]]:
     return texts
 
 
+def paired_mentions(rows: list[dict]) -> dict[str, dict[str, list]]:
+    """Per adapter config, per kind of fact: memories of the same eval segments naming it without and with the
+    adapter, [baseline, adapter, segments, exact two-sided McNemar p over the discordant segments]."""
+    import math
+    import sqlite3
+
+    result: dict[str, dict[str, list]] = {}
+    for run_dir in sorted({r["run_dir"] for r in rows if Path(r.get("run_dir", "")).is_dir()}):
+        written = {}
+        for config in {r["config"] for r in rows}:
+            for db in (Path(run_dir) / folder(config)).glob("*.db"):
+                with sqlite3.connect(db) as conn:
+                    written[config] = dict(conn.execute(
+                        "SELECT s.idx, m.text FROM memories m JOIN segments s ON s.id = m.segment_id"))
+        for config, texts in written.items():
+            if config == "baseline":
+                continue
+            counts = result.setdefault(config, {k: [0, 0, 0, 0] for k in FACT_WORDS})  # both, base, adapter, n
+            for idx, base_text in written.get("baseline", {}).items():
+                if idx in texts:
+                    for kind, pattern in FACT_WORDS.items():
+                        b, a = (bool(re.search(pattern, t, re.I)) for t in (base_text, texts[idx]))
+                        counts[kind][0] += b and a
+                        counts[kind][1] += b and not a
+                        counts[kind][2] += a and not b
+                        counts[kind][3] += 1
+    out: dict[str, dict[str, list]] = {}
+    for config, kinds in result.items():
+        out[config] = {}
+        for kind, (both, base_only, adapter_only, n) in kinds.items():
+            d, k = base_only + adapter_only, min(base_only, adapter_only)
+            p = min(1.0, 2 * sum(math.comb(d, i) for i in range(k + 1)) / 2 ** d) if d else 1.0
+            out[config][kind] = [both + base_only, both + adapter_only, n, p]
+    return out
+
+
 def live_after_each_day(out: Path, wearer: str) -> list[tuple[int, str]]:
     """(feedback events so far, config live after that night): a refused night leaves the earlier adapter live,
     so the learning curve has a point after every night, not only after the nights that activated one."""
@@ -286,7 +322,7 @@ def table(args) -> None:
     bytes per minute, and the share of memories naming each kind of fact."""
     out = Path(args.out)
     print("| wearer | config | category | n | Acc % (95 % CI) | Cov % | Prec % |\n|---|---|---|---|---|---|---|")
-    summary, curve_rows = [], []
+    summary, curve_rows, paired_rows = [], [], []
     for wearer in args.wearers:
         path = out / f"wearer_{wearer}" / "eval.json"
         if not path.is_file():
@@ -307,6 +343,9 @@ def table(args) -> None:
             prec = f"{100 * correct / answered:.1f}" if answered else "-"
             print(f"| {wearer} | {config} | {cat} | {n} | {100 * correct / max(n, 1):.1f} ({100 * lo:.0f}-"
                   f"{100 * hi:.0f}) | {100 * answered / max(n, 1):.1f} | {prec} |")
+        for config, kinds in paired_mentions(rows).items():
+            paired_rows.append(f"| {wearer} | {config} | " + " | ".join(
+                f"{b} -> {a} of {n} (p={p:.2g})" for b, a, n, p in kinds.values()) + " |")
         dominant = [(seen, live, pooled.get((live, DOMINANT[wearer]), [0, 0, 0]))
                      for seen, live in live_after_each_day(out, wearer)]
         curve_rows.append(f"| {wearer} ({DOMINANT[wearer]}) | " + " | ".join(
@@ -321,6 +360,9 @@ def table(args) -> None:
     print("|---|---|---|" + "---|" * len(FACT_WORDS))
     for wearer, config, bpm, facts in summary:
         print(f"| {wearer} | {config} | {bpm:.0f} | " + " | ".join(f"{100 * facts[k]:.0f} %" for k in FACT_WORDS) + " |")
+    print("\n| wearer | adapter | " + " | ".join(f"segments naming {k}: baseline -> adapter (McNemar)" for k in FACT_WORDS)
+          + " |\n|---|---|" + "---|" * len(FACT_WORDS))
+    print("\n".join(paired_rows))
     print("\n| wearer (dominant category) | learning curve: feedback events so far: the config live, its Acc |\n|---|---|")
     print("\n".join(curve_rows))
     if (out / "vectors.json").is_file():
