@@ -1,4 +1,4 @@
-"""Format rules for a memory: JSON {"description": ...}, one or two distinct sentences, token cap, people as <face_N>."""
+"""Format rules for a memory: JSON {"description": ...}, 1-2 distinct sentences, token cap, people as <face_N>."""
 
 from __future__ import annotations
 
