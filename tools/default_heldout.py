@@ -69,6 +69,11 @@ def main() -> None:
     ap.add_argument("--home", type=Path, default=Path("/tmp/edge_agent_default/heldout_home"))
     ap.add_argument("--out", type=Path, default=Path("/tmp/edge_agent_default/heldout.json"))
     args = ap.parse_args()
+    if args.model and not (Path(args.model) / "manifest.json").is_file():
+        # the manifest carries the model's profile (qa.choice = "score" for the embedded default's recipe): without
+        # it multiple choice falls back to generated letters and measures a different answerer
+        sys.exit(f"--model {args.model}: no manifest.json (its profile); run `tools/train_default.py manifest "
+                 f"--out {args.model}` first")
     a, _, b = args.seeds.partition("-")
     seeds = list(range(int(a), int(b or a) + 1))
     with ThreadPoolExecutor(args.jobs) as ex:
