@@ -161,25 +161,29 @@ def memory_texts(run_dir: Path) -> dict[str, list[str]]:
     return texts
 
 
+def segment_memories(run_dir: Path, config: str) -> dict[int, str]:
+    """segment index -> memory text written under `config` in one `eval` run."""
+    import sqlite3
+
+    written: dict[int, str] = {}
+    for db in (run_dir / folder(config)).glob("*.db"):
+        with sqlite3.connect(db) as conn:
+            written.update(conn.execute("SELECT s.idx, m.text FROM memories m JOIN segments s ON s.id = m.segment_id"))
+    return written
+
+
 def paired_mentions(rows: list[dict]) -> dict[str, dict[str, list]]:
     """Per adapter config, per kind of fact: memories of the same eval segments naming it without and with the
     adapter, [baseline, adapter, segments, exact two-sided McNemar p over the discordant segments]."""
-    import math
-    import sqlite3
+    from edge_agent.adapt.gate import p_value
 
     result: dict[str, dict[str, list]] = {}
     for run_dir in sorted({r["run_dir"] for r in rows if Path(r.get("run_dir", "")).is_dir()}):
-        written = {}
-        for config in {r["config"] for r in rows}:
-            for db in (Path(run_dir) / folder(config)).glob("*.db"):
-                with sqlite3.connect(db) as conn:
-                    written[config] = dict(conn.execute(
-                        "SELECT s.idx, m.text FROM memories m JOIN segments s ON s.id = m.segment_id"))
-        for config, texts in written.items():
-            if config == "baseline":
-                continue
+        baseline = segment_memories(Path(run_dir), "baseline")
+        for config in sorted({r["config"] for r in rows} - {"baseline"}):
+            texts = segment_memories(Path(run_dir), config)
             counts = result.setdefault(config, {k: [0, 0, 0, 0] for k in FACT_WORDS})  # both, base, adapter, n
-            for idx, base_text in written.get("baseline", {}).items():
+            for idx, base_text in baseline.items():
                 if idx in texts:
                     for kind, pattern in FACT_WORDS.items():
                         b, a = (bool(re.search(pattern, t, re.I)) for t in (base_text, texts[idx]))
@@ -191,34 +195,30 @@ def paired_mentions(rows: list[dict]) -> dict[str, dict[str, list]]:
     for config, kinds in result.items():
         out[config] = {}
         for kind, (both, base_only, adapter_only, n) in kinds.items():
-            d, k = base_only + adapter_only, min(base_only, adapter_only)
-            p = min(1.0, 2 * sum(math.comb(d, i) for i in range(k + 1)) / 2 ** d) if d else 1.0
+            d = base_only + adapter_only  # exact McNemar: twice the one-sided binomial tail of the larger side
+            p = min(1.0, 2 * p_value(d, max(base_only, adapter_only) / d, 0.5)) if d else 1.0
             out[config][kind] = [both + base_only, both + adapter_only, n, p]
     return out
 
 
-def live_after_each_day(out: Path, wearer: str) -> list[tuple[int, str]]:
-    """(feedback events so far, config live after that night): a refused night leaves the earlier adapter live,
-    so the learning curve has a point after every night, not only after the nights that activated one."""
-    seen, live, curve = 0, "baseline", []
+def nights(out: Path, wearer: str) -> list[tuple[int, str, str | None]]:
+    """Per lived day, in order: (feedback events so far, the config live after that night, the adapter id that
+    night activated or None). Configs are named by the feedback seen when activated; a refused night leaves the
+    earlier adapter live, so the learning curve has a point after every night."""
+    seen, live, result = 0, "baseline", []
     for path in sorted((out / f"wearer_{wearer}" / "days").glob("day*.json"), key=lambda p: int(p.stem[3:])):
         day = json.loads(path.read_text())
         seen += len(day["asked"])
-        if day["adapt"].get("status") == "activated":
+        activated = day["adapt"]["adapter_id"] if day["adapt"].get("status") == "activated" else None
+        if activated:
             live = f"{wearer}@{seen}fb"
-        curve.append((seen, live))
-    return curve
+        result.append((seen, live, activated))
+    return result
 
 
 def day_adapters(out: Path, wearer: str) -> list[tuple[str, str]]:
-    """(config name, adapter id) of every adapter a day's `adapt` activated, named by the feedback seen so far."""
-    seen, found = 0, []
-    for path in sorted((out / f"wearer_{wearer}" / "days").glob("day*.json"), key=lambda p: int(p.stem[3:])):
-        day = json.loads(path.read_text())
-        seen += len(day["asked"])
-        if day["adapt"].get("status") == "activated":
-            found.append((f"{wearer}@{seen}fb", day["adapt"]["adapter_id"]))
-    return found
+    """(config name, adapter id) of every adapter a day's `adapt` activated."""
+    return [(live, activated) for _, live, activated in nights(out, wearer) if activated]
 
 
 def eval_clip(out: Path, seed: int, minutes: float, questions_per_minute: float | None) -> list[str]:
@@ -255,8 +255,6 @@ def evaluate(out: Path, wearer: str, minutes: float, n_seeds: int,
 def vectors(out: Path) -> dict:
     """What the vectors are: cosine between the wearers' last adapters, their provenance, and memories of the same
     eval windows written without and with each."""
-    import sqlite3
-
     import numpy as np
 
     from edge_agent.vlm.steering import load_steering_vector
@@ -284,10 +282,7 @@ def vectors(out: Path) -> dict:
             evals = json.loads((out / f"wearer_{wearer}" / "eval.json").read_text())
             run_dir = Path(next(r["run_dir"] for r in evals if r["seed"] == EVAL_SEEDS[0]))
             for config in ("baseline", name):
-                for db in (run_dir / folder(config)).glob("*.db"):
-                    with sqlite3.connect(db) as conn:
-                        written[(wearer, config)] = dict(conn.execute(
-                            "SELECT s.idx, m.text FROM memories m JOIN segments s ON s.id = m.segment_id"))
+                written[(wearer, config)] = segment_memories(run_dir, config)
         base = written.get(("A", "baseline"), {})
         for idx in sorted(base)[:6]:
             info["side_by_side"].append({"segment": idx, "baseline": base[idx],
@@ -347,7 +342,7 @@ def table(args) -> None:
             paired_rows.append(f"| {wearer} | {config} | " + " | ".join(
                 f"{b} -> {a} of {n} (p={p:.2g})" for b, a, n, p in kinds.values()) + " |")
         dominant = [(seen, live, pooled.get((live, DOMINANT[wearer]), [0, 0, 0]))
-                     for seen, live in live_after_each_day(out, wearer)]
+                     for seen, live, _ in nights(out, wearer)]
         curve_rows.append(f"| {wearer} ({DOMINANT[wearer]}) | " + " | ".join(
             f"{seen}: {live}, {c}/{n} ({100 * c / max(n, 1):.1f} %)" for seen, live, (n, _, c) in dominant) + " |")
         for config in dict.fromkeys(r["config"] for r in rows):
