@@ -413,7 +413,10 @@ def _leaves(values: dict[str, Any], prefix: str = "") -> Iterator[tuple[str, Any
 PROFILE_KEYS = {"frame_size": "capture.frame_size", "keyframes_per_segment": "capture.keyframes_per_segment",
                 "sample_fps": "capture.sample_fps", "n_ctx": "model.n_ctx", "n_threads": "model.n_threads",
                 "n_gpu_layers": "model.n_gpu_layers", "image_cache_size": "model.image_cache_size",
-                "window_segments": "writer.window_segments", "answer_choice": "qa.choice"}
+                "window_segments": "writer.window_segments", "answer_choice": "qa.choice",
+                # Phase Two's recipe where a model's own was measured (the embedded default: README, Phase Two)
+                "candidate_share": "writer.candidate_share", "adapt_learning_rate": "adapt.learning_rate",
+                "adapt_steps": "adapt.steps", "adapt_sft_weight": "adapt.sft_weight"}
 PROFILE_NEEDS = ("ram_gb", "disk_gb")
 
 

@@ -46,7 +46,9 @@ def _numbers(obj, path=""):
 @pytest.fixture(scope="module")
 def bench(tiny_model, tmp_path_factory):
     home = tmp_path_factory.mktemp("bench-home")
-    cfg = load_config(home, environ={})
+    # pure DPO (the embedded default's profile adds an SFT term): the zero vector's loss is then log 2, known
+    # without the bench
+    cfg = load_config(home, environ={"EDGE_AGENT_ADAPT__SFT_WEIGHT": "0"})
     # One thread: on two shared cores llama.cpp's two threads wait on each other (see the bench's report).
     cfg = replace(cfg, "model", name=str(tiny_model), n_threads=1, n_ctx=2048)
     stages = []
@@ -290,7 +292,7 @@ def _segments(n: int, frames: int = 2, size: tuple[int, int] = (96, 128)) -> lis
 def test_phase_two_cost_on_the_tiny_checkpoint(tiny_model, tmp_path):
     """The cached layer-22 path and the full forward give the same DPO loss for the zero vector (log 2, known
     without the bench), every timed step is reported, and the peak is at least what was resident after loading."""
-    cfg = load_config(tmp_path, environ={})
+    cfg = load_config(tmp_path, environ={"EDGE_AGENT_ADAPT__SFT_WEIGHT": "0"})  # pure DPO: log 2 at vector zero
     pairs = phase_two_pairs(_segments(3), window_segments=2, n_pairs=2, stream_key="t")
     assert len(pairs) == 2 and pairs[0].chosen != pairs[0].rejected
     assert sum(isinstance(p, ImagePart) for m in pairs[0].messages for p in m.parts) == 4  # 2 segments x 2 frames
@@ -415,7 +417,8 @@ def test_shape_bench_json_rows(small_shape):
     """The bench on the down-scaled shape: the catalog's 2B capture settings, the frame cache's and the image
     tokens' arithmetic known from the geometry, and every row JSON-ready."""
     home, folder, record, _ = small_shape
-    cfg = replace(replace(load_config(home, environ={}), "model", n_threads=1), "adapt", layer=2)
+    cfg = replace(replace(load_config(home, environ={}), "model", n_threads=1), "adapt", layer=2,
+                  sft_weight=0.0)  # pure DPO: the zero vector's loss is log 2
     stages = []
     r = run_shape_bench(cfg, dims=SMALL, progress=stages.append, phase_two_steps=2)
     assert stages == list(SHAPE_STAGES)

@@ -236,12 +236,13 @@ def test_the_defaults_the_readme_quotes_are_the_configs(tmp_path):
     from edge_agent.config import load_config
     from edge_agent.models import load_catalog
 
-    cfg = load_config(tmp_path / "h", environ={})
+    # the built-in defaults (the Qwen3-VL profile keeps them; the embedded default's brings its own Phase Two recipe)
+    cfg = load_config(tmp_path / "h", environ={"EDGE_AGENT_MODEL__NAME": "qwen3-vl-2b"})
     assert cfg.writer.keep_frames_hours == 24.0 and cfg.writer.candidate_share == 0.1  # "24 h", "10 %"
     a = cfg.adapt
     assert (a.layer, a.beta, a.learning_rate, a.steps, a.scale_after_training) == (22, 0.1, 1e-3, 10, 1.5)
     assert (a.gate.min_holdout_pairs, a.gate.max_p_value) == (8, 0.05)
-    assert a.dtype == "auto" and cfg.model.name == "default"
+    assert a.dtype == "auto" and load_config(tmp_path / "h2", environ={}).model.name == "default"
     two_b = load_catalog()["qwen3-vl-2b"]
     assert two_b.hidden_size == 2048 and a.layer < two_b.n_layers  # "a 2,048-parameter vector at layer 22"
 

@@ -67,6 +67,24 @@ def test_precedence_default_profile_toml_env_cli(tmp_path):
     assert layers == list(PRECEDENCE)
 
 
+def test_the_embedded_default_brings_the_phase_two_recipe_measured_on_it(tmp_path):
+    """A fresh home on the embedded default gets the product recipe (README, Phase Two: the SFT term is what let
+    the vectors go live at full length), from its manifest; the built-in defaults stay the paper's."""
+    from edge_agent.config import AdaptConfig, WriterConfig
+
+    cfg = load_config(tmp_path / "home", environ={})
+    assert cfg.model.name == "default"
+    got = (cfg.writer.candidate_share, cfg.adapt.learning_rate, cfg.adapt.steps, cfg.adapt.sft_weight)
+    assert got == (0.3, 1e-2, 50, 1.0)
+    assert all(source_layer(cfg.sources[k]) == "profile" for k in
+               ("writer.candidate_share", "adapt.learning_rate", "adapt.steps", "adapt.sft_weight"))
+    paper = AdaptConfig()
+    assert (WriterConfig().candidate_share, paper.learning_rate, paper.steps, paper.sft_weight) == (0.1, 1e-3, 10, 0.0)
+    product = (ROOT / "configs" / "phase_two" / "product.toml").read_text()
+    for line in ("learning_rate = 1e-2", "steps = 50", "sft_weight = 1.0", "candidate_share = 0.3"):
+        assert line in product  # the profile and the experiment's settings file are one recipe
+
+
 def test_the_model_named_in_config_toml_picks_the_profile(tmp_path):
     home = tmp_path / "home"
     home.mkdir()

@@ -1130,8 +1130,10 @@ def manifest(args) -> None:
            "video_seeds": [VIDEO_SEEDS[0], VIDEO_SEEDS[-1]], "text_seeds_from": TEXT_SEED0,
            "heldout_seeds": [HELDOUT_SEEDS[0], HELDOUT_SEEDS[-1]], "stages": stages, "measured": measured,
            # what it was trained at (read by edge_agent.models; the same as the catalog's entry)
-           "profile": {"frame_size": FRAME_SIZE, "keyframes_per_segment": 4, "answer_choice": "score", "ram_gb": 0.5,
-                       "disk_gb": 0.1},
+           "profile": {"frame_size": FRAME_SIZE, "keyframes_per_segment": 4, "answer_choice": "score",
+                       # Phase Two's product recipe, measured on this model (configs/phase_two/product.toml)
+                       "candidate_share": 0.3, "adapt_learning_rate": 1e-2, "adapt_steps": 50, "adapt_sft_weight": 1.0,
+                       "ram_gb": 0.5, "disk_gb": 0.1},
            "previous": previous, "files": files}
     (out / "manifest.json").write_text(json.dumps(man, indent=1) + "\n")
     print(f"manifest: {len(files)} files", flush=True)
