@@ -292,7 +292,7 @@ def test_the_default_models_numbers_in_the_readme_are_its_manifests():
     n = checkpoint_parameters(default / "hf")
     assert f"{n / 1e6:.1f}M-parameter" in para
     total = sum(f.stat().st_size for f in default.rglob("*") if f.is_file())
-    assert 26.5 <= total / 2**20 <= 28.5 and "27 MB" in para
+    assert 16.5 <= total / 2**20 <= 18.0 and "17 MB" in para
     # "the embedded default model was not trained with [Phase One]": its recipe is tools/train_default.py
     assert manifest["recipe"].startswith("tools/train_default.py") and "tools/train_default.py" in para
 

@@ -90,6 +90,39 @@ def heldout(tmp_path_factory):
     return segs, captions, json.loads(paths.questions.read_text())["questions"]
 
 
+def test_recall_rows_can_only_be_answered_by_copying_the_cited_memory():
+    """The read stage's recall rows (--recall-share): each asked-about key occurs in exactly one memory, the
+    answer is that memory's own words and the citation its id; with that memory removed the answer is "not in
+    memory"; the same seed gives the same rows."""
+    rec = _recipe()
+    asked = set()
+    for i in range(200):
+        n = 2 + i % 7
+        msgs, rep, kind = rec.recall_row(random.Random(i), n)
+        assert kind == "open"
+        prompt = msgs[1].parts[0]
+        lines = re.findall(r"^\[(\d+)\] \S+ (.*)$", prompt, re.M)
+        assert len(lines) == n
+        question = re.search(r"Question: (.*)", prompt).group(1)
+        m = re.fullmatch(r"Where did I leave the (.+)\?|Who did I meet in the (.+)\?|"
+                         r"What did the note at the door in the (.+) say\?", question)
+        assert m, question
+        i_kind = next(j for j, g in enumerate(m.groups()) if g)
+        key = m.groups()[i_kind]
+        asked.add(i_kind)
+        holds = (rf"I put the {key} ", rf"I met <face_\d> in the {key}\.", rf"note at the door in the {key} ")[i_kind]
+        holding = [(int(k), t) for k, t in lines if re.search(holds, t)]
+        assert len(holding) == 1, (question, lines)
+        reply = json.loads(rep)
+        assert reply["citations"] == [holding[0][0]]
+        assert reply["answer"] in holding[0][1]
+        gone, rep_gone, _ = rec.recall_row(random.Random(i), n, remove=True)
+        assert json.loads(rep_gone) == {"answer": "not in memory", "citations": []}
+        assert holding[0][1] not in gone[1].parts[0]
+        assert rec.recall_row(random.Random(i), n) == (msgs, rep, kind)
+    assert asked == {0, 1, 2}
+
+
 def test_model_loads_and_is_the_shipped_shape(backend):
     assert backend.n_layers >= 24 and backend.hidden_size == 96
 
@@ -191,7 +224,7 @@ def test_end_to_end_on_a_heldout_seed_answers_cites_and_varies(end_to_end):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="issue 9 target not reached: end to end 28.4 % [23.8, 33.5] on 324 "
+@pytest.mark.xfail(strict=True, reason="issue 9 target not reached: end to end 28.1 % [23.5, 33.2] on 324 "
                    "held-out questions (models/default/README.md)")
 def test_end_to_end_far_above_chance(end_to_end):
     """The issue's bar: end to end >= 50 % on a held-out seed. Strict xfail: it starts failing (= passing) the day
@@ -231,7 +264,8 @@ def test_transformers_and_llama_cpp_agree_on_a_writer_prompt(backend, heldout):
 # Measured on the shipped model (models/default/README.md, manifest.json "measured"), minus a margin:
 # held-out clips 9000-9011: valid memories 140/144, room 88.2 %; MC over ground-truth memories 34.8 % [27.3, 43.3]
 # (132 questions, chance 25 %, letters spread, E 30), citations 100 %, open questions with text 78.5 %; end to end
-# 28.4 % [23.8, 33.5] over 324 questions (seed 9001: 7/27), parity 7.2e-4. One or two seeds are too few to assert
+# 28.1 % [23.5, 33.2] over 324 questions (seed 9001: 7/27), parity 0.048 (q8_0 GGUFs against the f32 checkpoint;
+# 7.2e-4 for an f32 export, which the export tests hold to their own tolerance). One or two seeds are too few to assert
 # above chance (seed 9002 alone: 4/27): the floors guard against a broken export, scorer or prompt drift; the
 # issue's bar is test_end_to_end_far_above_chance.
 VALID_MIN = 7
@@ -241,7 +275,7 @@ CITED_MIN = 0.90
 OPEN_TEXT_MIN = 0.6
 E2E_MINUTES = 9.0
 E2E_MIN = 0.12
-PARITY_MAX = 2e-3
+PARITY_MAX = 0.1  # q8_0 rounding; a broken export is off by whole logits
 
 
 @pytest.mark.slow

@@ -258,6 +258,77 @@ def read_row(c: dict, q: dict, rng: random.Random, n_shown: int,
             reply(q["open_answer"], [ids[s["index"]] for s in holds]), "open")
 
 
+def recall_row(rng: random.Random, n_shown: int, remove: bool = False) -> tuple[list[Message], str, str]:
+    """An open question over `n_shown` memories assembled at random from the world's own sentences (objects put
+    somewhere, people met in a room, notes read), each fact's key unique among them: no prior over worlds can
+    answer it, only reading the one memory that holds it and copying its answer and id. The read stage mixes
+    these in because on world questions alone the model learnt each category's most frequent answer and a
+    constant citation, even over 2 memories, and never began to copy (`--recall-share`)."""
+    from edge_agent.synth.world import COLOURS, OBJECT_KINDS, ROOM_LAYOUTS, doing, ACTIVITIES, where, note_text
+
+    rooms = list(ROOM_LAYOUTS)
+    facts, used = [], set()
+    nrng = np.random.default_rng(rng.randrange(2**32))
+    while len(facts) < n_shown:
+        kind = rng.choice(["object", "object", "person", "note", "activity"])
+        room = rng.choice(rooms)
+        places = [p for p in ROOM_LAYOUTS[room]["places"] if p not in ("door", "tv", "whiteboard", "fridge")]
+        if kind == "object":
+            thing = f"{rng.choice(list(COLOURS))} {rng.choice(OBJECT_KINDS)}"
+            at = where(rng.choice(places), room)
+            key, fact = ("object", thing), (f"I put the {thing} {at}.", f"Where did I leave the {thing}?", at)
+        elif kind == "person":
+            face = f"<face_{rng.randint(1, 6)}>"
+            key, fact = ("person", room), (f"I met {face} in the {room}.", f"Who did I meet in the {room}?", face)
+        elif kind == "note":
+            text = note_text(nrng)
+            key, fact = ("note", room), (f'I read a note at the door in the {room} that said "{text}".',
+                                         f"What did the note at the door in the {room} say?", text)
+        else:
+            act = rng.choice(list(ACTIVITIES))
+            key, fact = ("activity", len(facts)), (f"I was {doing(act, ACTIVITIES[act][0])}.", None, None)
+        if key not in used:
+            used.add(key)
+            facts.append(fact)
+    asked = [i for i, f in enumerate(facts) if f[1]]
+    if not asked:
+        return recall_row(rng, n_shown, remove)
+    target = rng.choice(asked)
+    first, t = rng.randint(1, 400), 0.0
+    mems = []
+    for i, (sentence, _, _) in enumerate(facts):
+        t += 10.0 * rng.randint(1, 4)
+        mems.append({"id": first + i, "t_start": t, "t_end": t + 10.0, "text": sentence})
+    question, answer = facts[target][1], facts[target][2]
+    if remove:
+        mems.pop(target)
+        return build_messages(question, [], mems, t + 15.0), reply(NOT_IN_MEMORY, []), "open"
+    return build_messages(question, [], mems, t + 15.0), reply(answer, [first + target]), "open"
+
+
+def probe_recall(model, tok, penc, device, n: int = 24) -> dict:
+    """Fresh recall rows (2-6 memories, fixed seed): the share whose answer and whose citation the model
+    reproduces token for token under teacher forcing (arg-max at every token). Near 0 means it does not copy."""
+    import torch
+
+    rng = random.Random(99)
+    ans = cite = 0
+    model.eval()
+    for _ in range(n):
+        msgs, rep, _ = recall_row(rng, rng.randint(2, 6))
+        e = penc.encode(msgs, rep)
+        x = torch.tensor([e.ids], device=device)
+        with torch.no_grad():
+            pred = model(input_ids=x).logits[0, e.n_prompt - 1:-1].argmax(-1).tolist()
+        ok = [a == b for a, b in zip(pred, e.ids[e.n_prompt:])]
+        # the reply's tokens up to the end of the answer value, then the citations
+        n_ans = len(tok.encode(rep[:rep.index('", "citations"')], add_special_tokens=False).ids)
+        ans += all(ok[:n_ans])
+        cite += all(ok[n_ans:])
+    model.train()
+    return {"n": n, "answer_exact": round(ans / n, 3), "citation_exact": round(cite / n, 3)}
+
+
 # ---------------------------------------------------------------------------------------------------- judge
 
 
@@ -924,7 +995,7 @@ def run_stage(name: str, args) -> None:
         elif name == "vision":
             p = {"vision": probe_vision(model, heads, device, held_chunks)}
         elif name == "read":
-            p = {"read": probe_read(model, tok, penc, device)}
+            p = {"read": probe_read(model, tok, penc, device), "recall": probe_recall(model, tok, penc, device)}
             if state["step"] in (0, cfg["steps"]) or state["step"] % (4 * cfg["probe_every"]) == 0:
                 p["write"] = probe_write(model, tok, penc, ids, device, held, n=12)
         else:
@@ -975,7 +1046,8 @@ def run_stage(name: str, args) -> None:
         """Open questions; the memories shown grow from 1-2 to 1-8 over the first half (a curriculum: the
         matching is learnt on short prompts first, which are also cheap), evidence removed in 1 of 5."""
         top = 8 if args.shown_from_start else 2 + round(6 * min(1.0, 2 * frac))
-        rows = []
+        n_recall = round(n * args.recall_share)
+        rows = [recall_row(rng, rng.randint(2, max(2, top)), remove=rng.random() < 0.2) for _ in range(n_recall)]
         while len(rows) < n:
             c = next_text_world()
             qs = [q for q in c["questions"]]
@@ -1288,11 +1360,14 @@ def main() -> None:
     ap.add_argument("--shown-from-start", action="store_true",
                     help="read: show 1-8 memories from the first step (a continuation of a model that already read "
                          "8), not the 2 -> 8 curriculum")
+    ap.add_argument("--recall-share", type=float, default=0.0,
+                    help="read: share of each batch drawn from recall_row (facts at random, copy to answer)")
     ap.add_argument("--save-minutes", type=float, default=4.0)
     ap.add_argument("--threads", type=int, default=1,
                     help="torch threads; 1 is faster than 2 on a machine whose 2 cores are busy with other work")
     ap.add_argument("--device", default="cpu", help="cpu or cuda")
-    ap.add_argument("--outtype", default="f32", help="GGUF type of model.gguf and mmproj.gguf (f32 | f16 | q8_0)")
+    ap.add_argument("--outtype", default="q8_0",
+                    help="GGUF type of model.gguf and mmproj.gguf (q8_0, as shipped and as a device runs it | f16 | f32)")
     ap.add_argument("--from-dir", default=None, help="finalize: this hf folder instead of the last stage's")
     ap.add_argument("--measured-name", default="cand2", help="manifest: the candidate folder name whose eval files to embed")
     ap.add_argument("--previous-name", default="cand1", help="manifest: the previously shipped candidate, for comparison")
