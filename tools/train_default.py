@@ -55,6 +55,8 @@ from edge_agent.memory.prompts import writer_messages  # noqa: E402
 from edge_agent.config import QAConfig  # noqa: E402
 from edge_agent.qa.answer import (  # noqa: E402
     LETTERS, NOT_IN_MEMORY, build_messages, reply_from_memories)
+from edge_agent.synth.world import (  # noqa: E402
+    ACTIVITIES, COLOURS, OBJECT_KINDS, ROOM_LAYOUTS, doing, note_text, where)
 from edge_agent.types import Frame, Message, Segment  # noqa: E402
 from edge_agent.vlm.prompt import PromptEncoder, image_tokens, pixel_inputs  # noqa: E402
 
@@ -264,8 +266,6 @@ def recall_row(rng: random.Random, n_shown: int, remove: bool = False) -> tuple[
     answer it, only reading the one memory that holds it and copying its answer and id. The read stage mixes
     these in because on world questions alone the model learnt each category's most frequent answer and a
     constant citation, even over 2 memories, and never began to copy (`--recall-share`)."""
-    from edge_agent.synth.world import COLOURS, OBJECT_KINDS, ROOM_LAYOUTS, doing, ACTIVITIES, where, note_text
-
     rooms = list(ROOM_LAYOUTS)
     facts, used = [], set()
     nrng = np.random.default_rng(rng.randrange(2**32))
