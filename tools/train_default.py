@@ -56,7 +56,7 @@ from edge_agent.config import QAConfig  # noqa: E402
 from edge_agent.qa.answer import (  # noqa: E402
     LETTERS, NOT_IN_MEMORY, build_messages, reply_from_memories)
 from edge_agent.synth.world import (  # noqa: E402
-    ACTIVITIES, COLOURS, OBJECT_KINDS, ROOM_LAYOUTS, doing, note_text, where)
+    ACTIVITIES, COLOURS, OBJECT_KINDS, PLACE_KINDS, ROOM_LAYOUTS, doing, note_text, where)
 from edge_agent.types import Frame, Message, Segment  # noqa: E402
 from edge_agent.vlm.prompt import PromptEncoder, image_tokens, pixel_inputs  # noqa: E402
 
@@ -272,7 +272,7 @@ def recall_row(rng: random.Random, n_shown: int, remove: bool = False) -> tuple[
     while len(facts) < n_shown:
         kind = rng.choice(["object", "object", "person", "note", "activity"])
         room = rng.choice(rooms)
-        places = [p for p in ROOM_LAYOUTS[room]["places"] if p not in ("door", "tv", "whiteboard", "fridge")]
+        places = [p for p in ROOM_LAYOUTS[room]["places"] if PLACE_KINDS[p][1] is not None]  # a surface to put on
         if kind == "object":
             thing = f"{rng.choice(list(COLOURS))} {rng.choice(OBJECT_KINDS)}"
             at = where(rng.choice(places), room)
@@ -321,8 +321,9 @@ def probe_recall(model, tok, penc, device, n: int = 24) -> dict:
         with torch.no_grad():
             pred = model(input_ids=x).logits[0, e.n_prompt - 1:-1].argmax(-1).tolist()
         ok = [a == b for a, b in zip(pred, e.ids[e.n_prompt:])]
-        # the reply's tokens up to the end of the answer value, then the citations
-        n_ans = len(tok.encode(rep[:rep.index('", "citations"')], add_special_tokens=False).ids)
+        # the reply's tokens that start before the answer value ends, then the citations
+        end = rep.index('", "citations"')
+        n_ans = sum(a < end for a, _ in tok.encode(rep, add_special_tokens=False).offsets)
         ans += all(ok[:n_ans])
         cite += all(ok[n_ans:])
     model.train()
