@@ -308,7 +308,9 @@ def recall_row(rng: random.Random, n_shown: int, remove: bool = False) -> tuple[
 
 def probe_recall(model, tok, penc, device, n: int = 24) -> dict:
     """Fresh recall rows (2-6 memories, fixed seed): the share whose answer and whose citation the model
-    reproduces token for token under teacher forcing (arg-max at every token). Near 0 means it does not copy."""
+    reproduces token for token under teacher forcing (arg-max at every token). Near 0 means it does not read: the
+    shipped shape learns to copy in minutes, so what is missing is the lookup (tools/reading_probe.py tells them
+    apart)."""
     import torch
 
     rng = random.Random(99)
@@ -1349,7 +1351,7 @@ def parity(args) -> float:
 def main() -> None:
     global FRAME_SIZE
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("what", choices=["run", "stage", "data", "finalize", "manifest", "eval", "parity", "probe"])
+    ap.add_argument("what", choices=["run", "stage", "data", "finalize", "manifest", "eval", "parity"])
     ap.add_argument("name", nargs="?", choices=STAGES, help="the stage (for `stage`)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--steps", type=int, default=None, help="planned steps of the stage (cosine schedule)")
