@@ -65,9 +65,10 @@ def test_lookup_rows_hold_the_answer_in_the_cited_line_only(probe, tok, fmt):
     assert shown > 20 and removed > 2
 
 
-def test_answer_end_splits_the_reply_at_the_answer_value(probe, tok):
+def test_the_scorer_splits_the_reply_at_the_answer_value(probe, tok):
     tokenizer, _ = tok
-    r = tokenizer.encode('{"answer": "on the bed in the bedroom", "citations": [368]}').ids
-    k = probe.answer_end(tokenizer, r)
+    reply = '{"answer": "on the bed in the bedroom", "citations": [368]}'
+    r = tokenizer.encode(reply).ids
+    k = probe.T.answer_token_count(tokenizer, tokenizer.decode(r))
     assert tokenizer.decode(r[:k]).endswith("bedroom")
     assert tokenizer.decode(r[k:]).startswith('", "citations": [')

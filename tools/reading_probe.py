@@ -54,13 +54,6 @@ def lookup_row(tok, penc, rng: random.Random, top: int, fmt: str) -> tuple[list[
     return tok.encode(lines + "\n" + question + "\n").ids, tok.encode(reply).ids
 
 
-def answer_end(tok, reply_ids: list[int]) -> int:
-    """Number of reply tokens up to the end of the answer value; the rest are the citations (and the JSON's end)."""
-    text = tok.decode(reply_ids)
-    end = text.index('", "citations"')
-    return sum(a < end for a, _ in tok.encode(text).offsets)
-
-
 def padded(rows, pad: int, device):
     """Token ids, padded, and a 0/1 weight on every reply token (the loss and the score use only those)."""
     import torch
@@ -102,7 +95,7 @@ def score_lookup(model, tok, penc, top: int, fmt: str, device, n: int = 60) -> d
             x = torch.tensor([p + r], device=device)
             pred = model(input_ids=x).logits[0, len(p) - 1:-1].argmax(-1).tolist()
             ok = [a == b for a, b in zip(pred, r)]
-            k = answer_end(tok, r)
+            k = T.answer_token_count(tok, tok.decode(r))
             shown += 1
             answer += all(ok[:k])
             cited += all(ok[k:])

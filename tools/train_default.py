@@ -306,6 +306,12 @@ def recall_row(rng: random.Random, n_shown: int, remove: bool = False) -> tuple[
     return build_messages(question, [], mems, t + 15.0), reply(answer, [first + target]), "open"
 
 
+def answer_token_count(tok, reply: str) -> int:
+    """Tokens of a JSON reply that start before its answer value ends; the rest are the citations."""
+    end = reply.index('", "citations"')
+    return sum(a < end for a, _ in tok.encode(reply, add_special_tokens=False).offsets)
+
+
 def probe_recall(model, tok, penc, device, n: int = 24) -> dict:
     """Fresh recall rows (2-6 memories, fixed seed): the share whose answer and whose citation the model
     reproduces token for token under teacher forcing (arg-max at every token). Near 0 means it does not read: the
@@ -323,9 +329,7 @@ def probe_recall(model, tok, penc, device, n: int = 24) -> dict:
         with torch.no_grad():
             pred = model(input_ids=x).logits[0, e.n_prompt - 1:-1].argmax(-1).tolist()
         ok = [a == b for a, b in zip(pred, e.ids[e.n_prompt:])]
-        # the reply's tokens that start before the answer value ends, then the citations
-        end = rep.index('", "citations"')
-        n_ans = sum(a < end for a, _ in tok.encode(rep, add_special_tokens=False).offsets)
+        n_ans = answer_token_count(tok, rep)
         ans += all(ok[:n_ans])
         cite += all(ok[n_ans:])
     model.train()
