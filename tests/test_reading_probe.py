@@ -7,6 +7,7 @@ import importlib.util
 import json
 import random
 import re
+import subprocess
 import sys
 from pathlib import Path
 
@@ -72,3 +73,13 @@ def test_the_scorer_splits_the_reply_at_the_answer_value(probe, tok):
     k = probe.T.answer_token_count(tokenizer, tokenizer.decode(r))
     assert tokenizer.decode(r[:k]).endswith("bedroom")
     assert tokenizer.decode(r[k:]).startswith('", "citations": [')
+
+
+@pytest.mark.parametrize("argv, named", [(["--from", "/no/such/folder"], "--from /no/such/folder"),
+                                         (["--top", "1"], "--top 1")])
+def test_bad_arguments_get_one_line_naming_them(argv, named):
+    proc = subprocess.run([sys.executable, str(ROOT / "tools" / "reading_probe.py"), "lookup", *argv],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1
+    assert proc.stderr.strip().count("\n") == 0 and named in proc.stderr
+    assert "Traceback" not in proc.stderr

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import random
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -32,6 +33,7 @@ import train_default as T  # noqa: E402
 from edge_agent.qa.answer import MEMORIES_CLOSE, MEMORIES_OPEN, NOT_IN_MEMORY  # noqa: E402
 
 FIRST_SPECIAL = "<|endoftext|>"  # plain tokens are the ids below the first added (special) token
+HF_SIDE_FILES = ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "preprocessor_config.json")
 
 
 def copy_batch(gen, rows: int, length: int, n_plain: int, head: int):
@@ -119,6 +121,10 @@ def main() -> None:
     ap.add_argument("--device", default="cpu", help="cpu or cuda")
     ap.add_argument("--save", type=Path, default=None, help="write the trained weights here (hf folder)")
     args = ap.parse_args()
+    if not (args.src / "config.json").is_file() or not (args.src / "tokenizer.json").is_file():
+        raise SystemExit(f"reading_probe: --from {args.src}: not an hf checkpoint folder (config.json, tokenizer.json)")
+    if args.top < 2:
+        raise SystemExit(f"reading_probe: --top {args.top}: a lookup row shows at least 2 memories")
 
     import torch
 
@@ -162,6 +168,9 @@ def main() -> None:
     print(f"{args.task}: {step} steps in {time.time() - t0:.0f}s, held-out {score()}", flush=True)
     if args.save:
         model.save_pretrained(args.save)
+        for name in HF_SIDE_FILES:  # so the folder is itself a --from (and a train_default --from-dir)
+            if (args.src / name).is_file():
+                shutil.copy2(args.src / name, args.save / name)
 
 
 if __name__ == "__main__":
