@@ -67,12 +67,31 @@ def test_lookup_rows_hold_the_answer_in_the_cited_line_only(probe, tok, fmt):
 
 
 def test_the_scorer_splits_the_reply_at_the_answer_value(probe, tok):
+    """A model that predicts the answer but not the citation scores (True, False), and the other way round."""
+    torch = pytest.importorskip("torch")
     tokenizer, _ = tok
-    reply = '{"answer": "on the bed in the bedroom", "citations": [368]}'
-    r = tokenizer.encode(reply).ids
-    k = probe.T.answer_token_count(tokenizer, tokenizer.decode(r))
-    assert tokenizer.decode(r[:k]).endswith("bedroom")
-    assert tokenizer.decode(r[k:]).startswith('", "citations": [')
+    prompt = tokenizer.encode("Question: Where did I leave the cup?\n").ids
+    reply = tokenizer.encode('{"answer": "on the bed in the bedroom", "citations": [368]}').ids
+    k = next(i for i in range(len(reply)) if tokenizer.decode(reply[:i + 1]).endswith("bedroom")) + 1
+
+    class Oracle(torch.nn.Module):  # arg-max = the reply's next token, wrong from position `wrong_from` on
+        def __init__(self, wrong_from, wrong_below):
+            super().__init__()
+            self.wrong_from, self.wrong_below = wrong_from, wrong_below
+
+        def forward(self, input_ids):
+            ids = input_ids[0].tolist()
+            logits = torch.zeros(1, len(ids), 900)
+            for i in range(len(ids) - 1):
+                j = i + 1 - len(prompt)  # reply token predicted at position i
+                right = ids[i + 1]
+                bad = j >= 0 and (self.wrong_from <= j or j < self.wrong_below)
+                logits[0, i, (right + 1) % 825 if bad else right] = 1.0
+            return type("Out", (), {"logits": logits})
+
+    assert probe.T.reply_exact(Oracle(len(reply), 0), tokenizer, prompt, reply, "cpu") == (True, True)
+    assert probe.T.reply_exact(Oracle(k, 0), tokenizer, prompt, reply, "cpu") == (True, False)
+    assert probe.T.reply_exact(Oracle(len(reply), 1), tokenizer, prompt, reply, "cpu") == (False, True)
 
 
 @pytest.mark.parametrize("argv, named", [(["--from", "/no/such/folder"], "--from /no/such/folder"),

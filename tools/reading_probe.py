@@ -84,23 +84,17 @@ def score_copy(model, gen, n_plain: int, head: int, length: int, device) -> floa
 def score_lookup(model, tok, penc, top: int, fmt: str, device, n: int = 60) -> dict:
     """On held-out rows whose evidence is shown: the answer, and the citation, right token for token (arg-max
     under teacher forcing). A guess from the prior rarely gets a whole place or note text, and never the id."""
-    import torch
-
     rng = random.Random(99)
     answer = cited = shown = 0
     model.eval()
-    with torch.no_grad():
-        for _ in range(n):
-            p, r = lookup_row(tok, penc, rng, top, fmt)
-            if NOT_IN_MEMORY in tok.decode(r):
-                continue
-            x = torch.tensor([p + r], device=device)
-            pred = model(input_ids=x).logits[0, len(p) - 1:-1].argmax(-1).tolist()
-            ok = [a == b for a, b in zip(pred, r)]
-            k = T.answer_token_count(tok, tok.decode(r))
-            shown += 1
-            answer += all(ok[:k])
-            cited += all(ok[k:])
+    for _ in range(n):
+        p, r = lookup_row(tok, penc, rng, top, fmt)
+        if NOT_IN_MEMORY in tok.decode(r):
+            continue
+        a, c = T.reply_exact(model, tok, p, r, device)
+        shown += 1
+        answer += a
+        cited += c
     model.train()
     return {"rows": shown, "answer_exact": round(answer / shown, 3), "citation_exact": round(cited / shown, 3)}
 

@@ -263,9 +263,10 @@ def read_row(c: dict, q: dict, rng: random.Random, n_shown: int,
 def recall_row(rng: random.Random, n_shown: int, remove: bool = False) -> tuple[list[Message], str, str]:
     """An open question over `n_shown` memories assembled at random from the world's own sentences (objects put
     somewhere, people met in a room, notes read), each fact's key unique among them: no prior over worlds can
-    answer it, only reading the one memory that holds it and copying its answer and id. The read stage mixes
+    answer it, only finding the one memory that holds it and copying its answer and id. The read stage mixes
     these in because on world questions alone the model learnt each category's most frequent answer and a
-    constant citation, even over 2 memories, and never began to copy (`--recall-share`)."""
+    constant citation, even over 2 memories, and never began to read (`--recall-share`; tools/reading_probe.py
+    trains them alone)."""
     rooms = list(ROOM_LAYOUTS)
     facts, used = [], set()
     nrng = np.random.default_rng(rng.randrange(2**32))
@@ -306,10 +307,19 @@ def recall_row(rng: random.Random, n_shown: int, remove: bool = False) -> tuple[
     return build_messages(question, [], mems, t + 15.0), reply(answer, [first + target]), "open"
 
 
-def answer_token_count(tok, reply: str) -> int:
-    """Tokens of a JSON reply that start before its answer value ends; the rest are the citations."""
-    end = reply.index('", "citations"')
-    return sum(a < end for a, _ in tok.encode(reply, add_special_tokens=False).offsets)
+def reply_exact(model, tok, prompt_ids: list[int], reply_ids: list[int], device) -> tuple[bool, bool]:
+    """(answer right, citations right), each token for token under teacher forcing (arg-max at every token). The
+    answer is the reply's tokens that start before its answer value ends; the rest are the citations."""
+    import torch
+
+    x = torch.tensor([prompt_ids + reply_ids], device=device)
+    with torch.no_grad():
+        pred = model(input_ids=x).logits[0, len(prompt_ids) - 1:-1].argmax(-1).tolist()
+    ok = [a == b for a, b in zip(pred, reply_ids)]
+    text = tok.decode(reply_ids)
+    end = text.index('", "citations"')
+    n_ans = sum(a < end for a, _ in tok.encode(text, add_special_tokens=False).offsets)
+    return all(ok[:n_ans]), all(ok[n_ans:])
 
 
 def probe_recall(model, tok, penc, device, n: int = 24) -> dict:
@@ -317,21 +327,15 @@ def probe_recall(model, tok, penc, device, n: int = 24) -> dict:
     reproduces token for token under teacher forcing (arg-max at every token). Near 0 means it does not read: the
     shipped shape learns to copy in minutes, so what is missing is the lookup (tools/reading_probe.py tells them
     apart)."""
-    import torch
-
     rng = random.Random(99)
     ans = cite = 0
     model.eval()
     for _ in range(n):
         msgs, rep, _ = recall_row(rng, rng.randint(2, 6))
         e = penc.encode(msgs, rep)
-        x = torch.tensor([e.ids], device=device)
-        with torch.no_grad():
-            pred = model(input_ids=x).logits[0, e.n_prompt - 1:-1].argmax(-1).tolist()
-        ok = [a == b for a, b in zip(pred, e.ids[e.n_prompt:])]
-        n_ans = answer_token_count(tok, rep)
-        ans += all(ok[:n_ans])
-        cite += all(ok[n_ans:])
+        a, c = reply_exact(model, tok, e.ids[:e.n_prompt], e.ids[e.n_prompt:], device)
+        ans += a
+        cite += c
     model.train()
     return {"n": n, "answer_exact": round(ans / n, 3), "citation_exact": round(cite / n, 3)}
 
@@ -1368,7 +1372,7 @@ def main() -> None:
                     help="read: show 1-8 memories from the first step (a continuation of a model that already read "
                          "8), not the 2 -> 8 curriculum")
     ap.add_argument("--recall-share", type=float, default=0.0,
-                    help="read: share of each batch drawn from recall_row (facts at random, copy to answer)")
+                    help="read: share of each batch drawn from recall_row (facts at random: only reading answers them)")
     ap.add_argument("--save-minutes", type=float, default=4.0)
     ap.add_argument("--threads", type=int, default=1,
                     help="torch threads; 1 is faster than 2 on a machine whose 2 cores are busy with other work")
