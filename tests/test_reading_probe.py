@@ -50,7 +50,7 @@ def test_lookup_rows_hold_the_answer_in_the_cited_line_only(probe, tok, fmt):
     rng = random.Random(5)
     shown = removed = 0
     for _ in range(40):
-        p, r = probe.lookup_row(tokenizer, penc, rng, 4, fmt)
+        p, r = probe.T.lookup_row(tokenizer, penc, rng, 4, fmt)
         prompt, reply = tokenizer.decode(p, skip_special_tokens=False), json.loads(tokenizer.decode(r))
         lines = dict(re.findall(r"^\[(\d+)\] \S+ (.*)$", prompt, re.M))
         assert 2 <= len(lines) + (reply["citations"] == []) <= 4
@@ -102,3 +102,40 @@ def test_bad_arguments_get_one_line_naming_them(argv, named):
     assert proc.returncode == 1
     assert proc.stderr.strip().count("\n") == 0 and named in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_lookup_stage_step_learns_from_the_reply_tokens_only(probe, tok):
+    """train_default's lookup stage: the loss is over the reply tokens alone, and a step lowers it."""
+    torch = pytest.importorskip("torch")
+    tokenizer, penc = tok
+    T = probe.T
+    rows = [T.lookup_row(tokenizer, penc, random.Random(i), 3, "short") for i in range(6)]
+    x, w = T.padded(rows, 825, "cpu")
+    for i, (p, r) in enumerate(rows):
+        assert w[i].tolist() == [0.0] * len(p) + [1.0] * len(r) + [0.0] * (x.shape[1] - len(p) - len(r))
+        assert x[i, :len(p) + len(r)].tolist() == p + r
+
+    class TinyLM(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.emb, self.out = torch.nn.Embedding(1000, 32), torch.nn.Linear(32, 1000)
+
+        def forward(self, input_ids):
+            return type("Out", (), {"logits": self.out(torch.tanh(self.emb(input_ids)))})
+
+    torch.manual_seed(0)
+    model = TinyLM()
+    before = [p.detach().clone() for p in model.parameters()]
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    losses = []
+    for _ in range(40):
+        opt.zero_grad()
+        losses.append(T.ids_step(model, *T.padded(rows, 825, "cpu")))
+        opt.step()
+    assert losses[-1] < 0.6 * losses[0]
+    assert all(not torch.equal(a, b) for a, b in zip(before, model.parameters()))
+    # the padding after a short row is no target: another pad id leaves the loss as it was
+    model.zero_grad()
+    base = T.ids_step(model, *T.padded(rows, 825, "cpu"))
+    model.zero_grad()
+    assert T.ids_step(model, *T.padded(rows, 824, "cpu")) == pytest.approx(base, rel=1e-6)

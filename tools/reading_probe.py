@@ -30,7 +30,6 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tools")]
 
 import train_default as T  # noqa: E402
-from edge_agent.qa.answer import MEMORIES_CLOSE, MEMORIES_OPEN, NOT_IN_MEMORY  # noqa: E402
 
 FIRST_SPECIAL = "<|endoftext|>"  # plain tokens are the ids below the first added (special) token
 HF_SIDE_FILES = ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "preprocessor_config.json")
@@ -44,31 +43,6 @@ def copy_batch(gen, rows: int, length: int, n_plain: int, head: int):
     return torch.cat([torch.full((rows, 1), head), x, x], 1)
 
 
-def lookup_row(tok, penc, rng: random.Random, top: int, fmt: str) -> tuple[list[int], list[int]]:
-    """(prompt ids, reply ids) of one recall row; 1 in 5 has its evidence removed (reply "not in memory")."""
-    msgs, reply, _ = T.recall_row(rng, rng.randint(2, top), remove=rng.random() < 0.2)
-    if fmt == "product":
-        e = penc.encode(msgs, reply)
-        return e.ids[:e.n_prompt], e.ids[e.n_prompt:]
-    user = msgs[1].parts[0]
-    lines = user.split(MEMORIES_OPEN + "\n")[1].split("\n" + MEMORIES_CLOSE)[0]
-    question = next(line for line in user.splitlines() if line.startswith("Question:"))
-    return tok.encode(lines + "\n" + question + "\n").ids, tok.encode(reply).ids
-
-
-def padded(rows, pad: int, device):
-    """Token ids, padded, and a 0/1 weight on every reply token (the loss and the score use only those)."""
-    import torch
-
-    width = max(len(p) + len(r) for p, r in rows)
-    x = torch.full((len(rows), width), pad, device=device)
-    w = torch.zeros(len(rows), width, device=device)
-    for i, (p, r) in enumerate(rows):
-        x[i, :len(p) + len(r)] = torch.tensor(p + r, device=device)
-        w[i, len(p):len(p) + len(r)] = 1
-    return x, w
-
-
 def score_copy(model, gen, n_plain: int, head: int, length: int, device) -> float:
     """Share of repeat tokens predicted right (arg-max) on 64 held-out sequences; chance is 1 / n_plain."""
     import torch
@@ -79,24 +53,6 @@ def score_copy(model, gen, n_plain: int, head: int, length: int, device) -> floa
         pred = model(input_ids=x).logits[:, length + 1:-1].argmax(-1)
     model.train()
     return round((pred == x[:, length + 2:]).float().mean().item(), 3)
-
-
-def score_lookup(model, tok, penc, top: int, fmt: str, device, n: int = 60) -> dict:
-    """On held-out rows whose evidence is shown: the answer, and the citation, right token for token (arg-max
-    under teacher forcing). A guess from the prior rarely gets a whole place or note text, and never the id."""
-    rng = random.Random(99)
-    answer = cited = shown = 0
-    model.eval()
-    for _ in range(n):
-        p, r = lookup_row(tok, penc, rng, top, fmt)
-        if NOT_IN_MEMORY in tok.decode(r):
-            continue
-        a, c = T.reply_exact(model, tok, p, r, device)
-        shown += 1
-        answer += a
-        cited += c
-    model.train()
-    return {"rows": shown, "answer_exact": round(answer / shown, 3), "citation_exact": round(cited / shown, 3)}
 
 
 def main() -> None:
@@ -134,7 +90,7 @@ def main() -> None:
     def score():
         if args.task == "copy":
             return score_copy(model, torch.Generator().manual_seed(12345), n_plain, head, args.length, args.device)
-        return score_lookup(model, tok, penc, args.top, args.format, args.device)
+        return T.probe_lookup(model, tok, penc, args.top, args.format, args.device)
 
     print(f"{args.task} from {args.src}: step 0 held-out {score()}", flush=True)
     t0, step = time.time(), 0
@@ -146,19 +102,15 @@ def main() -> None:
             w = torch.zeros_like(x, dtype=torch.float)
             w[:, args.length + 2:] = 1  # the repeat, from its second token (the first cannot be known)
         else:
-            x, w = padded([lookup_row(tok, penc, rng, args.top, args.format) for _ in range(args.batch)],
-                          tok.token_to_id(FIRST_SPECIAL), args.device)
-        logits = model(input_ids=x).logits[:, :-1]
-        per_token = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), x[:, 1:].reshape(-1),
-                                                      reduction="none")
-        loss = (per_token * w[:, 1:].reshape(-1)).sum() / w[:, 1:].sum()
+            x, w = T.padded([T.lookup_row(tok, penc, rng, args.top, args.format) for _ in range(args.batch)],
+                            tok.token_to_id(FIRST_SPECIAL), args.device)
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        loss = T.ids_step(model, x, w)
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         step += 1
         if step % args.score_every == 0:
-            print(f"step {step} ({time.time() - t0:.0f}s) loss {loss.item():.3f} held-out {score()}", flush=True)
+            print(f"step {step} ({time.time() - t0:.0f}s) loss {loss:.3f} held-out {score()}", flush=True)
     print(f"{args.task}: {step} steps in {time.time() - t0:.0f}s, held-out {score()}", flush=True)
     if args.save:
         model.save_pretrained(args.save)
