@@ -1170,7 +1170,8 @@ def run_stage(name: str, args) -> None:
             # 2 memories at first, 2-8 by three quarters of the way: grown faster, the citation fell back
             # (models/default/README.md, "Tried: copying and looking up, apart"). Text only: the writer's format
             # suffers (teacher-forced token accuracy 0.82 -> 0.44 in 700 steps); the read stage's writer replay
-            # repaired it, not the objects its memories name ("Tried: the lookup stage, then read, then write again")
+            # repaired it, not the objects its memories name ("Tried: the lookup stage, then read, then write again");
+            # a write stage after read, content weight 8, did (the shipped run)
             top = 2 + round(6 * min(1.0, frac / 0.75))
             rows = [lookup_row(tok, penc, rng, top, "short") for _ in range(cfg["batch"])]
             loss = ids_step(model, *padded(rows, ids["<|endoftext|>"], device))
