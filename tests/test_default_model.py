@@ -188,7 +188,7 @@ def pixel_probe(heldout_clips):
 
 def test_the_writer_takes_the_room_from_the_pixels(pixel_probe, heldout_clips):
     """tools/train_default.py pixels: with another segment's keyframes in place of its own, the writer's room word
-    gets much less likely (shipped model, 12 clips: loss 0.09 -> 2.13, arg-max 98 -> 52 %)."""
+    gets much less likely (shipped model, 12 clips: loss 0.08 -> 1.67, arg-max 97 -> 59 %)."""
     rec, tok, penc, ids, model = pixel_probe
     room = rec.probe_pixels(model, tok, penc, ids, "cpu", heldout_clips, n=36)["room"]
     assert room["own"]["n"] >= 20
@@ -196,19 +196,21 @@ def test_the_writer_takes_the_room_from_the_pixels(pixel_probe, heldout_clips):
     assert room["swapped"]["loss"] > room["own"]["loss"] + 1.0
 
 
-@pytest.mark.xfail(strict=True, reason="issue 9: the shipped writer's colour words do not depend on the pixels "
-                                       "(12 clips: loss 1.85 own vs 1.83 swapped; models/default/README.md, "
-                                       "'What the writer sees')")
-def test_the_writer_takes_the_colour_from_the_pixels(pixel_probe, heldout_clips):
+@pytest.mark.parametrize("word", ["colour", "kind"])
+def test_the_writer_takes_the_object_and_its_colour_from_the_pixels(pixel_probe, heldout_clips, word):
+    """The same probe for the held object's colour and kind words (shipped model, 12 clips: colour loss 0.77 -> 2.52
+    when the frames are swapped, arg-max 75 -> 20 %; kind 0.56 -> 2.31, 78 -> 24 %). The model before guessed them
+    from a prior: 1.85 vs 1.83, unchanged by the swap (models/default/README.md, "What the writer sees")."""
     rec, tok, penc, ids, model = pixel_probe
-    colour = rec.probe_pixels(model, tok, penc, ids, "cpu", heldout_clips, n=36)["colour"]
-    assert colour["own"]["n"] >= 8
-    assert colour["swapped"]["loss"] > colour["own"]["loss"] + 0.5
+    got = rec.probe_pixels(model, tok, penc, ids, "cpu", heldout_clips, n=36)[word]
+    assert got["own"]["n"] >= 8
+    assert got["own"]["acc"] >= 0.5
+    assert got["swapped"]["loss"] > got["own"]["loss"] + 1.0
 
 
 def test_greedy_writer_probe_decodes_memories_that_name_the_room(pixel_probe, heldout_clips):
     """The write stages' greedy probe decodes as the device does: on the shipped model the memories name the room
-    (README table: 91.7 % through llama.cpp) and use at least one object word; colour and kind are reported."""
+    (README table: 91.0 % through llama.cpp) and use at least one object word; colour and kind are reported."""
     rec, tok, penc, ids, model = pixel_probe
     p = rec.probe_write_greedy(model, tok, penc, ids, "cpu", heldout_clips, n=12)
     assert p["n"] == 12
@@ -313,7 +315,7 @@ def test_end_to_end_on_a_heldout_seed_answers_cites_and_varies(end_to_end):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="issue 9 target not reached: end to end 30.2 % [25.5, 35.5] on 324 "
+@pytest.mark.xfail(strict=True, reason="issue 9 target not reached: end to end 32.7 % [27.8, 38.0] on 324 "
                    "held-out questions (models/default/README.md)")
 def test_end_to_end_far_above_chance(end_to_end):
     """The issue's bar: end to end >= 50 % on a held-out seed. Strict xfail: it starts failing (= passing) the day
@@ -351,9 +353,9 @@ def test_transformers_and_llama_cpp_agree_on_a_writer_prompt(backend, heldout):
 
 
 # Measured on the shipped model (models/default/README.md, manifest.json "measured"), minus a margin:
-# held-out clips 9000-9011: valid memories 143/144, room 91.7 %; MC over ground-truth memories 43.9 % [35.8, 52.5]
-# (132 questions, chance 25 %, letters spread, E 22), citations 100 %, open questions with text 93.8 %; end to end
-# 30.2 % [25.5, 35.5] over 324 questions (seed 9001: 7/27), parity 0.079 (q8_0 GGUFs against the f32 checkpoint;
+# held-out clips 9000-9011: valid memories 143/144, room 91.0 %; MC over ground-truth memories 38.6 % [30.8, 47.2]
+# (132 questions, chance 25 %, letters spread, E 26), citations 100 %, open questions with text 88.9 %; end to end
+# 32.7 % [27.8, 38.0] over 324 questions (seed 9001: 9/27), parity 0.087 (q8_0 GGUFs against the f32 checkpoint;
 # 7.2e-4 for an f32 export, which the export tests hold to their own tolerance). One or two seeds are too few to assert
 # above chance (seed 9005 alone: 3/27): the floors guard against a broken export, scorer or prompt drift; the
 # issue's bar is test_end_to_end_far_above_chance.

@@ -17,8 +17,11 @@ Stages (each checkpoints weights, optimizer, RNG and data position to /tmp/edge_
           rows (Phase Two's pairwise prompt, both orderings) mixed in. Loss weighted on answer and citation tokens.
   vision  vision tower only, training-only heads on the merger output (room, shot kind, focus object kind and
           colour, person present, activity) on keyframes cut by the runtime's capture path. Heads are dropped.
+          The 200 clips hold ~1,100 keyframe pairs with an object: too few to separate the kinds; `--extra-clips
+          800` (5x the clips) took the held-out kind 0.24 -> 0.64 (models/default/README.md, "What the writer sees").
   write   vision + text: the runtime's writer prompt, windows of 0-4 earlier segments whose memories are partly
-          "(none)" or degraded, content tokens weighted up, replay of answer/judge rows.
+          "(none)" or degraded, content tokens weighted up, replay of the read stage's rows; `--see-rows N` adds
+          short rows that are all object (see_row). Probes: teacher forced, greedy (as the device decodes), see rows.
   lookup  text only: recall rows (train_default.recall_row: facts at random, so only finding the one memory that
           holds the answer and copying it and its id answers them) as the memory lines and the question alone,
           2 memories growing to 2-8. The lookup forms here, on short cheap rows, and carries into the product's
@@ -70,6 +73,7 @@ from edge_agent.vlm.prompt import PromptEncoder, image_tokens, pixel_inputs  # n
 OUT = ROOT / "models" / "default"
 WORK = Path("/tmp/edge_agent_default")  # data cache + checkpoints (not shipped)
 VIDEO_SEEDS = list(range(100, 300))  # rendered clips (vision + writing)
+EXTRA_VIDEO_SEED0 = 10000  # --extra-clips N adds seeds 10000.. (never held out; rendering is ~0.5 s a clip)
 TEXT_SEED0 = 20000  # text-only worlds: seeds 20000 + n, drawn without end
 HELDOUT_SEEDS = list(range(9000, 9012))  # never trained on; probes and eval
 MINUTES = 2.0
@@ -678,9 +682,8 @@ def lm_step(model, tok, penc, rows, ids, device, w_key: float) -> tuple[float, f
     Returns (loss, weight)."""
     enc = encode_rows(tok, penc, rows, w_key)
     groups: list[tuple[list, bool]] = []
-    vis = [r for r in enc if r[0].chunks]
-    if vis:
-        groups.append((vis, False))  # prefix = the system message only (images come right after it)
+    for kind in sorted({r[2] for r in enc if r[0].chunks}):  # by kind: short see rows never pad to a writer row
+        groups.append(([r for r in enc if r[0].chunks and r[2] == kind], False))  # prefix: the system message
     # text rows: clusters sharing a long prefix (a contrastive group's memories and question) run it once
     text = sorted((r for r in enc if not r[0].chunks), key=lambda r: r[0].ids)
     shared = common_prefix(text, ids["<|vision_start|>"]) if text else 0  # the system message of every row
@@ -1164,9 +1167,10 @@ def run_stage(name: str, args) -> None:
     # data
     video = held = chunks = held_chunks = None
     if name in ("vision", "write", "read", "joint"):
-        video = [clip(s) for s in VIDEO_SEEDS]
+        seeds = VIDEO_SEEDS + list(range(EXTRA_VIDEO_SEED0, EXTRA_VIDEO_SEED0 + args.extra_clips))
+        video = [clip(s) for s in seeds]
         held = [clip(s) for s in HELDOUT_SEEDS[:4]]
-        variants = [caption_variants(s) for s in VIDEO_SEEDS] if name != "vision" else None
+        variants = [caption_variants(s) for s in seeds] if name != "vision" else None
     if name == "vision":
         chunks = vision_chunks(video)
         held_chunks = vision_chunks(held)
@@ -1222,7 +1226,8 @@ def run_stage(name: str, args) -> None:
                  "see": probe_see(model, tok, penc, ids, device, held)}
         else:
             p = {"write": probe_write(model, tok, penc, ids, device, held),
-                 "write_greedy": probe_write_greedy(model, tok, penc, ids, device, held)}
+                 "write_greedy": probe_write_greedy(model, tok, penc, ids, device, held),
+                 "see": probe_see(model, tok, penc, ids, device, held)}
         p["step"] = state["step"]
         p["probe_seconds"] = round(time.time() - t)
         print(f"[{name}] probe {json.dumps(p)}", flush=True)
@@ -1263,6 +1268,9 @@ def run_stage(name: str, args) -> None:
             i = rng.randrange(len(c["segments"]))
             rows.append(writer_example(c, i, min(i, rng.choice([0, 1, 2, 3, 4])), rng, variants[j]))
         return rows
+
+    def see_rows(n: int) -> list:
+        return [r for r in (see_row(video[rng.randrange(len(video))], rng) for _ in range(n)) if r]
 
     def read_rows(n: int, frac: float) -> list:
         """Open questions; the memories shown grow from 1-2 to 1-8 over the first half (a curriculum: the
@@ -1326,15 +1334,14 @@ def run_stage(name: str, args) -> None:
             # its objects, models/default/README.md "Tried: one more lookup -> read -> write round"): the two
             # losses are each a mean over their own tokens, summed
             top = 2 + round(6 * min(1.0, frac / 0.5))
-            see = [r for r in (see_row(video[rng.randrange(len(video))], rng) for _ in range(args.see_rows)) if r]
-            loss, _ = lm_step(model, tok, penc, write_rows(cfg["batch"]) + read_rows(cfg["batch"], 1.0) + see, ids,
-                              device, args.w_key)
+            loss, _ = lm_step(model, tok, penc, write_rows(cfg["batch"]) + read_rows(cfg["batch"], 1.0) +
+                              see_rows(args.see_rows), ids, device, args.w_key)
             rows = [lookup_row(tok, penc, rng, top, "short") for _ in range(2 * cfg["batch"])]
             loss += ids_step(model, *padded(rows, ids["<|endoftext|>"], device))
         else:
             # replay of the read stage's open questions (what the likelihood answerer uses), so a write stage run
             # after it (a new frame size) keeps the skill; the answer stage's letters are not used any more
-            rows = write_rows(cfg["batch"]) + read_rows(6, 1.0)
+            rows = write_rows(cfg["batch"]) + read_rows(args.read_replay, 1.0) + see_rows(args.see_rows)
             loss, _ = lm_step(model, tok, penc, rows, ids, device, args.w_key)
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
@@ -1440,7 +1447,9 @@ def manifest(args) -> None:
         else:
             previous = old.get("previous")
     man = {"seed": args.seed, "generator": GENERATOR_VERSION, "recipe": args.recipe,
-           "video_seeds": [VIDEO_SEEDS[0], VIDEO_SEEDS[-1]], "text_seeds_from": TEXT_SEED0,
+           "video_seeds": [VIDEO_SEEDS[0], VIDEO_SEEDS[-1]],
+           "extra_video_seeds": [EXTRA_VIDEO_SEED0, EXTRA_VIDEO_SEED0 + args.extra_clips - 1] if args.extra_clips else None,
+           "text_seeds_from": TEXT_SEED0,
            "heldout_seeds": [HELDOUT_SEEDS[0], HELDOUT_SEEDS[-1]], "stages": stages, "measured": measured,
            # what it was trained at (read by edge_agent.models; the same as the catalog's entry)
            "profile": {"frame_size": FRAME_SIZE, "keyframes_per_segment": 4, "answer_choice": "score",
@@ -1618,8 +1627,12 @@ def main() -> None:
     ap.add_argument("--recall-share", type=float, default=0.0,
                     help="read: share of each batch drawn from recall_row (facts at random: only reading answers them)")
     ap.add_argument("--see-rows", type=int, default=0,
-                    help="joint: rows per step of a segment's keyframes alone -> the object picked, put or carried "
+                    help="write/joint: rows per step of a segment's keyframes alone -> the object picked, put or carried "
                          "(train_default.see_row)")
+    ap.add_argument("--extra-clips", type=int, default=0,
+                    help="data/vision/write/read/joint: this many more rendered clips (seeds 10000..) beside the "
+                         "recipe's 200")
+    ap.add_argument("--read-replay", type=int, default=6, help="write: read-stage rows replayed per step")
     ap.add_argument("--save-minutes", type=float, default=4.0)
     ap.add_argument("--threads", type=int, default=1,
                     help="torch threads; 1 is faster than 2 on a machine whose 2 cores are busy with other work")
@@ -1642,7 +1655,7 @@ def main() -> None:
     args = ap.parse_args()
     FRAME_SIZE = args.frame_size
     if args.what == "data":
-        for s in VIDEO_SEEDS + HELDOUT_SEEDS:
+        for s in VIDEO_SEEDS + list(range(EXTRA_VIDEO_SEED0, EXTRA_VIDEO_SEED0 + args.extra_clips)) + HELDOUT_SEEDS:
             clip(s)
         print("data ready", flush=True)
     elif args.what == "run":
