@@ -90,6 +90,36 @@ def heldout(tmp_path_factory):
     return segs, captions, json.loads(paths.questions.read_text())["questions"]
 
 
+def test_manifest_rebuild_keeps_the_previous_models_record_and_the_hand_kept_ones(tmp_path, monkeypatch):
+    """`train_default.py manifest` after a retrain: the old weights' record moves under "previous" (recipe and
+    measurements with it), records kept by hand (runs tried and not shipped) are carried, and the files are
+    hashed anew. Rebuilt again on the same weights, the chain stays one link long."""
+    import argparse
+
+    td = _recipe()
+    monkeypatch.setattr(td, "WORK", tmp_path / "work")
+    (tmp_path / "work").mkdir()
+    (tmp_path / "work" / "eval-new.json").write_text(json.dumps({"mc_acc_gt_memories": 0.5}))
+    out = tmp_path / "model"
+    (out / "hf").mkdir(parents=True)
+    (out / "hf" / "model.safetensors").write_bytes(b"new weights")
+    old = {"recipe": "the old recipe", "measured": {"mc": 0.4}, "stages": {}, "profile": {},
+           "files": {"hf/model.safetensors": {"sha256": "0" * 64, "bytes": 11}},
+           "tried_not_shipped": {"a run": {"acc": 0.3}}, "previous": {"recipe": "older"}}
+    (out / "manifest.json").write_text(json.dumps(old))
+    args = argparse.Namespace(out=out, measured_name="new", previous_name="old", seed=0, recipe="the new recipe",
+                              extra_clips=0)
+    for _ in range(2):
+        td.manifest(args)
+        man = json.loads((out / "manifest.json").read_text())
+        assert man["recipe"] == "the new recipe"
+        assert man["measured"]["writer_and_mc_gt_memories"] == {"mc_acc_gt_memories": 0.5}
+        assert man["previous"]["recipe"] == "the old recipe" and man["previous"]["weights_sha256"] == "0" * 64
+        assert man["previous"]["measured"] == {"mc": 0.4} and man["previous"]["previous"] == {"recipe": "older"}
+        assert man["tried_not_shipped"] == {"a run": {"acc": 0.3}}
+        assert man["files"]["hf/model.safetensors"]["sha256"] == _sha256(out / "hf" / "model.safetensors")
+
+
 def test_recall_rows_can_only_be_answered_by_copying_the_cited_memory():
     """The read stage's recall rows (--recall-share): each asked-about key occurs in exactly one memory, the
     answer is that memory's own words and the citation its id; with that memory removed the answer is "not in
@@ -315,7 +345,7 @@ def test_end_to_end_on_a_heldout_seed_answers_cites_and_varies(end_to_end):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="issue 9 target not reached: end to end 32.7 % [27.8, 38.0] on 324 "
+@pytest.mark.xfail(strict=True, reason="issue 9 target not reached: end to end 34.3 % [29.3, 39.6] on 324 "
                    "held-out questions (models/default/README.md)")
 def test_end_to_end_far_above_chance(end_to_end):
     """The issue's bar: end to end >= 50 % on a held-out seed. Strict xfail: it starts failing (= passing) the day
@@ -353,11 +383,11 @@ def test_transformers_and_llama_cpp_agree_on_a_writer_prompt(backend, heldout):
 
 
 # Measured on the shipped model (models/default/README.md, manifest.json "measured"), minus a margin:
-# held-out clips 9000-9011: valid memories 143/144, room 91.0 %; MC over ground-truth memories 38.6 % [30.8, 47.2]
-# (132 questions, chance 25 %, letters spread, E 26), citations 100 %, open questions with text 88.9 %; end to end
-# 32.7 % [27.8, 38.0] over 324 questions (seed 9001: 9/27), parity 0.087 (q8_0 GGUFs against the f32 checkpoint;
+# held-out clips 9000-9011: valid memories 143/144, room 93.1 %; MC over ground-truth memories 52.3 % [43.8, 60.6]
+# (132 questions, chance 25 %, letters spread, E 0), citations 100 %, open questions with text 79.2 %; end to end
+# 34.3 % [29.3, 39.6] over 324 questions (seed 9001: 11/27), parity 0.101 (q8_0 GGUFs against the f32 checkpoint;
 # 7.2e-4 for an f32 export, which the export tests hold to their own tolerance). One or two seeds are too few to assert
-# above chance (seed 9005 alone: 3/27): the floors guard against a broken export, scorer or prompt drift; the
+# above chance (seed 9002 alone: 6/27): the floors guard against a broken export, scorer or prompt drift; the
 # issue's bar is test_end_to_end_far_above_chance.
 VALID_MIN = 7
 ROOM_MIN = 6
@@ -366,7 +396,7 @@ CITED_MIN = 0.90
 OPEN_TEXT_MIN = 0.6
 E2E_MINUTES = 9.0
 E2E_MIN = 0.12
-PARITY_MAX = 0.1  # q8_0 rounding; a broken export is off by whole logits
+PARITY_MAX = 0.15  # q8_0 rounding (0.101 measured at logit scale 19.5); a broken export is off by whole logits
 
 
 @pytest.mark.slow

@@ -164,7 +164,7 @@ def word_logprobs(favoured: str):
         assert text.startswith(ANSWER_PREFIX) and text.endswith('"')
         pieces = [ANSWER_PREFIX[:-2], ANSWER_PREFIX[-2:]] + [w + " " for w in text[len(ANSWER_PREFIX):-1].split()]
         pieces[-1] = pieces[-1].rstrip() + '"'
-        return [(p, -0.1 if p.strip(' "') in favoured.split() else -3.0) for p in pieces]
+        return [(p, 0.0 if p == ' "' else -0.1 if p.strip(' "') in favoured.split() else -3.0) for p in pieces]
     return f
 
 
@@ -201,11 +201,29 @@ def test_answer_likelihood_is_the_mean_over_the_answer_tokens_and_escapes_quotes
 
     def f(messages, text):
         seen.append(text)
-        return [('{"answer', -9.0), ('": "', -9.0), ("on", -1.0), (" the", -2.0), (' shelf"', -3.0)]
+        return [('{"answer', -9.0), ('":', -9.0), (' "', -2.0), ("on", -1.0), (" the", -2.0), (' shelf"', -3.0)]
 
+    # from the opening quote's token on: the key's tokens are not the answer's
     assert answer_likelihood(ScriptedBackend(logprobs=f), [], "on the shelf") == pytest.approx(-2.0)
     answer_likelihood(ScriptedBackend(logprobs=f), [], 'the note that said "HI"')
     assert seen[-1] == ANSWER_PREFIX + 'the note that said \\"HI\\""'
+
+
+def test_the_opening_quote_decides_between_answers_the_tokenizer_starts_differently(store):
+    """The shipped tokenizer writes ' "' before "not in memory" and ' "<' before "<face_1>": a model sure of the
+    face gives ' "' a low probability, and that token must count, or P("not in memory") is the probability of
+    its other tokens alone (~0.95: every person question was abstained on)."""
+    def f(messages, text):
+        body = text[len(ANSWER_PREFIX) - 1:]  # from the opening quote
+        if body.startswith('"<'):
+            return [('{"answer":', 0.0), (' "<', -0.02), ("face", 0.0), ("_", 0.0), (body[7], -0.05 if body[7] == "1"
+                    else -4.0), ('>"', 0.0)]
+        return [('{"answer":', 0.0), (' "', -4.0)] + [(w, -0.01) for w in body[1:].split()]
+
+    backend = ScriptedBackend([json.dumps({"answer": "<face_1>", "citations": []})], logprobs=f)
+    cfg = QAConfig(top_k=4, use_embeddings=False, choice="score")
+    res = answer(store, backend, "Who did I meet in the kitchen?", ["<face_2>", "<face_1>"], asked_at=100.0, cfg=cfg)
+    assert res["choice"] == "B" and not res["abstained"]
 
 
 def test_score_mode_without_a_scorer_generates_the_letter(store):

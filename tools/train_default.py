@@ -773,7 +773,7 @@ def probe_answer(model, tok, penc, ids, device, n_q: int = 24) -> dict:
 
 def answer_token_logprobs(model, tok, penc, msgs, text: str, device) -> list[float]:
     """Log-probability of each token of `text` as the answer of the open prompt `msgs` (the tokens of
-    '{"answer": "<text>"' from the text's first character through the closing quote): what the product's
+    '{"answer": "<text>"' from the one holding the opening quote through the closing quote): what the product's
     likelihood answerer scores (qa.answer.answer_logprobs), in torch."""
     import torch
 
@@ -781,7 +781,7 @@ def answer_token_logprobs(model, tok, penc, msgs, text: str, device) -> list[flo
     rep = prefix + json.dumps(text)[1:]  # JSON-escaped, as in the replies it was trained on
     e = penc.encode(msgs, rep)
     enc = tok.encode(rep, add_special_tokens=False)
-    first = next(i for i, (a, b) in enumerate(enc.offsets) if b > len(prefix))
+    first = next(i for i, (a, b) in enumerate(enc.offsets) if b >= len(prefix))
     x = torch.tensor([e.ids], device=device)
     with torch.no_grad():
         lp = model(input_ids=x).logits[0, e.n_prompt - 1:-1].float().log_softmax(-1)
@@ -1228,6 +1228,8 @@ def run_stage(name: str, args) -> None:
             p = {"write": probe_write(model, tok, penc, ids, device, held),
                  "write_greedy": probe_write_greedy(model, tok, penc, ids, device, held),
                  "see": probe_see(model, tok, penc, ids, device, held)}
+            if args.read_replay:  # the replayed skill drifts too (MC over ground-truth memories 43.9 -> 38.6 %)
+                p["read"] = probe_read(model, tok, penc, device)
         p["step"] = state["step"]
         p["probe_seconds"] = round(time.time() - t)
         print(f"[{name}] probe {json.dumps(p)}", flush=True)
@@ -1428,6 +1430,7 @@ def manifest(args) -> None:
     measured = {}
     for key, f in (("writer_and_mc_gt_memories", WORK / f"eval-{args.measured_name}.json"),
                    ("end_to_end", WORK / f"heldout-{args.measured_name}.json"), ("parity", WORK / "parity.json"),
+                   ("pixels", WORK / f"pixels-{args.measured_name}.json"),
                    ("previous_model_writer_and_mc", WORK / f"eval-{args.previous_name}.json"),
                    ("previous_model_end_to_end", WORK / f"heldout-{args.previous_name}.json")):
         if f.is_file():
@@ -1435,14 +1438,14 @@ def manifest(args) -> None:
     files = {str(p.relative_to(out)): {"sha256": sha256(p), "bytes": p.stat().st_size}
              for p in sorted(out.rglob("*")) if p.is_file() and p.name not in ("manifest.json",)}
     # A model retrained from the one shipped before it keeps that one's record (its stages ran in an earlier
-    # session whose stage folders are gone): the provenance chain, one level deep.
-    previous = None
+    # session whose stage folders are gone): the provenance chain, each model's record holding its predecessor's.
+    previous, old = None, {}
     old_path = out / "manifest.json"
     if old_path.is_file():
         old = json.loads(old_path.read_text())
         weights = "hf/model.safetensors"
         if old.get("files", {}).get(weights, {}).get("sha256") != files.get(weights, {}).get("sha256"):
-            previous = {k: old.get(k) for k in ("stages", "measured", "profile")}
+            previous = {k: old.get(k) for k in ("recipe", "stages", "measured", "profile", "previous")}
             previous["weights_sha256"] = old.get("files", {}).get(weights, {}).get("sha256")
         else:
             previous = old.get("previous")
@@ -1457,6 +1460,8 @@ def manifest(args) -> None:
                        "candidate_share": 0.3, "adapt_learning_rate": 1e-2, "adapt_steps": 50, "adapt_sft_weight": 1.0,
                        "ram_gb": 0.5, "disk_gb": 0.1},
            "previous": previous, "files": files}
+    # records kept by hand (runs tried and not shipped, notes): carried over, never dropped by a rebuild
+    man.update({k: v for k, v in old.items() if k not in man})
     (out / "manifest.json").write_text(json.dumps(man, indent=1) + "\n")
     print(f"manifest: {len(files)} files", flush=True)
 

@@ -201,14 +201,18 @@ ANSWER_PREFIX = '{"answer": "'
 
 def answer_logprobs(backend: Any, messages: list[Message], text: str) -> list[float]:
     """Log-probability of each token of `text` as the answer the model replies to the open prompt `messages`:
-    the tokens of '{"answer": "<text>"' from the one that holds the text's first character through the closing
-    quote (which ends the answer, so a prefix of a longer answer does not score as the whole). The text is
-    JSON-escaped, as the model writes it."""
+    the tokens of '{"answer": "<text>"' from the one that holds the opening quote through the closing quote
+    (which ends the answer, so a prefix of a longer answer does not score as the whole). The text is
+    JSON-escaped, as the model writes it.
+
+    The opening quote's token counts because answers part there: the tokenizer writes ' "' before "not in
+    memory" but ' "<' before "<face_1>", so a model sure of a face gives ' "' a low probability. Leaving that
+    token out made P("not in memory") ~0.95 on every person question and the default abstained on all of them."""
     pieces = backend.continuation_logprobs(messages, ANSWER_PREFIX + json.dumps(text)[1:])
     end, kept = 0, []
     for piece, logprob in pieces:
         end += len(piece.encode("utf-8"))
-        if end > len(ANSWER_PREFIX):
+        if end >= len(ANSWER_PREFIX):
             kept.append(logprob)
     return kept
 
