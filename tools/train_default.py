@@ -64,7 +64,7 @@ from edge_agent.eval.metrics import wilson_interval  # noqa: E402
 from edge_agent.memory.prompts import writer_messages  # noqa: E402
 from edge_agent.config import QAConfig  # noqa: E402
 from edge_agent.qa.answer import (  # noqa: E402
-    LETTERS, MEMORIES_CLOSE, MEMORIES_OPEN, NOT_IN_MEMORY, build_messages, reply_from_memories)
+    ANSWER_PREFIX, LETTERS, MEMORIES_CLOSE, MEMORIES_OPEN, NOT_IN_MEMORY, build_messages, reply_from_memories)
 from edge_agent.synth.world import (  # noqa: E402
     ACTIVITIES, COLOURS, OBJECT_KINDS, PLACE_KINDS, ROOM_LAYOUTS, doing, note_text, where)
 from edge_agent.types import Frame, ImagePart, Message, Segment  # noqa: E402
@@ -777,11 +777,10 @@ def answer_token_logprobs(model, tok, penc, msgs, text: str, device) -> list[flo
     likelihood answerer scores (qa.answer.answer_logprobs), in torch."""
     import torch
 
-    prefix = '{"answer": "'
-    rep = prefix + json.dumps(text)[1:]  # JSON-escaped, as in the replies it was trained on
+    rep = ANSWER_PREFIX + json.dumps(text)[1:]  # JSON-escaped, as in the replies it was trained on
     e = penc.encode(msgs, rep)
     enc = tok.encode(rep, add_special_tokens=False)
-    first = next(i for i, (a, b) in enumerate(enc.offsets) if b >= len(prefix))
+    first = next(i for i, (a, b) in enumerate(enc.offsets) if b >= len(ANSWER_PREFIX))
     x = torch.tensor([e.ids], device=device)
     with torch.no_grad():
         lp = model(input_ids=x).logits[0, e.n_prompt - 1:-1].float().log_softmax(-1)
