@@ -105,6 +105,21 @@ FAST_WRITER_ENV = {"EDGE_AGENT_WRITER__MAX_RETRIES": "0", "EDGE_AGENT_WRITER__MA
                    "EDGE_AGENT_MODEL__N_THREADS": "1"}
 
 
+def load_tool(name: str):
+    """tools/NAME.py as a module (tools are scripts, not a package; their own imports of each other resolve)."""
+    import importlib.util
+    import sys
+
+    sys.path.insert(0, str(REPO / "tools"))
+    try:
+        spec = importlib.util.spec_from_file_location(name, REPO / "tools" / f"{name}.py")
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+    finally:
+        sys.path.remove(str(REPO / "tools"))
+    return mod
+
+
 def run_cli(home: Path, *args, model: Path | None = None, env: dict | None = None, timeout: float = 600):
     """Run `edge-agent ARGS` in a subprocess as a user would, with its own data folder (and model folder)."""
     import subprocess

@@ -7,7 +7,6 @@ README.md, manifest.json) minus a margin; the accuracy floors are one-sided and 
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import json
 import random
 import re
@@ -16,6 +15,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
+from conftest import load_tool
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT = ROOT / "models" / "default"
@@ -27,10 +28,7 @@ ROOMS = ("kitchen", "office", "living room", "bedroom")
 
 def _recipe():
     """tools/train_default.py as a module: its question groups are the exact rows the model was trained on."""
-    spec = importlib.util.spec_from_file_location("train_default", ROOT / "tools" / "train_default.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_tool("train_default")
 
 
 def _room(text: str) -> set[str]:

@@ -3,7 +3,6 @@ memory line (both prompt formats), and its scorer splits answer from citation wh
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import random
 import re
@@ -13,20 +12,15 @@ from pathlib import Path
 
 import pytest
 
+from conftest import load_tool
+
 ROOT = Path(__file__).resolve().parents[1]
 HF = ROOT / "models" / "default" / "hf"
 
 
 @pytest.fixture(scope="module")
 def probe():
-    sys.path.insert(0, str(ROOT / "tools"))
-    try:
-        spec = importlib.util.spec_from_file_location("reading_probe", ROOT / "tools" / "reading_probe.py")
-        mod = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(mod)
-    finally:
-        sys.path.pop(0)
-    return mod
+    return load_tool("reading_probe")
 
 
 @pytest.fixture(scope="module")

@@ -17,6 +17,12 @@ curve is the dominant category's Acc with the adapter each night activated, afte
 (`--questions-per-day 10,20,70`). Day clips offer DAY_QUESTIONS_PER_MINUTE questions a minute to draw from, so
 the wearer's mix decides what is asked rather than the world's even spread.
 
+`table` also grades the eval memories against each clip's truth (events.json, questions.json): objects named
+right, wrong or where there is none; per question, whether the memories of its evidence segments hold the answer
+(`answerable`), and for "where did I leave X" and "who did I meet" why not (`memory_cause`): what a steering vector
+could change (the writer left a thing it saw out) and what it cannot (the writer saw it wrong). `run --snapshots`
+keeps each home as `adapt` found it, for tools/phase_two_pairs.py.
+
 Every step writes its result under --out and is skipped when present, so an interrupted run resumes.
 """
 
@@ -26,6 +32,7 @@ import argparse
 import json
 import random
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -113,7 +120,8 @@ def stream_origin(home: Path, n_before: int) -> float:
     return min(r["t_start"] for r in new) if new else 0.0
 
 
-def live_day(out: Path, wearer: str, day: int, seed: int, minutes: float, per_day: int) -> dict:
+def live_day(out: Path, wearer: str, day: int, seed: int, minutes: float, per_day: int,
+             snapshot: bool = False) -> dict:
     home = out / f"wearer_{wearer}"
     clip = day_clip(out, seed, minutes)
     n_before = len(json.loads(cli(home, "memories", "--json", check=False).stdout or "[]"))
@@ -135,6 +143,8 @@ def live_day(out: Path, wearer: str, day: int, seed: int, minutes: float, per_da
         cli(home, *fb)
         asked.append({"id": q["id"], "category": q["category"], "choice": res.get("choice"), "truth": q["answer"],
                       "right": right, "cited": len(res.get("citations", []))})
+    if snapshot:  # the home as `adapt` finds it (it deletes the frames it used): tools/phase_two_pairs.py reads it
+        shutil.copytree(home, out / "snapshots" / f"wearer_{wearer}_night{day}", dirs_exist_ok=True)
     adapt = json.loads(cli(home, "adapt", "--json", check=False).stdout or "{}")
     return {"wearer": wearer, "day": day, "seed": seed, "run": ran, "asked": asked, "adapt": adapt,
             "seconds": round(time.perf_counter() - t0, 1)}
@@ -172,11 +182,17 @@ def segment_memories(run_dir: Path, config: str) -> dict[int, str]:
     return written
 
 
+def mcnemar_p(only_before: int, only_after: int) -> float:
+    """Exact two-sided McNemar p over the discordant cases: twice the one-sided binomial tail of the larger side."""
+    from edge_agent.adapt.gate import p_value
+
+    d = only_before + only_after
+    return min(1.0, 2 * p_value(d, max(only_before, only_after) / d, 0.5)) if d else 1.0
+
+
 def paired_mentions(rows: list[dict]) -> dict[str, dict[str, list]]:
     """Per adapter config, per kind of fact: memories of the same eval segments naming it without and with the
     adapter, [baseline, adapter, segments, exact two-sided McNemar p over the discordant segments]."""
-    from edge_agent.adapt.gate import p_value
-
     result: dict[str, dict[str, list]] = {}
     for run_dir in sorted({r["run_dir"] for r in rows if Path(r.get("run_dir", "")).is_dir()}):
         baseline = segment_memories(Path(run_dir), "baseline")
@@ -195,10 +211,142 @@ def paired_mentions(rows: list[dict]) -> dict[str, dict[str, list]]:
     for config, kinds in result.items():
         out[config] = {}
         for kind, (both, base_only, adapter_only, n) in kinds.items():
-            d = base_only + adapter_only  # exact McNemar: twice the one-sided binomial tail of the larger side
-            p = min(1.0, 2 * p_value(d, max(base_only, adapter_only) / d, 0.5)) if d else 1.0
-            out[config][kind] = [both + base_only, both + adapter_only, n, p]
+            out[config][kind] = [both + base_only, both + adapter_only, n, mcnemar_p(base_only, adapter_only)]
     return out
+
+
+def run_and_clip(out: Path, row: dict) -> tuple[Path, Path] | None:
+    """An eval row's stores folder and the clip it scored (events.json and questions.json: the truth); None when
+    either is gone."""
+    run_dir, clip = Path(row.get("run_dir", "")), next((out / "eval_clips").glob(f"seed{row['seed']}-*"), None)
+    if not run_dir.is_dir() or clip is None or not (clip / "questions.json").is_file():
+        return None
+    return run_dir, clip
+
+
+def things(text: str) -> set[tuple[str, str]]:
+    """The (colour, kind) objects a memory or caption names, e.g. ("red", "keys")."""
+    return set(re.findall(FACT_WORDS["colour"] + " " + FACT_WORDS["object"], text.lower()))
+
+
+def object_grades(out: Path, rows: list[dict]) -> dict[str, list[int]]:
+    """Per config, the eval memories graded against the segment's true caption (the clip's events.json): of the
+    segments whose caption holds an object, [the memory names it (colour and kind), names only other ones], and
+    [segments with no object whose memory names one, segments]. A vector that makes the writer name more objects
+    is only useful when they are the right ones."""
+    grades: dict[str, list[int]] = {}
+    for r in rows:
+        if (found := run_and_clip(out, r)) is None:
+            continue
+        run_dir, clip = found
+        captions = {s["index"]: s["caption"] for s in json.loads((clip / "events.json").read_text())["segments"]}
+        g = grades.setdefault(r["config"], [0, 0, 0, 0, 0])  # has, right, wrong, invented, segments
+        for idx, text in segment_memories(run_dir, r["config"]).items():
+            truth, named = things(captions.get(idx, "")), things(text)
+            g[4] += 1
+            if truth:
+                g[0] += 1
+                g[1] += bool(truth & named)
+                g[2] += bool(named) and not truth & named
+            else:
+                g[3] += bool(named)
+    return grades
+
+
+CAUSES = ("holds", "partly", "left out", "misseen", "none")  # see `memory_cause`
+ANSWER_WORDS = re.compile(r"<face_\d+>|[a-z0-9]+")
+NOT_CONTENT = {"on", "the", "in", "at", "a", "an", "with", "of", "to", "from", "into"}
+
+
+def answerable(q: dict, said: str) -> bool | None:
+    """Do the memories of the question's evidence segments hold its answer: every content word of the true open
+    answer (and, for "where did I leave X", the object itself)? None for categories whose evidence spans the day
+    (counting, event order), where no few memories decide."""
+    if q["category"] in ("counting", "event_order"):
+        return None
+    words = set(ANSWER_WORDS.findall(said.lower()))
+    need = set(ANSWER_WORDS.findall(q["open_answer"].lower())) - NOT_CONTENT
+    if q["category"] == "object_location":
+        return need <= words and bool(things(q["question"])) and things(q["question"]) <= things(said)
+    return bool(need) and need <= words
+
+
+def memory_cause(q: dict, said: str, truth: str) -> str | None:
+    """Why the memories behind a "where did I leave X" or "who did I meet" answer held (or lacked) it, from what
+    the evidence segments' memories say (`said`) and their true captions (`truth`):
+      holds     they hold the answer (`answerable`)
+      partly    they name the object (colour and kind) but not its place (person questions: never)
+      left out  they name another object / person the true captions name, not this one
+      misseen   they name only objects / people the captions do not
+      none      they name no object / person at all
+    A steering vector can make the writer say more of what it sees ("left out", "none"); it cannot make it see
+    better ("partly", "misseen"). None for the other categories."""
+    if q["category"] not in ("object_location", "person"):
+        return None
+    if answerable(q, said):
+        return "holds"
+    if q["category"] == "person":
+        named, seen = set(re.findall(FACT_WORDS["person"], said)), set(re.findall(FACT_WORDS["person"], truth))
+    else:
+        if things(q["question"]) <= things(said):
+            return "partly"
+        named, seen = things(said), things(truth)
+    if not named:
+        return "none"
+    return "left out" if named & seen else "misseen"
+
+
+def graded_questions(out: Path, rows: list[dict]) -> list[dict]:
+    """Every eval answer with what the memories behind it held, graded against the clip's truth (questions.json,
+    events.json): config, seed, question id, category, right, answerable (see `answerable`) and, for object_location
+    and person, its cause (see `memory_cause`)."""
+    import sqlite3
+
+    graded = []
+    for r in rows:
+        if (found := run_and_clip(out, r)) is None:
+            continue
+        run_dir, clip = found
+        clip_info = json.loads((clip / "questions.json").read_text())
+        questions = {q["question"] + json.dumps(q["options"]): q for q in clip_info["questions"]}
+        captions = {c["index"]: c["caption"] for c in json.loads((clip / "events.json").read_text())["segments"]}
+        memories = segment_memories(run_dir, r["config"])
+        for db in (run_dir / folder(r["config"])).glob("*.db"):
+            with sqlite3.connect(db) as conn:
+                answered = conn.execute("SELECT q.text, q.options, a.choice FROM answers a "
+                                        "JOIN questions q ON q.id = a.question_id").fetchall()
+            for text, options, choice in answered:
+                q = questions.get(text + json.dumps(json.loads(options)))
+                if q is None:
+                    continue
+                first, last = (int(t // clip_info["segment_seconds"]) for t in q["evidence"])
+                said = " ".join(memories.get(i, "") for i in range(first, last + 1))
+                truth = " ".join(captions.get(i, "") for i in range(first, last + 1))
+                graded.append({"config": r["config"], "seed": r["seed"], "id": q["id"], "category": q["category"],
+                               "right": choice == q["answer"], "answerable": answerable(q, said),
+                               "cause": memory_cause(q, said, truth)})
+    return graded
+
+
+def answerable_rows(wearer: str, graded: list[dict]) -> list[str]:
+    """Markdown rows: per config and category, questions whose memories hold the answer, Acc with and without,
+    and for an adapter the change against the baseline on the same questions (exact McNemar)."""
+    base = {(g["seed"], g["id"]): g["answerable"] for g in graded if g["config"] == "baseline"}
+    lines = []
+    for config in dict.fromkeys(g["config"] for g in graded):
+        for cat in sorted({g["category"] for g in graded if g["answerable"] is not None}):
+            gs = [g for g in graded if g["config"] == config and g["category"] == cat]
+            held = [g for g in gs if g["answerable"]]
+            rest = [g for g in gs if not g["answerable"]]
+            paired = ""
+            if config != "baseline":
+                lost = sum(1 for g in gs if base.get((g["seed"], g["id"])) and not g["answerable"])
+                won = sum(1 for g in gs if g["answerable"] and base.get((g["seed"], g["id"])) is False)
+                paired = f"+{won} -{lost} (p={mcnemar_p(lost, won):.2g})"
+            lines.append(f"| {wearer} | {config} | {cat} | {len(held)} of {len(gs)} | "
+                         f"{sum(g['right'] for g in held)} / {len(held)} | {sum(g['right'] for g in rest)} / {len(rest)} "
+                         f"| {paired} |")
+    return lines
 
 
 def nights(out: Path, wearer: str) -> list[tuple[int, str, str | None]]:
@@ -302,7 +450,7 @@ def run(args) -> None:
         for day, seed in enumerate(DAY_SEEDS[:args.days]):
             day_result = cached(out / f"wearer_{wearer}" / "days" / f"day{day}.json",
                                 lambda: live_day(out, wearer, day, seed, args.minutes,
-                                                 questions_on(day, args.questions_per_day)))
+                                                 questions_on(day, args.questions_per_day), args.snapshots))
             acc = sum(a["right"] for a in day_result["asked"]) / max(len(day_result["asked"]), 1)
             print(f"wearer {wearer} day {day} (seed {seed}): asked {len(day_result['asked'])}, right {acc:.0%}, "
                   f"adapt {day_result['adapt'].get('status')}: {day_result['adapt'].get('reason', '')}", flush=True)
@@ -317,7 +465,7 @@ def table(args) -> None:
     bytes per minute, and the share of memories naming each kind of fact."""
     out = Path(args.out)
     print("| wearer | config | category | n | Acc % (95 % CI) | Cov % | Prec % |\n|---|---|---|---|---|---|---|")
-    summary, curve_rows, paired_rows = [], [], []
+    summary, curve_rows, paired_rows, grade_rows, cause_rows, answer_rows = [], [], [], [], [], []
     for wearer in args.wearers:
         path = out / f"wearer_{wearer}" / "eval.json"
         if not path.is_file():
@@ -341,6 +489,16 @@ def table(args) -> None:
         for config, kinds in paired_mentions(rows).items():
             paired_rows.append(f"| {wearer} | {config} | " + " | ".join(
                 f"{b} -> {a} of {n} (p={p:.2g})" for b, a, n, p in kinds.values()) + " |")
+        for config, (has, right, wrong, invented, n) in object_grades(out, rows).items():
+            grade_rows.append(f"| {wearer} | {config} | {right} of {has} | {wrong} of {has} | {invented} of {n - has} |")
+        graded = graded_questions(out, rows)
+        answer_rows += answerable_rows(wearer, graded)
+        for config in dict.fromkeys(g["config"] for g in graded):
+            for cat in ("object_location", "person"):
+                gs = [g for g in graded if g["config"] == config and g["category"] == cat]
+                cause_rows.append(f"| {wearer} | {config} | {cat} | " + " | ".join(
+                    f"{sum(g['right'] for g in gs if g['cause'] == c)} / {sum(g['cause'] == c for g in gs)}"
+                    for c in CAUSES) + " |")
         dominant = [(seen, live, pooled.get((live, DOMINANT[wearer]), [0, 0, 0]))
                      for seen, live, _ in nights(out, wearer)]
         curve_rows.append(f"| {wearer} ({DOMINANT[wearer]}) | " + " | ".join(
@@ -358,6 +516,16 @@ def table(args) -> None:
     print("\n| wearer | adapter | " + " | ".join(f"segments naming {k}: baseline -> adapter (McNemar)" for k in FACT_WORDS)
           + " |\n|---|---|" + "---|" * len(FACT_WORDS))
     print("\n".join(paired_rows))
+    print("\n| wearer | config | segments with an object: memory names it | names another | segments without one: "
+          "memory names one |\n|---|---|---|---|---|")
+    print("\n".join(grade_rows))
+    print("\n| wearer | config | category | the evidence's memories hold the answer | right when they do | right when "
+          "not | held vs baseline, same questions (McNemar) |\n|---|---|---|---|---|---|---|")
+    print("\n".join(answer_rows))
+    print("\n| wearer | config | category | right / asked when the evidence's memories hold the answer | name the "
+          "object, not its place | left out: name another the captions name | misseen: only ones not there | name "
+          "none |\n|---|---|---|---|---|---|---|---|")
+    print("\n".join(cause_rows))
     print("\n| wearer (dominant category) | learning curve: feedback events so far: the config live, its Acc |\n|---|---|")
     print("\n".join(curve_rows))
     if (out / "vectors.json").is_file():
@@ -378,6 +546,8 @@ def main() -> None:
     p.add_argument("--eval-questions-per-minute", type=float, default=None,
                    help="questions per minute of the eval clips (default: eval's own rendering, 3 a minute)")
     p.add_argument("--settings", help="a config.toml every wearer's home starts with (e.g. the Phase Two recipe)")
+    p.add_argument("--snapshots", action="store_true",
+                   help="copy each wearer's home before every night's adapt to <out>/snapshots/ (frames and all)")
     p.add_argument("--eval-seeds", type=int, default=len(EVAL_SEEDS), help="held-out seeds scored (<= %d)" % len(EVAL_SEEDS))
     args = p.parse_args()
     {"run": run, "table": table}[args.command](args)
