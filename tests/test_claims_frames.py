@@ -245,3 +245,27 @@ def test_memories_record_the_adapter_really_applied_and_the_registry_says_why(tm
     assert row["status"] == "failed" and store.get_adapter(good)["status"] == "inactive"
     assert "NOT APPLIED" in row["reason"] and "another model" in row["reason"] and "gate ok too" in row["reason"]
     assert sum(v is not None and v.adapter_id == "bad" for v in backend.steering_history) == 0
+
+
+def test_a_moved_home_keeps_its_frames_through_the_sweep_and_rebuilds_its_windows(tmp_path, cfg):
+    """Kept frames are recorded by absolute path; a home copied elsewhere (a backup restored, a new disk) must
+    neither lose them to the start-up sweep (which deletes files no row names) nor fail to rebuild a window."""
+    import shutil
+
+    from edge_agent.memory.keep import kept_window_messages, sweep_frames
+
+    clip = write_clip(tmp_path / "clip.mp4", 20)
+    with Store.open(cfg.db_path) as store:
+        with Ingestor(str(clip), store, ScriptedBackend(numbered_memories), cfg) as ing:
+            ing.advance()
+        seg_id = store.kept_frames()[0]["segment_id"]
+        assert kept_window_messages(store, seg_id, 1, cfg.frames_dir) is not None
+    moved_cfg = load_config(tmp_path / "moved", environ={})
+    shutil.copytree(cfg.home, moved_cfg.home)
+    shutil.rmtree(cfg.home)  # the old place is gone
+    before = _files(moved_cfg.frames_dir)
+    with Store.open(moved_cfg.db_path) as store:
+        assert sweep_frames(store, moved_cfg.frames_dir)["deleted"] == 0
+        assert _files(moved_cfg.frames_dir) == before and before
+        assert kept_window_messages(store, seg_id, 1, moved_cfg.frames_dir) is not None
+        assert kept_window_messages(store, seg_id, 1) is None  # without the folder the old paths are all it has

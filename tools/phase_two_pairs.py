@@ -22,7 +22,6 @@ import dataclasses
 import json
 import re
 import shutil
-import sqlite3
 import sys
 import tempfile
 import time
@@ -90,11 +89,7 @@ def night_pairs(home: Path, work: Path):
     from edge_agent.vlm.factory import open_backend
 
     copy = work / home.name
-    shutil.copytree(home, copy)
-    with sqlite3.connect(copy / "memory.db") as conn:  # kept frames are stored by absolute path: point them here
-        for (path,) in conn.execute("SELECT path FROM kept_frames LIMIT 1"):
-            old = path[:path.index("/frames/")]
-            conn.execute("UPDATE kept_frames SET path = ? || substr(path, ?)", (str(copy), len(old) + 1))
+    shutil.copytree(home, copy)  # its kept frames are found under the copy's frames folder (memory.keep.kept_file)
     cfg = load_config(copy)
     rcfg = cfg.adapt.reward
     with Store.open(cfg.db_path) as store:
@@ -105,7 +100,7 @@ def night_pairs(home: Path, work: Path):
             reward = RelevanceReward(task, open_embedder(cfg), rcfg, judge=backend if rcfg.rule != "embedding" else None)
             store_pairs(store, judge_new_pairs(store, reward), holdout_share=cfg.adapt.holdout_share,
                         seed=cfg.adapt.seed, window_segments=cfg.writer.window_segments)
-        pf = lambda st, sid: kept_window_messages(st, sid, cfg.writer.window_segments)  # noqa: E731
+        pf = lambda st, sid: kept_window_messages(st, sid, cfg.writer.window_segments, cfg.frames_dir)  # noqa: E731
         rows = {r["id"]: r for split in ("train", "holdout") for r in store.pairs(split=split)}
         train, _ = preference_pairs(store, "train", pf)
         hold, _ = preference_pairs(store, "holdout", pf)
