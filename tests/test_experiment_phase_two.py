@@ -59,6 +59,10 @@ def test_answerable_needs_every_content_word_of_the_true_answer(tool):
     who = {"category": "person", "question": "Who did I meet in the office?", "open_answer": "<face_4>"}
     assert tool.answerable(who, "I met <face_4> in the office.") and not tool.answerable(who, "I met <face_1>.")
     assert tool.answerable({"category": "counting", "question": "How many?", "open_answer": "2"}, "2") is None
+    doing = {"category": "activity_at_time", "question": "What was I doing at 1:19 into the recording?",
+             "open_answer": "picking up the purple cup from the shelf"}
+    assert tool.answerable(doing, "I picked up the purple cup from the shelf in the living room.")
+    assert not tool.answerable(doing, "I picked up the purple bowl from the shelf.")
 
 
 def test_memory_cause_separates_what_a_vector_can_change_from_what_it_cannot(tool):

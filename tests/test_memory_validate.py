@@ -24,6 +24,10 @@ def words(text: str) -> int:
     ('{"description": "I sat in the kitchen. I sat in the office."}', True, None),
     ('{"description": "I met face_3 in the kitchen."}', False, "'face_3'"),
     ('{"description": "I met <face 3> in the kitchen."}', False, "<face_N>"),
+    ('{"description": "not in memory"}', False, "says nothing of the segment"),  # the answerer's phrase
+    ('{"description": "(none)"}', False, "says nothing of the segment"),  # the prompt's placeholder
+    ('{"description": "Nothing."}', False, "says nothing of the segment"),
+    ('{"description": "I found nothing in the drawer."}', True, None),
 ])
 def test_validate_memory_rules(raw, ok, why):
     v = validate_memory(raw, words, max_tokens=150)

@@ -117,3 +117,43 @@ def test_with_minilm(store, tmp_path):
 
     rows = retrieve(store, "Where did I put down my cell phone?", QAConfig(top_k=2), embedder=MiniLM(tmp_path))
     assert "I set the mobile down on the sofa." in [r["text"] for r in rows]
+
+
+def many_memories(tmp_path, origin: float, n: int = 60) -> Store:
+    """n ten-second memories of one stream from `origin`, all alike but for their time: only time can tell them."""
+    s = Store.open(tmp_path / "t.db")
+    sid = s.get_or_create_stream("clip", "fp-time", origin, "synthetic")
+    for i in range(n):
+        s.commit_segment(sid, Segment(i, 10.0 * i, 10.0 * i + 10), memory=f"I looked around the room {'ab'[i % 2]}.",
+                         failure=None, writer_model="m", adapter_id=None, n_tokens=8, latency_s=0.0)
+    return s
+
+
+def test_memories_near_a_time_come_closest_first_and_respect_the_time_filter(tmp_path):
+    s = many_memories(tmp_path, 0.0)
+    near = s.memories_near(427.0, 3)
+    assert [d for _, d in near] == [0.0, 3.0, 7.0]  # inside 420-430, then 430-440 (3 s away), then 410-420 (7 s)
+    assert [r["t_start"] for r in s.get_memories([m for m, _ in near])] == [420.0, 430.0, 410.0]
+    assert all(r["t_end"] <= 300 for r in s.get_memories([m for m, _ in s.memories_near(427.0, 5, until=300.0)]))
+    assert s.memories_near(427.0, 0) == []
+    s.close()
+
+
+def test_a_question_about_a_moment_is_shown_the_memories_of_that_moment(tmp_path):
+    """No word of "what was I doing at 7:07 into the recording" is in any memory, so text ranks cannot find the
+    moment; the time it names does, on a replay's stream clock and as an offset into a live recording."""
+    cfg = QAConfig(top_k=4, use_embeddings=False)
+    s = many_memories(tmp_path, 0.0)
+    for q in ("What was I doing at 7:07 into the recording?", "What was I doing at 00:07:07?"):
+        rows = retrieve(s, q, cfg, until=600.0)
+        assert 420.0 in [r["t_start"] for r in rows], (q, [r["t_start"] for r in rows])
+    assert 420.0 not in [r["t_start"] for r in retrieve(s, "What was I doing then?", cfg, until=600.0)]
+    s.close()
+
+    live = 1_780_000_000.0  # a live recording: epoch seconds; its origin is the stream's start
+    (tmp_path / "live").mkdir()
+    s = many_memories(tmp_path / "live", live)
+    rows = retrieve(s, "what was I doing 7:07 into the recording", cfg, asked_at=live + 600)
+    assert live + 420.0 in [r["t_start"] for r in rows]
+    assert s.latest_origin(live - 1) is None and s.latest_origin() == live
+    s.close()

@@ -1,6 +1,9 @@
 """Held-out end-to-end numbers of a model folder through the runtime: `edge-agent eval --bench synthetic --seed N`
 per held-out seed (its own memories, retrieval, answering), then the answers read back from each run's SQLite
-store for what the eval JSON does not print: the letter histogram, the E-rate, how often answers cite a memory.
+store for what the eval JSON does not print: the letter histogram, the E-rate, how often answers cite a memory,
+and per question category which stage lost the answer (`stages`): the writer (the memories of the question's
+evidence segments do not hold it), retrieval (they hold it but none of them was shown) or the reader (shown, and
+still answered wrong).
 
     .venv/bin/python tools/default_heldout.py --seeds 9000-9011 --minutes 9 --jobs 2 --out /tmp/x.json
 
@@ -23,6 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from edge_agent.eval.metrics import wilson_interval  # noqa: E402
+from edge_agent.synth.truth import answerable  # noqa: E402
 
 
 def wilson(k: int, n: int) -> list[float]:
@@ -40,12 +44,12 @@ def one_seed(seed: int, minutes: float, home: Path, model: str | None = None) ->
     if p.returncode:
         raise RuntimeError(f"seed {seed}: {p.stderr[-2000:]}")
     res = json.loads(p.stdout)[0]
-    dbs = sorted(home.glob("eval/runs/*/baseline/*.db"))
-    db = sqlite3.connect(dbs[-1])
-    rows = db.execute("SELECT a.id, a.choice, a.abstained, q.text, q.asked_at, "
+    db = sqlite3.connect(sorted(home.glob("eval/runs/*/baseline/*.db"))[-1])
+    rows = db.execute("SELECT a.id, a.choice, a.abstained, q.text, q.options, "
                       "(SELECT count(*) FROM answer_citations c WHERE c.answer_id = a.id AND c.cited = 1) "
                       "FROM answers a JOIN questions q ON q.id = a.question_id ORDER BY a.id").fetchall()
     mems = [r[0] for r in db.execute("SELECT text FROM memories ORDER BY id")]
+    graded = graded_answers(db, next(home.glob("eval/data/*/questions.json")), rows)
     db.close()
     hist: dict[str, int] = {}
     for r in rows:
@@ -57,7 +61,64 @@ def one_seed(seed: int, minutes: float, home: Path, model: str | None = None) ->
             "abstained": sum(r[2] for r in rows), "cited_when_answered": sum(r[5] > 0 for r in answered),
             "n_answered_rows": len(answered), "memories": len(mems),
             "repeated_sentence_memories": sum(len(s) != len(set(s)) for s in sents),
-            "replay_seconds": res.get("replay_seconds")}
+            "replay_seconds": res.get("replay_seconds"), "graded": graded}
+
+
+def graded_answers(db: sqlite3.Connection, questions_json: Path, rows: list[tuple]) -> list[dict]:
+    """Each answer graded against the clip's truth: category, right, abstained, `held` (the memories of the
+    evidence segments hold the answer, `edge_agent.synth.truth.answerable`; None for counting and event order) and
+    `shown_held` (so do the ones of them the answerer was shown)."""
+    clip = json.loads(questions_json.read_text())
+    by_text = {q["question"] + json.dumps(q["options"]): q for q in clip["questions"]}
+    segment_of = dict(db.execute("SELECT m.id, s.idx FROM memories m JOIN segments s ON s.id = m.segment_id"))
+    text_of = dict(db.execute("SELECT id, text FROM memories"))
+    graded = []
+    for answer_id, choice, abstained, text, options, _ in rows:
+        q = by_text.get(text + json.dumps(json.loads(options)))
+        if q is None:
+            continue
+        first, last = (int(t // clip["segment_seconds"]) for t in q["evidence"])
+        evidence = [m for m, idx in segment_of.items() if first <= idx <= last]
+        shown = {m for (m,) in db.execute("SELECT memory_id FROM answer_citations WHERE answer_id = ?", (answer_id,))}
+        held = answerable(q, " ".join(text_of[m] for m in evidence))
+        shown_held = answerable(q, " ".join(text_of[m] for m in evidence if m in shown))
+        graded.append({"category": q["category"], "right": choice == q["answer"], "abstained": bool(abstained),
+                       "held": held, "shown_held": shown_held})
+    return graded
+
+
+def stages(graded: list[dict]) -> dict[str, dict]:
+    """Per category: questions, right (Acc with its 95 % interval), and where the others were lost: the memories
+    of the evidence segments hold the answer (`held`), one of those was shown (`shown_held`), right among those,
+    and right among the rest (guesses; chance is 1 in 4)."""
+    out = {}
+    for cat in sorted({g["category"] for g in graded}):
+        gs = [g for g in graded if g["category"] == cat]
+        right = sum(g["right"] for g in gs)
+        row = {"n": len(gs), "right": right, "acc_ci95": wilson(right, len(gs))}
+        if gs[0]["held"] is not None:
+            shown = [g for g in gs if g["shown_held"]]
+            rest = [g for g in gs if not g["shown_held"]]
+            row.update(held=sum(bool(g["held"]) for g in gs), shown_held=len(shown),
+                       right_when_shown=sum(g["right"] for g in shown), right_otherwise=sum(g["right"] for g in rest))
+        out[cat] = row
+    return out
+
+
+def stage_table(table: dict[str, dict]) -> str:
+    """`stages` as a markdown table."""
+    lines = ["| category | questions | right (Acc, 95 % CI) | evidence memories hold the answer | ... and one of them "
+             "was shown | right when shown | right otherwise |", "|---|---|---|---|---|---|---|"]
+    for cat, r in table.items():
+        lo, hi = r["acc_ci95"]
+        acc = f"{r['right']} ({100 * r['right'] / r['n']:.1f} %, {100 * lo:.1f}-{100 * hi:.1f})"
+        if "held" in r:
+            tail = (f"{r['held']} | {r['shown_held']} | {r['right_when_shown']} of {r['shown_held']} | "
+                    f"{r['right_otherwise']} of {r['n'] - r['shown_held']}")
+        else:
+            tail = "- | - | - | -"
+        lines.append(f"| {cat} | {r['n']} | {acc} | {tail} |")
+    return "\n".join(lines)
 
 
 def main() -> None:
@@ -92,9 +153,11 @@ def main() -> None:
                "cited_when_answered": round(sum(p["cited_when_answered"] for p in per)
                                             / max(1, sum(p["n_answered_rows"] for p in per)), 3),
                "memories": sum(p["memories"] for p in per),
-               "repeated_sentence_memories": sum(p["repeated_sentence_memories"] for p in per), "per_seed": per}
+               "repeated_sentence_memories": sum(p["repeated_sentence_memories"] for p in per),
+               "stages": stages([g for p in per for g in p["graded"]]), "per_seed": per}
     args.out.write_text(json.dumps(summary, indent=1))
-    print(json.dumps({k: v for k, v in summary.items() if k != "per_seed"}, indent=1))
+    print(json.dumps({k: v for k, v in summary.items() if k not in ("per_seed", "stages")}, indent=1))
+    print(stage_table(summary["stages"]))
 
 
 if __name__ == "__main__":

@@ -22,6 +22,9 @@ _ANY_TAG = re.compile(r"<[^<>]*>")
 # A bare or mangled face reference ("face_3", "<Face 3>", "face 3") that is not the canonical tag.
 _LOOSE_FACE = re.compile(r"(?i)(?<!<)\bface[_ ]?\d+\b(?!>)")
 _SENTENCE_END = re.compile(r"[.!?]+(?=\s|$)")
+# Replies that describe nothing: the answerer's abstention or the prompt's placeholder for a missing memory. The
+# embedded default once wrote "not in memory" for a segment; stored, it would be retrieved and cited like a memory.
+_EMPTY_REPLIES = {"not in memory", "not in memories", "none", "nothing", "n a", "unknown"}
 
 
 @dataclass
@@ -62,6 +65,8 @@ def validate_memory(raw: str, count_tokens: Callable[[str], int], max_tokens: in
     text = " ".join(text.split())
     if not text:
         return Validation(None, "description is empty")
+    if " ".join(re.sub(r"[^\w]+", " ", text.lower()).split()) in _EMPTY_REPLIES:
+        return Validation(None, f"description says nothing of the segment: {text[:60]!r}")
     n_sentences = count_sentences(text)
     if n_sentences > 2:
         return Validation(None, f"description has {n_sentences} sentences (at most 2)")

@@ -290,7 +290,7 @@ def answer(store: Store, backend: Backend | None, question: str, options: Sequen
     question_id = store.add_question(q, opts, asked_at)
     model = getattr(backend, "model_name", None) or "none"
 
-    memories = retrieve(store, q, cfg, since=since, until=until, embedder=embedder)
+    memories = retrieve(store, q, cfg, since=since, until=until, embedder=embedder, asked_at=asked_at)
     shown = [m["id"] for m in memories]
     if not memories:
         result = {"choice": ABSTAIN_LETTER if opts else None, "text": NOT_IN_MEMORY, "abstained": True,

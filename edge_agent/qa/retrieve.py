@@ -1,4 +1,5 @@
-"""Retrieval of memories for a question: FTS5 BM25 ranks and MiniLM cosine ranks fused by reciprocal rank.
+"""Retrieval of memories for a question: FTS5 BM25 ranks and MiniLM cosine ranks fused by reciprocal rank, after
+the memories nearest the time the question names, if it names one ("what was I doing at 3 pm?").
 
 RRF (Cormack et al. 2009): score(m) = sum over rankings r of 1 / (k + rank_r(m)), ranks from 1; a memory
 missing from a ranking contributes nothing there. It needs no score calibration between BM25 and cosine.
@@ -8,11 +9,14 @@ store, so each memory goes through the embedder once.
 
 from __future__ import annotations
 
+import math
+import time
 from typing import Any, Protocol, Sequence
 
 import numpy as np
 
 from edge_agent.config import QAConfig
+from edge_agent.qa.when import clock_time, offset_into_recording
 from edge_agent.store import Store
 from edge_agent.store.text import clean_text
 
@@ -91,13 +95,25 @@ def fuse(rankings: list[list[int]], rrf_k: int) -> list[tuple[int, float]]:
     return sorted(scores.items(), key=lambda kv: (-kv[1], kv[0]))
 
 
+def named_time(store: Store, question: str, asked_at: float) -> float | None:
+    """The timestamp a question names (`qa.when`): an offset into the newest recording begun by `asked_at`, else a
+    clock time; None when it names neither."""
+    offset = offset_into_recording(question)
+    if offset is not None:
+        origin = store.latest_origin(asked_at)
+        return None if origin is None else origin + offset
+    return clock_time(question, asked_at)
+
+
 def retrieve(store: Store, question: str, cfg: QAConfig, since: float | None = None, until: float | None = None,
-             embedder: Embedder | None = None) -> list[dict[str, Any]]:
+             embedder: Embedder | None = None, asked_at: float | None = None) -> list[dict[str, Any]]:
     """The cfg.top_k memories most relevant to `question`, best first; each row has an extra "score" (RRF).
 
     Only memories with t_end <= until (and t_end > since) are considered: in evaluation `until` is the
     time a question is asked, so the answerer never sees the future. `embedder` defaults to MiniLM when
-    cfg.use_embeddings is on and its weights are installed; otherwise FTS5 ranks alone.
+    cfg.use_embeddings is on and its weights are installed; otherwise FTS5 ranks alone. When the question names
+    a time (`qa.when`, read against `asked_at`, else `until`, else now), the half of top_k nearest it come first
+    and the text ranks fill the rest: a question about a moment shares no words with the memory of it.
     """
     question = clean_text(question)
     depth = candidates_per_ranking(cfg)
@@ -109,7 +125,13 @@ def retrieve(store: Store, question: str, cfg: QAConfig, since: float | None = N
         embedder = default_embedder() if minilm_available() else None
     if cfg.use_embeddings and embedder is not None:
         rankings.append([mid for mid, _ in embedding_ranking(store, question, embedder, depth, since, until)])
-    fused = fuse(rankings, cfg.rrf_k)[: cfg.top_k]
+    reference = next((t for t in (asked_at, until) if t is not None and math.isfinite(t)), time.time())
+    at = named_time(store, question, reference)
+    moment = [] if at is None else [mid for mid, _ in store.memories_near(at, (cfg.top_k + 1) // 2, since, until)]
+    fused = fuse(rankings + [moment], cfg.rrf_k)
+    # the moment's memories first (a question about a moment shares no words with them), then the best by text
+    fused = ([(mid, sc) for mid, sc in fused if mid in moment] + [(mid, sc) for mid, sc in fused if mid not in moment])
+    fused = fused[: cfg.top_k]
     score = dict(fused)
     rows = store.get_memories([mid for mid, _ in fused])
     # The store already filters by time; checked again here because this is the no-future guarantee.

@@ -45,6 +45,22 @@ class MemoryQueries(Queries):
             params.append(int(limit))
         return self._rows(sql, params)
 
+    def memories_near(self, t: float, k: int, since: float | None = None,
+                      until: float | None = None) -> list[tuple[int, float]]:
+        """The k memories closest in time to `t` (seconds on the memories' clock), as (memory_id, distance in
+        seconds from t to the memory's span, 0 inside it), closest first, ties by id. Two index walks on t_start,
+        one each way from t, so the cost does not grow with the store."""
+        if k <= 0:
+            return []
+        tsql, params = time_filter(since, until)
+        found: dict[int, float] = {}
+        for cond, order in (("m.t_start <= ?", "DESC"), ("m.t_start > ?", "ASC")):
+            for mid, a, b in self.conn.execute(
+                    f"SELECT m.id, m.t_start, m.t_end FROM memories m WHERE {cond}{tsql} "
+                    f"ORDER BY m.t_start {order}, m.id LIMIT ?", [float(t), *params, int(k)]):
+                found[int(mid)] = max(0.0, float(a) - t, t - float(b))
+        return sorted(found.items(), key=lambda kv: (kv[1], kv[0]))[:k]
+
     def fts_search(self, query: str, k: int, since: float | None = None,
                    until: float | None = None) -> list[tuple[int, float]]:
         """Top-k (memory_id, score) by BM25 for any user text; score = -bm25, larger is better.

@@ -35,6 +35,16 @@ class StreamQueries(Queries):
     def streams(self) -> list[dict[str, Any]]:
         return self._rows("SELECT * FROM streams ORDER BY id")
 
+    def latest_origin(self, until: float | None = None) -> float | None:
+        """The origin of the newest stream that began at or before `until` (any stream when None): "the
+        recording" a question such as "what was I doing 7 minutes into the recording" means."""
+        if until is None:
+            row = self._one("SELECT origin FROM streams ORDER BY origin DESC, id DESC LIMIT 1")
+        else:
+            row = self._one("SELECT origin FROM streams WHERE origin <= ? ORDER BY origin DESC, id DESC LIMIT 1",
+                            (float(until),))
+        return None if row is None else float(row["origin"])
+
     def last_committed_segment(self, stream_id: int) -> int | None:
         """Highest segment index committed for the stream (written, failed or forgotten), None if none."""
         row = self._one("SELECT MAX(idx) AS i FROM segments WHERE stream_id = ?", (int(stream_id),))
