@@ -144,8 +144,9 @@ def test_a_question_about_a_moment_is_shown_the_memories_of_that_moment(tmp_path
     moment; the time it names does, on a replay's stream clock and as an offset into a live recording."""
     cfg = QAConfig(top_k=4, use_embeddings=False)
     s = many_memories(tmp_path, 0.0)
-    for q in ("What was I doing at 7:07 into the recording?", "What was I doing at 00:07:07?"):
-        rows = retrieve(s, q, cfg, until=600.0)
+    for q in ("What was I doing at 7:07 into the recording?", "What was I doing at 00:07:07?",
+              "What was I doing 3 minutes ago?"):  # asked at 600 s: 420 s
+        rows = retrieve(s, q, cfg, until=600.0, asked_at=600.0)
         assert 420.0 in [r["t_start"] for r in rows], (q, [r["t_start"] for r in rows])
     assert 420.0 not in [r["t_start"] for r in retrieve(s, "What was I doing then?", cfg, until=600.0)]
     s.close()

@@ -2,7 +2,7 @@
 
 from datetime import datetime
 
-from edge_agent.qa.when import clock_time, offset_into_recording
+from edge_agent.qa.when import clock_time, offset_into_recording, time_ago
 
 
 def test_offsets_into_the_recording():
@@ -25,3 +25,11 @@ def test_a_live_clock_time_is_the_latest_one_at_or_before_the_question():
     asked = datetime(2026, 12, 4, 10, 0).timestamp()  # local time, as the device keeps it
     assert datetime.fromtimestamp(clock_time("what was I doing at 9:30 am", asked)) == datetime(2026, 12, 4, 9, 30)
     assert datetime.fromtimestamp(clock_time("what was I doing at 2:30 pm", asked)) == datetime(2026, 12, 3, 14, 30)
+
+
+def test_times_ago_count_back_from_the_question():
+    assert time_ago("What was I doing 20 minutes ago?", 10_000.0) == 10_000.0 - 1200
+    assert time_ago("who did I meet an hour ago", 10_000.0) == 10_000.0 - 3600
+    assert time_ago("what did I read half an hour ago?", 10_000.0) == 10_000.0 - 1800
+    assert time_ago("where was I 1.5 hours ago", 10_000.0) == 10_000.0 - 5400
+    assert time_ago("where did I leave the keys?", 10_000.0) is None

@@ -16,7 +16,7 @@ from typing import Any, Protocol, Sequence
 import numpy as np
 
 from edge_agent.config import QAConfig
-from edge_agent.qa.when import clock_time, offset_into_recording
+from edge_agent.qa.when import clock_time, offset_into_recording, time_ago
 from edge_agent.store import Store
 from edge_agent.store.text import clean_text
 
@@ -96,13 +96,14 @@ def fuse(rankings: list[list[int]], rrf_k: int) -> list[tuple[int, float]]:
 
 
 def named_time(store: Store, question: str, asked_at: float) -> float | None:
-    """The timestamp a question names (`qa.when`): an offset into the newest recording begun by `asked_at`, else a
-    clock time; None when it names neither."""
+    """The timestamp a question names (`qa.when`): an offset into the newest recording begun by `asked_at`, a time
+    ago, or a clock time; None when it names none."""
     offset = offset_into_recording(question)
     if offset is not None:
         origin = store.latest_origin(asked_at)
         return None if origin is None else origin + offset
-    return clock_time(question, asked_at)
+    ago = time_ago(question, asked_at)
+    return ago if ago is not None else clock_time(question, asked_at)
 
 
 def retrieve(store: Store, question: str, cfg: QAConfig, since: float | None = None, until: float | None = None,

@@ -1,4 +1,5 @@
-"""The time a question names ("at 3 pm", "at 14:05", "7:07 into the recording"), on the memories' clock.
+"""The time a question names ("at 3 pm", "at 14:05", "7:07 into the recording", "20 minutes ago"), on the
+memories' clock.
 
 A question about a moment ("What was I doing at 7:07 into the recording?") shares no words with the memory of
 that moment, so text and embedding retrieval cannot find it; the memories around the named time can be found by
@@ -8,7 +9,10 @@ their timestamps instead (`qa.retrieve`). Two forms are read:
   of the newest stream that began by the time the question is asked;
 - a clock time, "at 14:05", "at 2:05 pm", "at 3 pm": the latest such time at or before the question. Replays keep
   stream seconds from origin 0 (`qa.answer.clock` prints them as 00:07:07), so there a clock time is read on that
-  clock; live memories keep epoch seconds, read in the device's local time zone.
+  clock; live memories keep epoch seconds, read in the device's local time zone;
+- a time before the question, "20 minutes ago", "an hour ago", "half an hour ago", "2 hours ago".
+
+Spans ("this morning", "yesterday") are not read: `ask --since/--until` bounds those.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from datetime import datetime, timedelta
 REPLAY_CLOCK_LIMIT = 10 * 365 * 86400  # below this a timestamp is stream seconds (qa.answer.clock's rule)
 
 _OFFSET = re.compile(r"\b(\d{1,2}):([0-5]\d)(?::([0-5]\d))?\s+into\s+the\s+(?:recording|video|stream)\b", re.I)
+_AGO = re.compile(r"\b(an?|half an|\d+(?:\.\d+)?)\s+(seconds?|minutes?|mins?|hours?)\s+ago\b", re.I)
 _CLOCK = re.compile(r"\bat\s+(\d{1,2})(?::([0-5]\d))?(?::([0-5]\d))?\s*(am|pm|a\.m\.|p\.m\.)?(?![\w:])", re.I)
 
 
@@ -54,3 +59,15 @@ def clock_time(question: str, asked_at: float) -> float | None:
             at -= timedelta(days=1)
         return at.timestamp()
     return None
+
+
+def time_ago(question: str, asked_at: float) -> float | None:
+    """The timestamp "N minutes / hours ago" names, counted back from `asked_at`; None when it names none."""
+    m = _AGO.search(question)
+    if not m:
+        return None
+    amount = {"a": 1.0, "an": 1.0, "half an": 0.5}.get(m.group(1).lower())
+    amount = float(m.group(1)) if amount is None else amount
+    unit = m.group(2).lower()
+    seconds = 3600 if unit.startswith("hour") else 60 if unit.startswith("min") else 1
+    return asked_at - amount * seconds
