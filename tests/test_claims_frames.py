@@ -247,11 +247,14 @@ def test_memories_record_the_adapter_really_applied_and_the_registry_says_why(tm
     assert sum(v is not None and v.adapter_id == "bad" for v in backend.steering_history) == 0
 
 
-def test_a_moved_home_keeps_its_frames_through_the_sweep_and_rebuilds_its_windows(tmp_path, cfg):
-    """Kept frames are recorded by absolute path; a home copied elsewhere (a backup restored, a new disk) must
-    neither lose them to the start-up sweep (which deletes files no row names) nor fail to rebuild a window."""
+def test_a_moved_home_keeps_finds_and_deletes_its_own_files(tmp_path, cfg):
+    """A home copied elsewhere (a backup restored, a new disk) keeps its kept frames through the start-up sweep
+    (which deletes files no row names), rebuilds their windows, runs its active adapter, and `forget` deletes
+    its frames there: the store records files inside the home relative to it. With absolute paths the sweep
+    deleted every frame, the adapter failed to load and forget deleted nothing."""
     import shutil
 
+    from edge_agent.adapt.registry import AdapterRegistry
     from edge_agent.memory.keep import kept_window_messages, sweep_frames
 
     clip = write_clip(tmp_path / "clip.mp4", 20)
@@ -259,7 +262,11 @@ def test_a_moved_home_keeps_its_frames_through_the_sweep_and_rebuilds_its_window
         with Ingestor(str(clip), store, ScriptedBackend(numbered_memories), cfg) as ing:
             ing.advance()
         seg_id = store.kept_frames()[0]["segment_id"]
-        assert kept_window_messages(store, seg_id, 1, cfg.frames_dir) is not None
+        assert kept_window_messages(store, seg_id, 1) is not None
+        vector = SteeringVector(np.random.default_rng(0).normal(size=64).astype(np.float32), 22, 1.0, "base")
+        AdapterRegistry(store, cfg.adapters_dir).register(vector, status="active", adapter_id="mine")
+        raw = store.conn.execute("SELECT path FROM kept_frames UNION ALL SELECT path FROM adapters").fetchall()
+        assert raw and not any(os.path.isabs(p) for (p,) in raw)
     moved_cfg = load_config(tmp_path / "moved", environ={})
     shutil.copytree(cfg.home, moved_cfg.home)
     shutil.rmtree(cfg.home)  # the old place is gone
@@ -267,5 +274,46 @@ def test_a_moved_home_keeps_its_frames_through_the_sweep_and_rebuilds_its_window
     with Store.open(moved_cfg.db_path) as store:
         assert sweep_frames(store, moved_cfg.frames_dir)["deleted"] == 0
         assert _files(moved_cfg.frames_dir) == before and before
-        assert kept_window_messages(store, seg_id, 1, moved_cfg.frames_dir) is not None
-        assert kept_window_messages(store, seg_id, 1) is None  # without the folder the old paths are all it has
+        assert all(Path(r["path"]).is_file() and moved_cfg.home in Path(r["path"]).parents
+                   for r in store.kept_frames())
+        assert kept_window_messages(store, seg_id, 1) is not None
+        active = AdapterRegistry(store, moved_cfg.adapters_dir).active_vector()
+        assert active is not None and np.array_equal(active.vector, vector.vector)
+        assert store.forget()["frame_files"] == len(before)
+    assert _files(moved_cfg.frames_dir) == []
+
+
+def test_m007_records_the_files_inside_a_home_relative_to_it(tmp_path):
+    """A database at the previous version: paths under its folder become relative; a moved home's (the old
+    place gone, the same file under this folder) too; anything else keeps its absolute path."""
+    import sqlite3
+
+    from edge_agent.store import migrations
+
+    home = tmp_path / "home"
+    (home / "frames" / "s" / "000000").mkdir(parents=True)
+    (home / "adapters" / "a1").mkdir(parents=True)
+    for f in ("frames/s/000000/1.png", "frames/s/000000/2.png", "adapters/a1/vector.safetensors"):
+        (home / f).write_bytes(b"x")
+    conn = sqlite3.connect(home / "memory.db", isolation_level=None)
+    migrations.migrate(conn, migrations.MIGRATIONS[:6])
+    conn.execute("INSERT INTO streams (source, fingerprint, origin, kind, created_at) VALUES ('s', 'fp', 0, 'file', 0)")
+    conn.execute("INSERT INTO segments (stream_id, idx, t_start, t_end, status, created_at) "
+                 "VALUES (1, 0, 0, 10, 'written', 0)")
+    old = "/gone/old-home"
+    for path in (str(home / "frames/s/000000/1.png"), f"{old}/frames/s/000000/2.png", "/elsewhere/x.png"):
+        conn.execute("INSERT INTO kept_frames (segment_id, path, expires_at, created_at) VALUES (1, ?, 1e12, 0)",
+                     (path,))
+    conn.execute("INSERT INTO adapters (id, status, path, gguf_path, created_at) VALUES ('a1', 'inactive', ?, ?, 0)",
+                 (f"{old}/adapters/a1/vector.safetensors", f"{old}/adapters/a1/vector.gguf"))
+    conn.close()
+
+    with Store.open(home / "memory.db") as store:
+        raw = [p for (p,) in store.conn.execute("SELECT path FROM kept_frames ORDER BY id")]
+        assert raw == ["frames/s/000000/1.png", "frames/s/000000/2.png", "/elsewhere/x.png"]
+        assert store.conn.execute("SELECT path, gguf_path FROM adapters").fetchone() == (
+            "adapters/a1/vector.safetensors", f"{old}/adapters/a1/vector.gguf")  # the .gguf is not here
+        home_real = home.resolve()
+        assert [r["path"] for r in store.kept_frames()] == [
+            str(home_real / "frames/s/000000/1.png"), str(home_real / "frames/s/000000/2.png"), "/elsewhere/x.png"]
+        assert store.get_adapter("a1")["path"] == str(home_real / "adapters/a1/vector.safetensors")

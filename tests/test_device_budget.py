@@ -47,8 +47,8 @@ def _consistent(store: Store) -> None:
     assert n_mem == n_fts
     orphans = conn.execute("SELECT COUNT(*) FROM memory_embeddings WHERE memory_id NOT IN (SELECT id FROM memories)")
     assert orphans.fetchone()[0] == 0
-    for path, in conn.execute("SELECT path FROM kept_frames"):
-        assert __import__("os").path.exists(path)
+    for row in store.kept_frames():
+        assert __import__("os").path.exists(row["path"])
     # a forgotten segment keeps no candidates, frames or memory
     bad = conn.execute("SELECT COUNT(*) FROM segments s WHERE s.status = 'forgotten' AND (EXISTS (SELECT 1 FROM "
                        "candidates c WHERE c.segment_id = s.id) OR EXISTS (SELECT 1 FROM kept_frames k WHERE "

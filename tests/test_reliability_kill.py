@@ -58,7 +58,7 @@ def check_store(home: Path, *, complete_segments: int | None = None) -> None:
         assert db.execute("SELECT COUNT(*) FROM memories m LEFT JOIN segments s ON s.id = m.segment_id "
                           "WHERE s.id IS NULL").fetchone()[0] == 0
         assert db.execute("PRAGMA foreign_key_check").fetchall() == []
-        known = {str(Path(p).resolve()) for (p,) in db.execute("SELECT path FROM kept_frames")}
+        known = {str((home / p).resolve()) for (p,) in db.execute("SELECT path FROM kept_frames")}  # home-relative
         frames = home / "frames"
         orphans = [p for p in (frames.rglob("*.png") if frames.is_dir() else []) if str(p.resolve()) not in known]
         assert orphans == [], f"{len(orphans)} orphan keyframes, e.g. {orphans[0]}"
@@ -69,12 +69,8 @@ def check_store(home: Path, *, complete_segments: int | None = None) -> None:
 
 
 def copy_home(src: Path, dst: Path) -> Path:
-    """A copy of a data folder whose kept-frame rows name the copy's own files (paths are absolute)."""
+    """A copy of a data folder (its kept-frame rows are relative to it, so they name the copy's own files)."""
     shutil.copytree(src, dst)
-    db = sqlite3.connect(dst / "memory.db")
-    with db:
-        db.execute("UPDATE kept_frames SET path = replace(path, ?, ?)", (str(src.resolve()), str(dst.resolve())))
-    db.close()
     return dst
 
 

@@ -89,7 +89,7 @@ def night_pairs(home: Path, work: Path):
     from edge_agent.vlm.factory import open_backend
 
     copy = work / home.name
-    shutil.copytree(home, copy)  # its kept frames are found under the copy's frames folder (memory.keep.kept_file)
+    shutil.copytree(home, copy)  # the store records its kept frames relative to the home: the copy finds its own
     cfg = load_config(copy)
     rcfg = cfg.adapt.reward
     with Store.open(cfg.db_path) as store:
@@ -100,7 +100,7 @@ def night_pairs(home: Path, work: Path):
             reward = RelevanceReward(task, open_embedder(cfg), rcfg, judge=backend if rcfg.rule != "embedding" else None)
             store_pairs(store, judge_new_pairs(store, reward), holdout_share=cfg.adapt.holdout_share,
                         seed=cfg.adapt.seed, window_segments=cfg.writer.window_segments)
-        pf = lambda st, sid: kept_window_messages(st, sid, cfg.writer.window_segments, cfg.frames_dir)  # noqa: E731
+        pf = lambda st, sid: kept_window_messages(st, sid, cfg.writer.window_segments)  # noqa: E731
         rows = {r["id"]: r for split in ("train", "holdout") for r in store.pairs(split=split)}
         train, _ = preference_pairs(store, "train", pf)
         hold, _ = preference_pairs(store, "holdout", pf)

@@ -1500,7 +1500,7 @@ def evaluate(args) -> dict:
     qcfg = QAConfig(choice=args.choice)
     w = {"n": 0, "valid": 0, "repeat": 0, "exact": 0, **{k: [0, 0] for k in FIELD_WORDS}}
     qa = {"n": 0, "correct": 0, "e_with_evidence": 0, "abstain_n": 0, "abstain_correct": 0, "hist": {},
-          "cited_ok": 0, "open_n": 0, "open_text": 0, "open_right": 0}
+          "cited_ok": 0, "open_n": 0, "open_text": 0, "open_right": 0, "by_category": {}}
     rng = random.Random(1)
     seeds = HELDOUT_SEEDS[: args.eval_clips]
     with open_default(args.out) as be:
@@ -1540,6 +1540,9 @@ def evaluate(args) -> dict:
                         else:
                             qa["n"] += 1
                             qa["correct"] += p["choice"] == q["answer"]
+                            right_n = qa["by_category"].setdefault(q["category"], [0, 0])
+                            right_n[0] += p["choice"] == q["answer"]
+                            right_n[1] += 1
                             qa["e_with_evidence"] += p["choice"] == "E"
                             qa["hist"][p["choice"]] = qa["hist"].get(p["choice"], 0) + 1
                             qa["cited_ok"] += p["choice"] != "E" and bool(p["cited"])
@@ -1557,6 +1560,7 @@ def evaluate(args) -> dict:
         **{f"{k}_ci": wilson(*w[k]) for k in FIELD_WORDS}, "field_counts": {k: w[k][1] for k in FIELD_WORDS},
         "mc_questions": qa["n"], "mc_acc_gt_memories": round(qa["correct"] / max(1, qa["n"]), 3),
         "mc_ci": wilson(qa["correct"], qa["n"]), "letter_hist": qa["hist"],
+        "mc_by_category": dict(sorted(qa["by_category"].items())),  # [right, questions]
         "e_rate_with_evidence": round(qa["e_with_evidence"] / max(1, qa["n"]), 3),
         "abstain_acc_without_evidence": round(qa["abstain_correct"] / max(1, qa["abstain_n"]), 3),
         "abstain_n": qa["abstain_n"], "cited_when_answered": round(qa["cited_ok"] / max(1, ans), 3),

@@ -27,7 +27,7 @@ def fill_candidates(store: Store, backend: Backend, cfg: Config, segment_ids: li
     for sid in segment_ids:
         if store.candidates(segment_id=sid):
             continue
-        messages = kept_window_messages(store, sid, cfg.writer.window_segments, cfg.frames_dir)
+        messages = kept_window_messages(store, sid, cfg.writer.window_segments)
         if messages is None:
             continue
         seg = store.get_segment(sid)
@@ -84,8 +84,8 @@ def format_compliance(store: Store, backend: "Backend | BackendHandle", cfg: Con
     def held_out_windows() -> list:
         if not cache:
             ids = segment_ids() if callable(segment_ids) else segment_ids
-            windows = (kept_window_messages(store, sid, cfg.writer.window_segments, cfg.frames_dir) for sid in ids)
-            cache.append([m for m in windows if m is not None])
+            cache.append([m for m in (kept_window_messages(store, sid, cfg.writer.window_segments) for sid in ids)
+                          if m is not None])
         return cache[0]
 
     def compliance(vector: SteeringVector | None) -> float | None:

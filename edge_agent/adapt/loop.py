@@ -61,7 +61,7 @@ def run_adapt(store: Any, cfg: Config, hf_dir: str | Path, backend_for_judge: Ba
     start = time.perf_counter()
     say = progress or (lambda stage, info: None)
     rcfg, dcfg, gcfg = cfg.adapt.reward, cfg.adapt, cfg.adapt.gate
-    pf = prompt_fn or (lambda st, sid: kept_window_messages(st, sid, cfg.writer.window_segments, cfg.frames_dir))
+    pf = prompt_fn or (lambda st, sid: kept_window_messages(st, sid, cfg.writer.window_segments))
     model_hash = base_model_hash if base_model_hash is not None else getattr(backend_for_judge, "model_hash", "")
     registry = AdapterRegistry(store, cfg.adapters_dir)
     summary: dict[str, Any] = {"status": "skipped", "reason": "", "adapter_id": None,

@@ -67,16 +67,6 @@ def discard_keyframes(written: list[tuple[Path, Path]]) -> None:
         part.unlink(missing_ok=True)
 
 
-def kept_file(recorded: str, frames_dir: Path | None) -> Path:
-    """Where a kept frame's file is now. Rows record absolute paths; in a home moved or restored elsewhere the
-    file is the same `<stream>/<segment>/<frame>.png` under this home's frames folder."""
-    path = Path(recorded)
-    if frames_dir is None or path.exists() or len(path.parts) < 3:
-        return path
-    moved = Path(frames_dir).joinpath(*path.parts[-3:])
-    return moved if moved.exists() or moved.with_name(moved.name + PART_SUFFIX).exists() else path
-
-
 def sweep_frames(store: Store, frames_dir: Path, *, min_part_age_s: float = 60.0,
                  now: float | None = None) -> dict[str, int]:
     """At start: delete files under `frames_dir` that no kept-frame row names (left by a crash), finish the
@@ -91,7 +81,7 @@ def sweep_frames(store: Store, frames_dir: Path, *, min_part_age_s: float = 60.0
     if not frames_dir.is_dir():
         return counts
     files = [p for p in frames_dir.rglob("*") if p.is_file() or p.is_symlink()]
-    known = {str(kept_file(r["path"], frames_dir).resolve()) for r in store.kept_frames()}  # also a moved home's
+    known = {str(Path(r["path"]).resolve()) for r in store.kept_frames()}
     now = time.time() if now is None else now
     for p in files:
         rp = str(p.resolve())
@@ -129,14 +119,14 @@ def _frame_position(path: Path, fallback_index: int, fallback_t: float) -> tuple
         return fallback_index, fallback_t
 
 
-def _load_kept_segment(store: Store, segment_row: dict, frames_dir: Path | None) -> Segment | None:
+def _load_kept_segment(store: Store, segment_row: dict) -> Segment | None:
     """A segment rebuilt from its kept keyframes (None when they expired or were used)."""
     import cv2
 
     rows = store.kept_frames(segment_row["id"])
     frames = []
     for r in rows:
-        path = kept_file(r["path"], frames_dir)
+        path = Path(r["path"])
         img = cv2.imread(str(path))
         if img is None:
             return None
@@ -147,13 +137,11 @@ def _load_kept_segment(store: Store, segment_row: dict, frames_dir: Path | None)
     return Segment(segment_row["idx"], segment_row["t_start"], segment_row["t_end"], frames)
 
 
-def kept_window_messages(store: Store, segment_id: int, window_segments: int,
-                         frames_dir: Path | None = None) -> list[Message] | None:
-    """The writer's prompt for a past segment, rebuilt from kept frames and stored memories (Phase Two).
-    `frames_dir`: this home's frames folder, where a moved home's frames are found (`kept_file`)."""
+def kept_window_messages(store: Store, segment_id: int, window_segments: int) -> list[Message] | None:
+    """The writer's prompt for a past segment, rebuilt from kept frames and stored memories (Phase Two)."""
     seg_row = store.get_segment(segment_id)
     stream = store.get_stream(seg_row["stream_id"])
-    new = _load_kept_segment(store, seg_row, frames_dir)
+    new = _load_kept_segment(store, seg_row)
     if new is None:
         return None
     context = []
@@ -162,7 +150,7 @@ def kept_window_messages(store: Store, segment_id: int, window_segments: int,
     memories = {m["segment_id"]: m["text"] for m in store.recent_memories(seg_row["stream_id"], seg_row["idx"],
                                                                         window_segments - 1)}
     for row in earlier:
-        seg = _load_kept_segment(store, row, frames_dir)
+        seg = _load_kept_segment(store, row)
         if seg is not None:
             context.append((seg, memories.get(row["id"])))
     return writer_messages(stream["fingerprint"][:16], context, new)

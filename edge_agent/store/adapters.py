@@ -18,10 +18,10 @@ from edge_agent.store.queries import (
 class AdapterQueries(Queries):
     # ------------------------------------------------------------------ adapters
 
-    @staticmethod
-    def _adapter_out(row: dict[str, Any]) -> dict[str, Any]:
+    def _adapter_out(self, row: dict[str, Any]) -> dict[str, Any]:
         for k in (*ADAPTER_JSON, "extra"):
             row[k] = json.loads(row[k])
+        row["path"], row["gguf_path"] = self._real_path(row["path"]), self._real_path(row["gguf_path"])
         extra = row.pop("extra")
         return {**extra, **row}
 
@@ -40,6 +40,9 @@ class AdapterQueries(Queries):
                 rec[k] = v
             else:
                 rec["extra"][k] = v
+        for k in ("path", "gguf_path"):
+            if rec.get(k) is not None:
+                rec[k] = self._stored_path(rec[k])
         for k, default in ADAPTER_JSON.items():
             rec[k] = json.dumps(rec.get(k, default), sort_keys=True)
         rec["extra"] = json.dumps(rec["extra"], sort_keys=True, default=str)

@@ -58,19 +58,26 @@ class CandidateQueries(Queries):
             if seg["status"] == "forgotten":
                 return []
             now = time.time()
-            return [self._insert("kept_frames", {"segment_id": int(segment_id), "path": os.fspath(p),
+            return [self._insert("kept_frames", {"segment_id": int(segment_id), "path": self._stored_path(p),
                                                  "expires_at": float(expires_at), "created_at": now})
                     for p in paths]
 
+    def _frames_out(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        for r in rows:
+            r["path"] = self._real_path(r["path"])
+        return rows
+
     def kept_frames(self, segment_id: int | None = None) -> list[dict[str, Any]]:
+        """Kept-frame rows (absolute paths), oldest first; all of them or one segment's."""
         if segment_id is None:
-            return self._rows("SELECT * FROM kept_frames ORDER BY id")
-        return self._rows("SELECT * FROM kept_frames WHERE segment_id = ? ORDER BY id", (int(segment_id),))
+            return self._frames_out(self._rows("SELECT * FROM kept_frames ORDER BY id"))
+        return self._frames_out(self._rows("SELECT * FROM kept_frames WHERE segment_id = ? ORDER BY id",
+                                           (int(segment_id),)))
 
     def expired_frames(self, now: float | None = None) -> list[dict[str, Any]]:
         """Kept frames whose time is up (expires_at <= now)."""
         now = time.time() if now is None else float(now)
-        return self._rows("SELECT * FROM kept_frames WHERE expires_at <= ? ORDER BY id", (now,))
+        return self._frames_out(self._rows("SELECT * FROM kept_frames WHERE expires_at <= ? ORDER BY id", (now,)))
 
     def expire_kept_frames(self, now: float | None = None) -> int:
         """Delete the kept frames whose time is up, rows and files; returns rows deleted. Cheap when none are
@@ -89,7 +96,8 @@ class CandidateQueries(Queries):
             return 0
         marks = ",".join("?" * len(vals))
         with self._tx() as conn:
-            paths = [r[0] for r in conn.execute(f"SELECT path FROM kept_frames WHERE {col} IN ({marks})", vals)]
+            paths = [self._real_path(r[0])
+                     for r in conn.execute(f"SELECT path FROM kept_frames WHERE {col} IN ({marks})", vals)]
             n = conn.execute(f"DELETE FROM kept_frames WHERE {col} IN ({marks})", vals).rowcount
             if remove_files:
                 unlink_all(paths)

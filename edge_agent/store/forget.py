@@ -104,7 +104,7 @@ class ForgetQueries(Queries):
                                     "(SELECT id FROM temp._forget_seg)"),
                 "pairs": count("SELECT COUNT(*) FROM temp._forget_pair"),
             }
-            paths = [r[0] for r in conn.execute(
+            paths = [self._real_path(r[0]) for r in conn.execute(
                 "SELECT path FROM kept_frames WHERE segment_id IN (SELECT id FROM temp._forget_seg)")]
             counts["kept_frames"] = len(paths)
             conn.execute("DELETE FROM pairs WHERE id IN (SELECT id FROM temp._forget_pair)")

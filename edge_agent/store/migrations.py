@@ -10,9 +10,13 @@ Time model (docs/architecture.md, "Times"): segments keep stream seconds; memori
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import time
+from pathlib import Path
 from typing import Callable
+
+from edge_agent.store.queries import stored_path
 
 Migration = Callable[[sqlite3.Connection], None]
 
@@ -362,9 +366,44 @@ def m006_vector_partitions_issue14(conn: sqlite3.Connection) -> None:
                      (bits.tobytes(), float(r @ r) / l1 if l1 > 0 else 0.0, mid, model))
 
 
+def m007_home_relative_paths(conn: sqlite3.Connection) -> None:
+    """Files inside the home are recorded relative to the database's folder (`Queries._stored_path`): kept
+    keyframes (kept_frames.path) and adapter files (adapters.path, gguf_path). Absolute paths pinned a home to
+    the place it was first written: moved or restored elsewhere, its adapters failed to load and `forget` or the
+    keyframes' expiry deleted nothing (the files stayed until the next start's sweep).
+
+    Rows under this database's folder become relative. Rows of a home moved before this migration name the old
+    place: one whose `frames/<stream>/<segment>/<frame>.png` or `adapters/<id>/<file>` exists under this folder
+    becomes that; any other row keeps its absolute path. No schema change; a database with no file (":memory:")
+    has nothing to move."""
+    file = next((row[2] for row in conn.execute("PRAGMA database_list") if row[1] == "main"), "")
+    if not file:
+        return
+    home = Path(file).resolve().parent
+
+    def relative(path: str | None, folder: str, depth: int) -> str | None:
+        if path is None or not os.path.isabs(path):
+            return path
+        inside = stored_path(home, path)
+        if not os.path.isabs(inside):
+            return inside
+        parts = Path(path).parts
+        if len(parts) > depth and parts[-depth] == folder:
+            here = home.joinpath(*parts[-depth:])
+            if here.exists() or here.with_name(here.name + ".part").exists():
+                return here.relative_to(home).as_posix()
+        return path
+
+    for rid, path in conn.execute("SELECT id, path FROM kept_frames").fetchall():
+        conn.execute("UPDATE kept_frames SET path = ? WHERE id = ?", (relative(path, "frames", 4), rid))
+    for aid, path, gguf in conn.execute("SELECT id, path, gguf_path FROM adapters").fetchall():
+        conn.execute("UPDATE adapters SET path = ?, gguf_path = ? WHERE id = ?",
+                     (relative(path, "adapters", 3), relative(gguf, "adapters", 3), aid))
+
+
 MIGRATIONS: list[Migration] = [m001_initial, m002_vector_index_issue14, m003_device_events_issue15,
                                m004_feedback_history_issue13, m005_adapter_failed_issue10,
-                               m006_vector_partitions_issue14]
+                               m006_vector_partitions_issue14, m007_home_relative_paths]
 
 
 def _ensure_table(conn: sqlite3.Connection) -> None:

@@ -6,6 +6,8 @@ from __future__ import annotations
 import os
 import sqlite3
 from contextlib import contextmanager
+from functools import cached_property
+from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
 
 from edge_agent.errors import StoreError
@@ -39,6 +41,24 @@ class Queries:
     path: "os.PathLike"
     conn: sqlite3.Connection
     _lock: Any
+
+    # Files inside the home (kept keyframes under frames/, adapters under adapters/) are recorded relative to the
+    # database's folder, so a home moved or restored elsewhere still finds, and deletes, its own files; files
+    # elsewhere keep their absolute path. Readers get absolute paths back.
+    @cached_property
+    def home_dir(self) -> Path:
+        """The database's folder (the home, for a home's memory.db), resolved."""
+        return Path(self.path).resolve().parent
+
+    def _stored_path(self, path: "str | os.PathLike") -> str:
+        """How a file path is recorded: relative to the database's folder when inside it, else absolute."""
+        return stored_path(self.home_dir, path)
+
+    def _real_path(self, stored: str | None) -> str | None:
+        """The absolute path of a recorded file path (None stays None)."""
+        if stored is None or os.path.isabs(stored):
+            return stored
+        return str(self.home_dir / stored)
 
 
     @contextmanager
@@ -84,6 +104,15 @@ class Queries:
     def _ids(ids: Iterable[int]) -> tuple[str, list[int]]:
         vals = [int(i) for i in ids]
         return ",".join("?" * len(vals)), vals
+
+
+def stored_path(home: Path, path: "str | os.PathLike") -> str:
+    """`path` relative to the folder `home` (POSIX separators) when it lies inside it, else absolute."""
+    full = Path(path).resolve()
+    try:
+        return full.relative_to(home).as_posix()
+    except ValueError:
+        return str(full)
 
 
 def unlink_all(paths: Iterable[str]) -> int:
