@@ -273,24 +273,42 @@ def read_row(c: dict, q: dict, rng: random.Random, n_shown: int,
             reply(q["open_answer"], [ids[s["index"]] for s in holds]), "open")
 
 
+RECALL_KINDS = ["object", "object", "person", "note", "activity"]  # `--recall-colour` adds two "colour" ones
+
+
 def recall_row(rng: random.Random, n_shown: int, remove: bool = False) -> tuple[list[Message], str, str]:
     """An open question over `n_shown` memories assembled at random from the world's own sentences (objects put
     somewhere, people met in a room, notes read), each fact's key unique among them: no prior over worlds can
     answer it, only finding the one memory that holds it and copying its answer and id. The read stage mixes
     these in because on world questions alone the model learnt each category's most frequent answer and a
     constant citation, even over 2 memories, and never began to read (`--recall-share`; tools/reading_probe.py
-    trains them alone)."""
+    trains them alone). With `--recall-colour` they also ask the world's attribute question ("What colour was the
+    book I put on the sofa in the living room?"), which the shipped reader answers by the option's token count."""
     rooms = list(ROOM_LAYOUTS)
-    facts, used = [], set()
+    facts, used, object_spots, colour_spots = [], set(), set(), set()
     nrng = np.random.default_rng(rng.randrange(2**32))
     while len(facts) < n_shown:
-        kind = rng.choice(["object", "object", "person", "note", "activity"])
+        kind = rng.choice(RECALL_KINDS)
         room = rng.choice(rooms)
         places = [p for p in ROOM_LAYOUTS[room]["places"] if PLACE_KINDS[p][1] is not None]  # a surface to put on
         if kind == "object":
-            thing = f"{rng.choice(list(COLOURS))} {rng.choice(OBJECT_KINDS)}"
-            at = where(rng.choice(places), room)
+            colour, obj, place = rng.choice(list(COLOURS)), rng.choice(OBJECT_KINDS), rng.choice(places)
+            thing, at = f"{colour} {obj}", where(place, room)
+            if (obj, place, room) in colour_spots:  # a colour question about that spot would become ambiguous
+                continue
+            object_spots.add((obj, place, room))
             key, fact = ("object", thing), (f"I put the {thing} {at}.", f"Where did I leave the {thing}?", at)
+        elif kind == "colour":  # the world's attribute question: bind the colour to the object named with its place
+            colour, obj, place = rng.choice(list(COLOURS)), rng.choice(OBJECT_KINDS), rng.choice(places)
+            if (obj, place, room) in object_spots | colour_spots:  # another object of that kind there: ambiguous
+                continue
+            colour_spots.add((obj, place, room))
+            if rng.random() < 0.5:
+                said, verb = f"I put the {colour} {obj} {where(place, room)}.", f"I put {where(place, room)}"
+            else:
+                said = f"I picked up the {colour} {obj} from the {place} in the {room}."
+                verb = f"I picked up from the {place} in the {room}"
+            key, fact = ("colour", obj), (said, f"What colour was the {obj} {verb}?", colour)
         elif kind == "person":
             face = f"<face_{rng.randint(1, 6)}>"
             key, fact = ("person", room), (f"I met {face} in the {room}.", f"Who did I meet in the {room}?", face)
@@ -1632,6 +1650,8 @@ def main() -> None:
     ap.add_argument("--shown-from-start", action="store_true",
                     help="read: show 1-8 memories from the first step (a continuation of a model that already read "
                          "8), not the 2 -> 8 curriculum")
+    ap.add_argument("--recall-colour", action="store_true",
+                    help="recall rows also ask the colour of an object named with where it was put or picked up")
     ap.add_argument("--recall-share", type=float, default=0.0,
                     help="read: share of each batch drawn from recall_row (facts at random: only reading answers them)")
     ap.add_argument("--see-rows", type=int, default=0,
@@ -1662,6 +1682,8 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=OUT, help="model folder (hf/, model.gguf, mmproj.gguf)")
     args = ap.parse_args()
     FRAME_SIZE = args.frame_size
+    if args.recall_colour:
+        RECALL_KINDS.extend(["colour", "colour"])
     if args.what == "data":
         for s in VIDEO_SEEDS + list(range(EXTRA_VIDEO_SEED0, EXTRA_VIDEO_SEED0 + args.extra_clips)) + HELDOUT_SEEDS:
             clip(s)

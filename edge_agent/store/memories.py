@@ -55,10 +55,9 @@ class MemoryQueries(Queries):
         tsql, params = time_filter(since, until)
         found: dict[int, float] = {}
         for cond, order in (("m.t_start <= ?", "DESC"), ("m.t_start > ?", "ASC")):
-            for mid, a, b in self.conn.execute(
-                    f"SELECT m.id, m.t_start, m.t_end FROM memories m WHERE {cond}{tsql} "
-                    f"ORDER BY m.t_start {order}, m.id LIMIT ?", [float(t), *params, int(k)]):
-                found[int(mid)] = max(0.0, float(a) - t, t - float(b))
+            for r in self._rows(f"SELECT m.id, m.t_start, m.t_end FROM memories m WHERE {cond}{tsql} "
+                                f"ORDER BY m.t_start {order}, m.id LIMIT ?", [float(t), *params, int(k)]):
+                found[int(r["id"])] = max(0.0, float(r["t_start"]) - t, t - float(r["t_end"]))
         return sorted(found.items(), key=lambda kv: (kv[1], kv[0]))[:k]
 
     def fts_search(self, query: str, k: int, since: float | None = None,
