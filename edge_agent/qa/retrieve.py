@@ -129,10 +129,10 @@ def retrieve(store: Store, question: str, cfg: QAConfig, since: float | None = N
     reference = next((t for t in (asked_at, until) if t is not None and math.isfinite(t)), time.time())
     at = named_time(store, question, reference)
     moment = [] if at is None else [mid for mid, _ in store.memories_near(at, (cfg.top_k + 1) // 2, since, until)]
-    fused = fuse(rankings + [moment], cfg.rrf_k)
-    # the moment's memories first (a question about a moment shares no words with them), then the best by text
-    fused = ([(mid, sc) for mid, sc in fused if mid in moment] + [(mid, sc) for mid, sc in fused if mid not in moment])
-    fused = fused[: cfg.top_k]
+    first = set(moment)
+    # the moment's memories first (a question about a moment shares no words with them), then the best by text;
+    # the sort is stable, so each group keeps its fused order
+    fused = sorted(fuse(rankings + [moment], cfg.rrf_k), key=lambda kv: kv[0] not in first)[: cfg.top_k]
     score = dict(fused)
     rows = store.get_memories([mid for mid, _ in fused])
     # The store already filters by time; checked again here because this is the no-future guarantee.

@@ -3,7 +3,7 @@ memories' clock.
 
 A question about a moment ("What was I doing at 7:07 into the recording?") shares no words with the memory of
 that moment, so text and embedding retrieval cannot find it; the memories around the named time can be found by
-their timestamps instead (`qa.retrieve`). Two forms are read:
+their timestamps instead (`qa.retrieve`). Three forms are read:
 
 - an offset into the recording, "M:SS" or "H:MM:SS into the recording / video / stream": seconds after the origin
   of the newest stream that began by the time the question is asked;
