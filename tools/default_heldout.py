@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from edge_agent.eval.metrics import wilson_interval  # noqa: E402
-from edge_agent.synth.truth import answerable  # noqa: E402
+from edge_agent.synth.truth import answerable, evidence_segments, question_key, questions_by_text  # noqa: E402
 
 
 def wilson(k: int, n: int) -> list[float]:
@@ -69,17 +69,20 @@ def graded_answers(db: sqlite3.Connection, questions_json: Path, rows: list[tupl
     evidence segments hold the answer, `edge_agent.synth.truth.answerable`; None for counting and event order) and
     `shown_held` (so do the ones of them the answerer was shown)."""
     clip = json.loads(questions_json.read_text())
-    by_text = {q["question"] + json.dumps(q["options"]): q for q in clip["questions"]}
+    by_text = questions_by_text(clip)
     segment_of = dict(db.execute("SELECT m.id, s.idx FROM memories m JOIN segments s ON s.id = m.segment_id"))
     text_of = dict(db.execute("SELECT id, text FROM memories"))
+    shown_to: dict[int, set[int]] = {}
+    for answer_id, memory_id in db.execute("SELECT answer_id, memory_id FROM answer_citations"):
+        shown_to.setdefault(answer_id, set()).add(memory_id)
     graded = []
     for answer_id, choice, abstained, text, options, _ in rows:
-        q = by_text.get(text + json.dumps(json.loads(options)))
+        q = by_text.get(question_key(text, options))
         if q is None:
             continue
-        first, last = (int(t // clip["segment_seconds"]) for t in q["evidence"])
-        evidence = [m for m, idx in segment_of.items() if first <= idx <= last]
-        shown = {m for (m,) in db.execute("SELECT memory_id FROM answer_citations WHERE answer_id = ?", (answer_id,))}
+        segments = evidence_segments(q, clip["segment_seconds"])
+        evidence = [m for m, idx in segment_of.items() if idx in segments]
+        shown = shown_to.get(answer_id, set())
         held = answerable(q, " ".join(text_of[m] for m in evidence))
         shown_held = answerable(q, " ".join(text_of[m] for m in evidence if m in shown))
         graded.append({"category": q["category"], "right": choice == q["answer"], "abstained": bool(abstained),

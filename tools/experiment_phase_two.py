@@ -42,7 +42,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from edge_agent.eval.metrics import wilson_interval  # noqa: E402
-from edge_agent.synth.truth import CAUSES, FACT_WORDS, answerable, memory_cause, things  # noqa: E402
+from edge_agent.synth.truth import (CAUSES, FACT_WORDS, answerable, evidence_segments, memory_cause,  # noqa: E402
+                                   question_key, questions_by_text, things)
 
 DAY_SEEDS = [7100, 7101, 7102, 7103, 7104, 7105]  # wearers' days (held out from train_default.py's seeds)
 EVAL_SEEDS = [7200, 7201, 7202, 7203]  # scoring only: never lived by a wearer
@@ -51,7 +52,6 @@ MIXES = {
     "B": {"person": 0.45, "activity_at_time": 0.35},
 }
 DOMINANT = {"A": "object_location", "B": "person"}
-
 
 
 def cli(home: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
@@ -256,7 +256,7 @@ def graded_questions(out: Path, rows: list[dict]) -> list[dict]:
             continue
         run_dir, clip = found
         clip_info = json.loads((clip / "questions.json").read_text())
-        questions = {q["question"] + json.dumps(q["options"]): q for q in clip_info["questions"]}
+        questions = questions_by_text(clip_info)
         captions = {c["index"]: c["caption"] for c in json.loads((clip / "events.json").read_text())["segments"]}
         memories = segment_memories(run_dir, r["config"])
         for db in (run_dir / folder(r["config"])).glob("*.db"):
@@ -264,12 +264,12 @@ def graded_questions(out: Path, rows: list[dict]) -> list[dict]:
                 answered = conn.execute("SELECT q.text, q.options, a.choice FROM answers a "
                                         "JOIN questions q ON q.id = a.question_id").fetchall()
             for text, options, choice in answered:
-                q = questions.get(text + json.dumps(json.loads(options)))
+                q = questions.get(question_key(text, options))
                 if q is None:
                     continue
-                first, last = (int(t // clip_info["segment_seconds"]) for t in q["evidence"])
-                said = " ".join(memories.get(i, "") for i in range(first, last + 1))
-                truth = " ".join(captions.get(i, "") for i in range(first, last + 1))
+                segments = evidence_segments(q, clip_info["segment_seconds"])
+                said = " ".join(memories.get(i, "") for i in segments)
+                truth = " ".join(captions.get(i, "") for i in segments)
                 graded.append({"config": r["config"], "seed": r["seed"], "id": q["id"], "category": q["category"],
                                "right": choice == q["answer"], "answerable": answerable(q, said),
                                "cause": memory_cause(q, said, truth)})

@@ -3,7 +3,9 @@ memories behind a question hold its answer (and, if not, what a writer could hav
 
 from __future__ import annotations
 
+import json
 import re
+from typing import Any
 
 FACT_WORDS = {
     "object": r"\b(cup|mug|bowl|bottle|book|keys|phone|bag|box|plate|remote|glasses|wallet)\b",
@@ -62,3 +64,19 @@ def memory_cause(q: dict, said: str, truth: str) -> str | None:
     if not named:
         return "none"
     return "left out" if named & seen else "misseen"
+
+
+def questions_by_text(clip: dict[str, Any]) -> dict[str, dict]:
+    """A clip's questions (questions.json) keyed as a store records them: `question_key(text, options)`."""
+    return {question_key(q["question"], q["options"]): q for q in clip["questions"]}
+
+
+def question_key(text: str, options: list[str] | str) -> str:
+    """The question's text and its options (a list, or the store's JSON column) as one lookup key."""
+    return text + json.dumps(json.loads(options) if isinstance(options, str) else options)
+
+
+def evidence_segments(q: dict, segment_seconds: float) -> range:
+    """Indices of the segments the question's evidence interval falls in."""
+    first, last = (int(t // segment_seconds) for t in q["evidence"])
+    return range(first, last + 1)
