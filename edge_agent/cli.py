@@ -241,13 +241,13 @@ def ask(question: Annotated[str, typer.Argument(help="The question, in plain wor
     from edge_agent.qa.answer import answer
     from edge_agent.qa.embed import open_embedder
     from edge_agent.store import Store
-    from edge_agent.vlm.factory import open_backend
+    from edge_agent.vlm.factory import open_answerer
 
     cfg = _config(home, config)
     lo, hi = parse_range(since, until)  # before the model loads: a bad range fails at once
     _check_home(cfg)
     store = Store.open(cfg.db_path)
-    backend = open_backend(cfg, with_vision=False)
+    backend = open_answerer(cfg)
     result = answer(store, backend, question, option or [], asked_at=time.time(), cfg=cfg.qa,
                     since=lo, until=hi, embedder=open_embedder(cfg))
     backend.close()

@@ -17,7 +17,7 @@ def run_demo(cfg: Config, minutes: float = 1.0, seed: int = 0, console: Console 
     from edge_agent.qa.answer import answer
     from edge_agent.qa.embed import open_embedder
     from edge_agent.runtime import ingest
-    from edge_agent.vlm.factory import open_backend
+    from edge_agent.vlm.factory import open_backend, open_reader
     from edge_agent.synth import generate
 
     say = console.print if console else (lambda *a, **k: None)
@@ -27,7 +27,9 @@ def run_demo(cfg: Config, minutes: float = 1.0, seed: int = 0, console: Console 
 
     store = Store.open(cfg.db_path)
     backend = open_backend(cfg)
+    reader = None
     try:
+        reader = open_reader(cfg)
         say(f"[bold]2.[/bold] writing memories with {backend.model_name} ...")
         report = ingest(str(paths["video"]), store, backend, cfg, origin=0.0)
         rows = [m for m in store.memories() if m["stream_id"] == report.stream_id]
@@ -41,8 +43,9 @@ def run_demo(cfg: Config, minutes: float = 1.0, seed: int = 0, console: Console 
         embedder = open_embedder(cfg)
         table = Table("question", "answer", "truth", "cited")
         answers = []
+        answerer = backend if reader is None else reader
         for q in questions:
-            res = answer(store, backend, q.question, q.lettered_options(), asked_at=q.asked_at, cfg=cfg.qa,
+            res = answer(store, answerer, q.question, q.lettered_options(), asked_at=q.asked_at, cfg=cfg.qa,
                          until=q.asked_at, embedder=embedder)
             answers.append({"question": q.question, "truth": q.answer, **res})
             truth = f"{q.answer}. {q.options['ABCD'.index(q.answer)]}"
@@ -52,6 +55,8 @@ def run_demo(cfg: Config, minutes: float = 1.0, seed: int = 0, console: Console 
             console.print(table)
     finally:
         backend.close()
+        if reader is not None:
+            reader.close()
     correct = sum(a["choice"] == a["truth"] for a in answers)
     say(f"{report.segments_written} memories, {report.segments_failed} unwritten segments; "
         f"{correct}/{len(answers)} answers right. Try: edge-agent ask \"...\" --home {cfg.home}")

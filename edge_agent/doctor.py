@@ -42,6 +42,9 @@ def _model(cfg: Config) -> Callable[[], str]:
         m = resolve(cfg.model.name, cfg.home)
         info = inspect_gguf(m.model_path)
         mm = "with mmproj" if m.mmproj_path and m.mmproj_path.exists() else "NO mmproj"
+        if m.reader_path is not None:  # a broken reader fails here, as it would fail `ask`
+            inspect_gguf(m.reader_path, expect=info["architecture"])
+            mm += f", answers with {m.reader_path.name}"
         return (f"{m.name}: {info['architecture']}, hidden {info['hidden_size']}, {info['n_layers']} layers, "
                 f"{mm} ({m.model_path})")
     return fn

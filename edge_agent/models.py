@@ -1,8 +1,9 @@
 """Model catalog (models/catalog.toml): resolve a name or folder to GGUF paths, pull official models with checksums.
 
 Installed hub models live in `<home>/models/<name>/` under their original file names; local entries ("default",
-"tiny") and plain folders hold `model.gguf` + `mmproj.gguf` (+ `hf/`, the transformers checkpoint). Nothing is
-ever built or downloaded implicitly: `resolve` raises ModelError naming the command that would provide the files.
+"tiny") and plain folders hold `model.gguf` + `mmproj.gguf` (+ `hf/`, the transformers checkpoint; + `reader.gguf`,
+a text-only model that answers in its place, where one ships). Nothing is ever built or downloaded implicitly:
+`resolve` raises ModelError naming the command that would provide the files.
 """
 
 from __future__ import annotations
@@ -43,6 +44,9 @@ REPO_ROOT = _data_root()  # `{repo}` in the catalog's local paths
 CATALOG_PATH = REPO_ROOT / "models" / "catalog.toml"
 ACCEPTED_FILE = "accepted_sha256.json"  # in <home>/models/<name>/: hashes the user accepted with --accept-sha
 MODEL_FILE, MMPROJ_FILE, HF_DIR = "model.gguf", "mmproj.gguf", "hf"
+# A small model trained to both write and read trades one skill for the other, so the embedded default ships a
+# second, text-only copy trained to read (models/default/README.md): the answerer, when present.
+READER_FILE = "reader.gguf"
 _CHUNK = 8 << 20
 
 
@@ -82,6 +86,7 @@ class ResolvedModel:
     name: str
     expected_hash: str | None = None
     hf_repo: str | None = None
+    reader_path: Path | None = None  # a text-only answerer shipped beside the model (READER_FILE), None when none
 
 
 def load_catalog(path: str | Path | None = None) -> dict[str, CatalogEntry]:
@@ -115,8 +120,9 @@ def _expand(template: str, home: Path) -> Path:
 
 
 def _folder(path: Path, name: str, expected_hash: str | None = None) -> ResolvedModel:
-    hf = path / HF_DIR
-    return ResolvedModel(path / MODEL_FILE, path / MMPROJ_FILE, hf if hf.is_dir() else None, name, expected_hash)
+    hf, reader = path / HF_DIR, path / READER_FILE
+    return ResolvedModel(path / MODEL_FILE, path / MMPROJ_FILE, hf if hf.is_dir() else None, name, expected_hash,
+                         reader_path=reader if reader.is_file() else None)
 
 
 def resolve(name_or_dir: str | Path, home: str | Path, catalog: dict[str, CatalogEntry] | None = None) -> ResolvedModel:

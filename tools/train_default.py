@@ -4,6 +4,7 @@
     .venv/bin/python tools/train_default.py stage answer        # one stage (resumes its own checkpoint)
     .venv/bin/python tools/train_default.py data                # render + cut the clips the vision stages use
     .venv/bin/python tools/train_default.py finalize            # last finished stage -> models/default/ + manifest
+    .venv/bin/python tools/train_default.py reader --from-dir D # a text-only read stage -> models/default/reader.gguf
     .venv/bin/python tools/train_default.py parity              # transformers vs llama.cpp logits, one prompt
     .venv/bin/python tools/train_default.py eval                # held-out metrics through llama.cpp
     .venv/bin/python tools/train_default.py pixels              # which caption words the writer takes from the frames
@@ -30,7 +31,9 @@ Stages (each checkpoints weights, optimizer, RNG and data position to /tmp/edge_
           no skill drifts while another is learnt. Probes: lookup, read and the writer decoded greedily.
   read    text only: open questions over 1-8 ground-truth memories (growing over the first half) -> the short
           answer + citations, or "not in memory"; replay of writer rows. What the likelihood answerer
-          (qa.choice = "score", the default model's profile) uses to rank multiple-choice options.
+          (qa.choice = "score", the default model's profile) uses to rank multiple-choice options. With
+          `--write-replay 0` from the shipped weights it trains the separate reader (`reader`): on one small model
+          every round of reading training cost the writer (models/default/README.md), so the reader is a copy.
 
 `--frame-size N` trains (and profiles) at keyframes of N px (capture.frame_size; the shipped model: 128); its data
 cache is per size.
@@ -46,6 +49,7 @@ import argparse
 import hashlib
 import json
 import math
+import os
 import random
 import re
 import shutil
@@ -62,6 +66,7 @@ from edge_agent.adapt.reward import JUDGE_SYSTEM, TaskQuestion, judge_messages  
 from edge_agent.config import CaptureConfig  # noqa: E402
 from edge_agent.eval.metrics import wilson_interval  # noqa: E402
 from edge_agent.memory.prompts import writer_messages  # noqa: E402
+from edge_agent.models import READER_FILE  # noqa: E402
 from edge_agent.config import QAConfig  # noqa: E402
 from edge_agent.qa.answer import (  # noqa: E402
     ANSWER_PREFIX, LETTERS, MEMORIES_CLOSE, MEMORIES_OPEN, NOT_IN_MEMORY, build_messages, reply_from_memories)
@@ -71,7 +76,8 @@ from edge_agent.types import Frame, ImagePart, Message, Segment  # noqa: E402
 from edge_agent.vlm.prompt import PromptEncoder, image_tokens, pixel_inputs  # noqa: E402
 
 OUT = ROOT / "models" / "default"
-WORK = Path("/tmp/edge_agent_default")  # data cache + checkpoints (not shipped)
+# data cache + checkpoints (not shipped); TRAIN_DEFAULT_WORK runs two candidates side by side (share data/ by a link)
+WORK = Path(os.environ.get("TRAIN_DEFAULT_WORK", "/tmp/edge_agent_default"))
 VIDEO_SEEDS = list(range(100, 300))  # rendered clips (vision + writing)
 EXTRA_VIDEO_SEED0 = 10000  # --extra-clips N adds seeds 10000.. (never held out; rendering is ~0.5 s a clip)
 TEXT_SEED0 = 20000  # text-only worlds: seeds 20000 + n, drawn without end
@@ -1346,8 +1352,8 @@ def run_stage(name: str, args) -> None:
             rows = [lookup_row(tok, penc, rng, top, "short") for _ in range(cfg["batch"])]
             loss = ids_step(model, *padded(rows, ids["<|endoftext|>"], device))
         elif name == "read":
-            loss, _ = lm_step(model, tok, penc, read_rows(cfg["batch"], frac) + write_rows(2), ids, device,
-                              args.w_key)
+            loss, _ = lm_step(model, tok, penc, read_rows(cfg["batch"], frac) + write_rows(args.write_replay), ids,
+                              device, args.w_key)
         elif name == "joint":
             # all three skills in every step, so none drifts while another is learnt (lookup alone cost the writer
             # its objects, models/default/README.md "Tried: one more lookup -> read -> write round"): the two
@@ -1503,6 +1509,16 @@ def open_default(out: Path, n_ctx: int = 4096):
     return LlamaCppBackend(out / "model.gguf", out / "mmproj.gguf", n_threads=1, n_ctx=n_ctx, image_cache_size=64)
 
 
+def open_answerer(out: Path, writer):
+    """What answers in the runtime: the folder's reader.gguf when it ships one, else `writer` (left open)."""
+    from contextlib import nullcontext
+
+    from edge_agent.vlm.llama_cpp import LlamaCppBackend
+
+    path = out / READER_FILE
+    return LlamaCppBackend(path, None, n_threads=1, n_ctx=4096) if path.is_file() else nullcontext(writer)
+
+
 def wilson(k: int, n: int) -> list[float]:
     """95 % Wilson interval of k successes in n, rounded for the tables."""
     return [round(x, 3) for x in wilson_interval(k, n)]
@@ -1521,7 +1537,7 @@ def evaluate(args) -> dict:
           "cited_ok": 0, "open_n": 0, "open_text": 0, "open_right": 0, "by_category": {}}
     rng = random.Random(1)
     seeds = HELDOUT_SEEDS[: args.eval_clips]
-    with open_default(args.out) as be:
+    with open_default(args.out) as be, open_answerer(args.out, be) as reader:
         for seed in seeds:
             c = clip(seed)
             writer = MemoryWriter(be, WriterConfig(max_retries=0), stream_key=f"s{seed}")
@@ -1551,7 +1567,7 @@ def evaluate(args) -> dict:
                     if not mems or (remove and not told):
                         continue
                     if q["options"]:
-                        p = reply_from_memories(be, q["question"], q["options"], mems, q["asked_at"], qcfg)
+                        p = reply_from_memories(reader, q["question"], q["options"], mems, q["asked_at"], qcfg)
                         if remove or not told:
                             qa["abstain_n"] += 1
                             qa["abstain_correct"] += p["choice"] == "E"
@@ -1565,7 +1581,7 @@ def evaluate(args) -> dict:
                             qa["hist"][p["choice"]] = qa["hist"].get(p["choice"], 0) + 1
                             qa["cited_ok"] += p["choice"] != "E" and bool(p["cited"])
                     if not remove:  # the open question over the same memories
-                        p = reply_from_memories(be, q["question"], [], mems, q["asked_at"], qcfg)
+                        p = reply_from_memories(reader, q["question"], [], mems, q["asked_at"], qcfg)
                         qa["open_n"] += 1
                         qa["open_text"] += bool(p["text"]) and p["text"] != NOT_IN_MEMORY
                         qa["open_right"] += told and p["text"].lower() == q["open_answer"].lower()
@@ -1584,6 +1600,7 @@ def evaluate(args) -> dict:
         "abstain_n": qa["abstain_n"], "cited_when_answered": round(qa["cited_ok"] / max(1, ans), 3),
         "open_n": qa["open_n"], "open_text_rate": round(qa["open_text"] / max(1, qa["open_n"]), 3),
         "open_exact": round(qa["open_right"] / max(1, qa["open_n"]), 3), "choice": args.choice,
+        "answered_by": READER_FILE if (args.out / READER_FILE).is_file() else "model.gguf",
     }
     print(json.dumps(summary, indent=1), flush=True)
     (WORK / f"eval-{args.out.name}.json").write_text(json.dumps(summary, indent=1))
@@ -1635,10 +1652,54 @@ def parity(args) -> float:
     return diff
 
 
+def export_reader(args) -> dict:
+    """`reader`: a text-only read stage's hf folder (`--from-dir`) -> <out>/reader.gguf through the project's
+    exporter, with the parity of one answer prompt (transformers f32 vs the GGUF) saved next to the evals."""
+    import tempfile
+
+    import torch
+
+    from edge_agent.export import export_hf
+    from edge_agent.vlm.llama_cpp import LlamaCppBackend
+
+    src = Path(args.from_dir or stage_dir("read") / "hf")
+    with tempfile.TemporaryDirectory(dir=WORK) as tmp:
+        model_path, _ = export_hf(src, Path(tmp), args.outtype, name=f"edge-agent-default-reader-s{args.seed}")
+        shutil.copy2(model_path, args.out / READER_FILE)
+    torch.set_num_threads(1)
+    tok, penc = tokenizer()
+    tw = text_world(HELDOUT_SEEDS[0], 4.0)
+    q = tw["questions"][0]
+    mems, _ = show(tw, q, random.Random(0), evidence(tw, q)[0], remove=False, n_shown=8)
+    msgs = build_messages(q["question"], [], mems, q["asked_at"])
+    e = penc.encode(msgs, None)
+    model = load_model(src, "cpu").eval()
+    with torch.no_grad():
+        ref = model(input_ids=torch.tensor([e.ids])).logits[0, -1].numpy()
+    with LlamaCppBackend(args.out / READER_FILE, None, n_threads=1, n_ctx=4096) as be:
+        same = be.prompt_tokens(msgs) == list(e.ids)
+        got = be.logits(msgs)
+    res = {"from": str(src), "tokens": len(e.ids), "token_sequences_equal": same,
+           "max_abs_logit_diff": float(np.abs(got[: ref.shape[0]] - ref).max()), "logit_scale": float(np.abs(ref).max())}
+    print("reader parity", json.dumps(res), flush=True)
+    (WORK / "reader-parity.json").write_text(json.dumps(res))
+    man_path = args.out / "manifest.json"
+    if man_path.is_file():  # the shipped folder: record the reader's file, its stage and its parity
+        man = json.loads(man_path.read_text())
+        done = src.parent / "done.json"
+        man["files"][READER_FILE] = {"sha256": sha256(args.out / READER_FILE),
+                                     "bytes": (args.out / READER_FILE).stat().st_size}
+        man["reader"] = {**man.get("reader", {}), "recipe": args.recipe, "outtype": args.outtype, "parity": res,
+                         "stage": json.loads(done.read_text()) if done.is_file() else None}
+        man_path.write_text(json.dumps(man, indent=1) + "\n")
+    return res
+
+
 def main() -> None:
     global FRAME_SIZE
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("what", choices=["run", "stage", "data", "finalize", "manifest", "eval", "parity", "pixels"])
+    ap.add_argument("what", choices=["run", "stage", "data", "finalize", "reader", "manifest", "eval", "parity",
+                                     "pixels"])
     ap.add_argument("name", nargs="?", choices=STAGES + EXTRA_STAGES, help="the stage (for `stage`)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--steps", type=int, default=None, help="planned steps of the stage (cosine schedule)")
@@ -1661,6 +1722,8 @@ def main() -> None:
                     help="data/vision/write/read/joint: this many more rendered clips (seeds 10000..) beside the "
                          "recipe's 200")
     ap.add_argument("--read-replay", type=int, default=6, help="write: read-stage rows replayed per step")
+    ap.add_argument("--write-replay", type=int, default=2,
+                    help="read: writer rows replayed per step (0 trains a text-only reader, shipped as reader.gguf)")
     ap.add_argument("--save-minutes", type=float, default=4.0)
     ap.add_argument("--threads", type=int, default=1,
                     help="torch threads; 1 is faster than 2 on a machine whose 2 cores are busy with other work")
@@ -1695,6 +1758,8 @@ def main() -> None:
         run_stage(args.name, args)
     elif args.what == "finalize":
         finalize(args)
+    elif args.what == "reader":
+        export_reader(args)
     elif args.what == "manifest":
         manifest(args)
     elif args.what == "parity":

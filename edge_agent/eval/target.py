@@ -111,12 +111,14 @@ def replay_with_runtime(cfg: Config, benchmark, specs, work_dir: Path, judge_fac
                         answerer_factory: Any = None, *, progress: bool = False, console: Any = None):
     """Replay `benchmark` for each config spec through the product's runtime, on one backend opened here."""
     from edge_agent.qa.embed import open_embedder
-    from edge_agent.vlm.factory import open_backend
+    from edge_agent.vlm.factory import open_backend, open_reader
 
     backend = open_backend(cfg)
+    answerer = None
     try:
         embedder = open_embedder(cfg)
-        answerer = answerer_factory() if answerer_factory is not None else None
+        # --answerer-url, else the model's own reader when it ships one, else the writer answers
+        answerer = answerer_factory() if answerer_factory is not None else open_reader(cfg)
         targets = [RuntimeTarget(s.name, s.adapter_id, adapter_vector(cfg, s.adapter_id), backend, cfg, work_dir,
                                  embedder, answerer) for s in specs]
         judge = judge_factory(backend) if judge_factory is not None else None
@@ -126,4 +128,6 @@ def replay_with_runtime(cfg: Config, benchmark, specs, work_dir: Path, judge_fac
             if judge is not None:
                 judge.close()
     finally:
+        if answerer is not None and answerer_factory is None:
+            answerer.close()
         backend.close()

@@ -1,12 +1,18 @@
-"""Opens the configured model: the catalog entry or folder named by `model.name`, loaded with llama.cpp."""
+"""Opens the configured model: the catalog entry or folder named by `model.name`, loaded with llama.cpp, and the
+answerer: the folder's own text-only reader where it ships one."""
 
 from __future__ import annotations
 
 import math
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 from edge_agent.config import Config
 from edge_agent.vlm.base import Backend
 from edge_agent.vlm.prompt import image_tokens
+
+if TYPE_CHECKING:
+    from edge_agent.models import ResolvedModel
 
 MIN_AUTO_CTX = 2048
 PROMPT_ROOM = 1024  # instructions, the question and its options, the answer or memory being generated
@@ -33,10 +39,32 @@ def context_size(cfg: Config) -> int:
 def open_backend(cfg: Config, with_vision: bool = True) -> Backend:
     """Load the configured model with llama.cpp (the vision projector only when frames will be shown)."""
     from edge_agent.models import resolve
-    from edge_agent.vlm.llama_cpp import LlamaCppBackend
 
     model = resolve(cfg.model.name, cfg.home)
-    return LlamaCppBackend(model.model_path, model.mmproj_path if with_vision else None,
+    return _load(cfg, model, model.model_path, model.mmproj_path if with_vision else None)
+
+
+def open_reader(cfg: Config) -> Backend | None:
+    """The configured model's own text-only answerer (`reader.gguf` beside it, models.READER_FILE), None when it
+    ships none. Only the writer is steered by Phase Two, so the reader never carries a steering vector."""
+    from edge_agent.models import resolve
+
+    model = resolve(cfg.model.name, cfg.home)
+    if model.reader_path is None:
+        return None
+    return _load(cfg, model, model.reader_path, None, name=f"{model.name}-reader")
+
+
+def open_answerer(cfg: Config) -> Backend:
+    """What answers questions from memories: the model's reader when it ships one, else the model without vision."""
+    reader = open_reader(cfg)
+    return reader if reader is not None else open_backend(cfg, with_vision=False)
+
+
+def _load(cfg: Config, model: ResolvedModel, gguf: Path, mmproj: Path | None, name: str | None = None) -> Backend:
+    from edge_agent.vlm.llama_cpp import LlamaCppBackend
+
+    return LlamaCppBackend(gguf, mmproj,
                            n_threads=cfg.model.n_threads, n_ctx=context_size(cfg), n_gpu_layers=cfg.model.n_gpu_layers,
-                           image_cache_size=cfg.model.image_cache_size, seed=cfg.model.seed, name=model.name,
+                           image_cache_size=cfg.model.image_cache_size, seed=cfg.model.seed, name=name or model.name,
                            model_hash=model.expected_hash or None)
