@@ -291,6 +291,7 @@ def test_the_default_models_numbers_in_the_readme_are_its_manifests():
     assert f"95 % CI {100 * e['acc_ci95'][0]:.1f}-{100 * e['acc_ci95'][1]:.1f}" in para
     r = manifest["reader"]["end_to_end"]  # answered by reader.gguf, the writer's memories unchanged
     assert r["n_questions"] == e["n_questions"] and r["memories"] == 630 and "reader.gguf" in para
+    assert f"{100 * manifest['reader']['mc_gt_memories']['mc_acc_gt_memories']:.1f} % read by `reader.gguf`" in para
     assert f"{100 * r['acc']:.1f} %, CI {100 * r['acc_ci95'][0]:.1f}-{100 * r['acc_ci95'][1]:.1f}" in para
     n = checkpoint_parameters(default / "hf")
     assert f"{n / 1e6:.1f}M-parameter" in para
