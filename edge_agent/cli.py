@@ -7,6 +7,7 @@ import math
 import os
 import sys
 import time
+from contextlib import ExitStack
 from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Optional
@@ -493,7 +494,7 @@ def adapt(home: Home = None, config: ConfigFile = None, json_out: Json = False) 
     from edge_agent.models import resolve
     from edge_agent.qa.embed import open_embedder
     from edge_agent.store import Store
-    from edge_agent.vlm.factory import open_backend
+    from edge_agent.vlm.factory import open_backend, open_reader
 
     cfg = _config(home, config)
     _check_home(cfg)
@@ -508,11 +509,18 @@ def adapt(home: Home = None, config: ConfigFile = None, json_out: Json = False) 
     embedder = open_embedder(cfg)
     check_ready(cfg, embedder)  # torch, transformers, MiniLM: one-line errors before anything loads
     identity = check_checkpoint(model.model_path, model.hf_dir, model.expected_hash, cache_dir=cfg.cache_dir)
-    with Store.open(cfg.db_path) as store, open_backend(cfg) as backend, err.status("adapting ...") as status:
+    with ExitStack() as stack:
+        store = stack.enter_context(Store.open(cfg.db_path))
+        backend = stack.enter_context(open_backend(cfg))
+        # a model that ships a reader judges with it: the reader is trained on the judge prompt, the writer not
+        judge = open_reader(cfg)
+        if judge is not None:
+            stack.callback(judge.close)
+        status = stack.enter_context(err.status("adapting ..."))
         # the llama.cpp model is closed while the checkpoint trains, and reopened for the compliance check
         summary = run_adapt_job(store, cfg, model.hf_dir, backend, embedder,
                                 progress=lambda stage, info: status.update(f"adapt: {stage} {info}"),
-                                reopen=lambda: open_backend(cfg))
+                                reopen=lambda: open_backend(cfg), judge=judge)
     summary["checkpoint_identity"] = identity["method"]
     rw = summary.get("reward") or {}
     if rw.get("judge_fallback"):

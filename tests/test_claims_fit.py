@@ -114,3 +114,39 @@ def test_the_llama_cpp_model_is_released_while_training(tiny_hf, tmp_path, monke
     assert s["backend_released"] is True
     assert len(opened) == 1 and opened[0].calls and opened[0].closed  # compliance ran on a reopened one
     assert s["metrics"]["compliance"] is not None
+
+
+def test_a_reader_judges_in_place_of_the_writer_and_is_released_too(tiny_hf, tmp_path, monkeypatch):
+    """`adapt` on a model that ships a reader: the reader answers the judge prompts (the writer is never asked),
+    the summary names it, and it is closed with the writer before the checkpoint loads."""
+    from edge_agent.adapt import frozen_model
+    from edge_agent.adapt.job import run_adapt_job
+
+    cfg = Config(home=tmp_path / "home", adapt=AdaptConfig(steps=2, gate=GateConfig(min_holdout_pairs=1,
+                                                                                      max_p_value=1.0)))
+    store = Store.open(cfg.db_path)
+    seed_windows(store, cfg.frames_dir, OBJECTS[:4])
+    ask(store, "Where is the cup?", False, corrected="on the shelf")
+
+    def write(call):
+        assert "Memory A:" not in call.prompt, "the writer was asked to judge"
+        return '{"description": "I saw the cup on the shelf."}'
+
+    writer = ScriptedBackend(write, model_hash="h", model_name="m")
+    reader = ScriptedBackend(prefer("shelf"), model_hash="reader-hash", model_name="m-reader")
+    closed_at_load = []
+    real = frozen_model.FrozenQwen3VL.__init__
+
+    def spy(self, *a, **kw):
+        closed_at_load.append((writer.closed, reader.closed))
+        real(self, *a, **kw)
+
+    monkeypatch.setattr(frozen_model.FrozenQwen3VL, "__init__", spy)
+    s = run_adapt_job(store, cfg, tiny_hf, writer, BagOfWords(),
+                      reopen=lambda: ScriptedBackend(write, model_hash="h"), judge=reader)
+    judged = [c for c in reader.calls if "Memory A:" in c.prompt]
+    assert judged and len(judged) == len(reader.calls)
+    assert s["judged_by"] == "m-reader" and s["reward"]["judge_consistent"] >= 1
+    assert closed_at_load == [(True, True)]
+    # the adapter steers the writer, so it carries the writer's identity, not the reader's
+    assert s["status"] == "activated" and store.get_adapter(s["adapter_id"])["base_model_hash"] == "h"

@@ -293,6 +293,9 @@ def test_the_default_models_numbers_in_the_readme_are_its_manifests():
     assert r["n_questions"] == e["n_questions"] and r["memories"] == 630 and "reader.gguf" in para
     assert f"{100 * manifest['reader']['mc_gt_memories']['mc_acc_gt_memories']:.1f} % read by `reader.gguf`" in para
     assert f"{100 * r['acc']:.1f} %, CI {100 * r['acc_ci95'][0]:.1f}-{100 * r['acc_ci95'][1]:.1f}" in para
+    judge = manifest["reader"]["judge"]  # Phase Two's judge, as adapt asks it, on held-out pairs
+    assert f"same memory in both orderings for {round(100 * judge['position_consistent'])} % of held-out pairs" in para
+    assert manifest["measured"]["judge"]["position_consistent"] == 0 and "(the writer for none;" in para
     n = checkpoint_parameters(default / "hf")
     assert f"{n / 1e6:.1f}M-parameter" in para
     total = sum(f.stat().st_size for f in default.rglob("*") if f.is_file())

@@ -151,6 +151,43 @@ def test_recall_rows_can_only_be_answered_by_copying_the_cited_memory():
     assert asked == {0, 1, 2}
 
 
+def test_judge_rows_show_the_same_two_memories_in_both_orderings_with_the_verdict_following_the_better():
+    """The read stage's judge rows (--judge-pairs): the better memory is A in the first row and B in the second,
+    the questions are the same, so no constant verdict lowers the loss; the held-out cases never tie."""
+    rec = _recipe()
+    world = rec.text_world(20001, 4.0)
+    rng = random.Random(3)
+    pairs = [p for p in (rec.judge_pair(world, rng) for _ in range(40)) if len(p) == 2]
+    assert len(pairs) >= 10
+    for (m1, r1, k1), (m2, r2, k2) in pairs:
+        assert (json.loads(r1), json.loads(r2), k1, k2) == ({"better": "A"}, {"better": "B"}, "judge", "judge")
+        t1, t2 = m1[1].parts[0], m2[1].parts[0]
+        qs1, mem1 = t1.split("\n\nMemory A: ")
+        qs2, mem2 = t2.split("\n\nMemory A: ")
+        a1, b1 = mem1.split("\nMemory B: ")
+        a2, b2 = mem2.split("\nMemory B: ")
+        assert qs1 == qs2 and a1 == b2.split("\n\n")[0] and a2 == b1.split("\n\n")[0] and a1 != a2
+    cases = rec.judge_cases(24)
+    assert len(cases) == 24 and all(good != bad for _, good, bad in cases)
+
+
+@pytest.mark.slow
+def test_the_shipped_judge_is_position_consistent_as_the_manifest_says():
+    """Phase Two's judge on the shipped model as `adapt` asks it (the reader, llama.cpp, JSON schema, greedy), on
+    the held-out cases in both orderings: the manifest's measured consistency is reproduced, and it is far from the
+    writer's (0 %: "B" or "tie" whatever it is shown)."""
+    from edge_agent.models import READER_FILE
+    from edge_agent.vlm.llama_cpp import LlamaCppBackend
+
+    rec = _recipe()
+    recorded = json.loads((DEFAULT / "manifest.json").read_text())["reader"]["judge"]
+    with LlamaCppBackend(DEFAULT / READER_FILE, None, n_threads=1, n_ctx=4096) as judge:
+        got = rec.measure_judge(judge, rec.judge_cases(recorded["pairs"]))
+    assert abs(got["position_consistent"] - recorded["position_consistent"]) <= 0.05, (got, recorded)
+    assert got["position_consistent"] >= JUDGE_CONSISTENCY_MIN, got
+    assert got["hist"]["A"] > 0 and got["hist"]["B"] > 0
+
+
 def test_model_loads_and_is_the_shipped_shape(backend):
     assert backend.n_layers >= 24 and backend.hidden_size == 96
 
@@ -343,7 +380,7 @@ def test_end_to_end_on_a_heldout_seed_answers_cites_and_varies(end_to_end):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="issue 9 target not reached: end to end 39.2 % [34.0, 44.6] on 324 "
+@pytest.mark.xfail(strict=True, reason="issue 9 target not reached: end to end 38.9 % [33.7, 44.3] on 324 "
                    "held-out questions, answered by reader.gguf (models/default/README.md)")
 def test_end_to_end_far_above_chance(end_to_end):
     """The issue's bar: end to end >= 50 % on a held-out seed. Strict xfail: it starts failing (= passing) the day
@@ -394,14 +431,16 @@ CITED_MIN = 0.90
 OPEN_TEXT_MIN = 0.6
 E2E_MINUTES = 9.0
 E2E_MIN = 0.12
+JUDGE_CONSISTENCY_MIN = 0.6  # the shipped reader's judge: measured at training time (manifest) minus a margin
 PARITY_MAX = 0.15  # q8_0 rounding (0.101 measured at logit scale 19.5); a broken export is off by whole logits
 
 
 @pytest.mark.slow
 def test_ask_feedback_adapt_from_the_cli_keeps_pairs_and_registers_an_adapter(tmp_path):
     """The wearer's loop on the shipped model, through the CLI only: `run` a held-out clip, `ask` its questions,
-    `feedback` by the ground truth (`--wrong --answer` when wrong), `adapt`: pairs are kept (with rule "auto" even
-    when the default's own judge is not position-consistent) and an adapter is trained and registered."""
+    `feedback` by the ground truth (`--wrong --answer` when wrong), `adapt`: the shipped reader judges, pairs are kept
+    (rule "auto" falls back to embeddings should the judge be inconsistent on these candidates) and an adapter is
+    trained and registered."""
     from conftest import run_cli
 
     from edge_agent.config import ModelConfig, WriterConfig
@@ -433,6 +472,7 @@ def test_ask_feedback_adapt_from_the_cli_keeps_pairs_and_registers_an_adapter(tm
         cli("feedback", str(res["answer_id"]), *(["--correct"] if right else ["--wrong", "--answer", q["open_answer"]]))
     report = json.loads(cli("adapt", "--json"))
     assert report["reward"]["kept"] > 0 and report["new_pairs"] > 0, report
+    assert report["judged_by"] == "default-reader"  # the reader, trained on the judge prompt, not the writer
     assert report["adapter_id"], report  # trained and registered (the gate decides whether it becomes active)
     listed = json.loads(cli("adapter", "list", "--json"))
     assert report["adapter_id"] in [r["id"] for r in listed]

@@ -460,15 +460,16 @@ def degrade(caption: str, rng: random.Random, c: dict) -> str:
     return rng.choice([f"I looked around the {room}.", f"I was in the {room}.", "I was walking."])
 
 
-def judge_pair(c: dict, rng: random.Random) -> list[tuple[list[Message], str, str]]:
-    """Phase Two's judge prompt on a (better, worse) pair, both orderings (A = better, then B = better).
+def judge_case(c: dict, rng: random.Random) -> tuple[list[TaskQuestion], str, str] | None:
+    """Questions, the better memory and a worse one (the same memory: a tie), or None when no listed question
+    tells them apart.
 
     Ground truth from the log: the questions listed include ones the true caption answers (their answer's
     content words are in it and not in the worse memory); some listed questions are unrelated, as in a real
     deployment's task distribution. Rarely the same memory twice -> tie."""
     qs = [q for q in c["questions"]]
     if not qs:
-        return []
+        return None
     s = rng.choice(c["segments"])
     good = s["caption"]
     useful = [q for q in qs if content(q["open_answer"]) and content(q["open_answer"]) <= content(good)]
@@ -478,16 +479,24 @@ def judge_pair(c: dict, rng: random.Random) -> list[tuple[list[Message], str, st
         bad = degrade(good, rng, c)
         useful = [q for q in useful if not content(q["open_answer"]) <= content(bad)]
         if not useful or bad == good:
-            return []
+            return None
     shown = rng.sample(useful, min(len(useful), rng.randint(1, 3))) if useful else []
     others = [q for q in qs if q not in shown]
     shown += rng.sample(others, min(len(others), rng.randint(0, 8 - len(shown) - 1) if len(shown) < 8 else 0))
     rng.shuffle(shown)
     tq = [TaskQuestion(q["question"] + (f" Answer: {q['open_answer']}" if rng.random() < 0.3 else ""), 1.0)
           for q in shown]
+    return tq, good, bad
+
+
+def judge_pair(c: dict, rng: random.Random) -> list[tuple[list[Message], str, str]]:
+    """Phase Two's judge prompt on a `judge_case`, both orderings (A = better, then B = better); one row for a tie."""
+    case = judge_case(c, rng)
+    if case is None:
+        return []
+    tq, good, bad = case
     if bad == good:
-        m = judge_messages(tq, good, bad)
-        return [(m, json.dumps({"better": "tie"}), "judge")]
+        return [(judge_messages(tq, good, bad), json.dumps({"better": "tie"}), "judge")]
     return [(judge_messages(tq, good, bad), json.dumps({"better": "A"}), "judge"),
             (judge_messages(tq, bad, good), json.dumps({"better": "B"}), "judge")]
 
@@ -1214,7 +1223,9 @@ def run_stage(name: str, args) -> None:
     opt = torch.optim.AdamW(params, lr=cfg["lr"], betas=(0.9, 0.95), weight_decay=0.05)
     rng = random.Random(args.seed * 1000 + (STAGES + EXTRA_STAGES).index(name))
     torch.manual_seed(args.seed * 1000 + (STAGES + EXTRA_STAGES).index(name))
-    state = {"step": 0, "seconds": 0.0, "probes": [], "text_seed": TEXT_SEED0 + 100000 * (STAGES + EXTRA_STAGES).index(name),
+    # text worlds by stage and --seed, so a stage continued under another seed draws worlds it has not seen
+    text_seed = TEXT_SEED0 + 100000 * (STAGES + EXTRA_STAGES).index(name) + 1_000_000 * args.seed
+    state = {"step": 0, "seconds": 0.0, "probes": [], "text_seed": text_seed,
              "losses": []}
     ckpt = d / "ckpt.pt"
     if ckpt.is_file():
@@ -1241,6 +1252,8 @@ def run_stage(name: str, args) -> None:
                  "recall": probe_recall(model, tok, penc, device)}
         elif name == "read":
             p = {"read": probe_read(model, tok, penc, device), "recall": probe_recall(model, tok, penc, device)}
+            if args.judge_pairs:
+                p["judge"] = probe_judge(model, tok, penc, ids, device)
             if state["step"] in (0, cfg["steps"]) or state["step"] % (4 * cfg["probe_every"]) == 0:
                 p["write"] = probe_write(model, tok, penc, ids, device, held, n=12)
         elif name == "joint":
@@ -1283,6 +1296,14 @@ def run_stage(name: str, args) -> None:
             for _ in range(n_judge):
                 rows += judge_pair(c, rng)
             n_judge = 0
+        return rows
+
+    def judge_rows(n_pairs: int) -> list:
+        """Phase Two's judge prompt, both orderings of each pair in the same step (so a constant verdict cannot
+        lower the loss), from fresh text worlds."""
+        rows = []
+        while len(rows) < 2 * n_pairs:
+            rows += judge_pair(next_text_world(), rng)
         return rows
 
     def write_rows(n: int) -> list:
@@ -1352,8 +1373,8 @@ def run_stage(name: str, args) -> None:
             rows = [lookup_row(tok, penc, rng, top, "short") for _ in range(cfg["batch"])]
             loss = ids_step(model, *padded(rows, ids["<|endoftext|>"], device))
         elif name == "read":
-            loss, _ = lm_step(model, tok, penc, read_rows(cfg["batch"], frac) + write_rows(args.write_replay), ids,
-                              device, args.w_key)
+            loss, _ = lm_step(model, tok, penc, read_rows(cfg["batch"], frac) + write_rows(args.write_replay) +
+                              judge_rows(args.judge_pairs), ids, device, args.w_key)
         elif name == "joint":
             # all three skills in every step, so none drifts while another is learnt (lookup alone cost the writer
             # its objects, models/default/README.md "Tried: one more lookup -> read -> write round"): the two
@@ -1695,11 +1716,60 @@ def export_reader(args) -> dict:
     return res
 
 
+def judge_cases(n: int) -> list[tuple[list[TaskQuestion], str, str]]:
+    """`n` held-out judge cases with a better memory (no ties), spread over the held-out seeds' 9-minute worlds
+    (not the 4-minute ones the training probe watches)."""
+    rng = random.Random(11)
+    cases = []
+    for i, s in enumerate(HELDOUT_SEEDS):
+        c = text_world(s, 9.0)
+        for _ in range(64):
+            case = judge_case(c, rng)
+            if case is not None and case[1] != case[2]:
+                cases.append(case)
+            if len(cases) >= n * (i + 1) // len(HELDOUT_SEEDS):
+                break
+    return cases
+
+
+def measure_judge(judge, cases) -> dict:
+    """Phase Two's judge as `adapt` asks it (llama.cpp, the JSON schema, greedy) on each case in both orderings:
+    position consistency (both orderings name the same memory; the issue's target), both verdicts right, and
+    single verdicts right."""
+    from edge_agent.adapt.reward import ask_judge
+
+    verdicts = [(ask_judge(judge, tq, good, bad), ask_judge(judge, tq, bad, good)) for tq, good, bad in cases]
+    n = len(verdicts)
+    flat = [v for pair in verdicts for v in pair]
+    consistent = sum((a, b) in (("A", "B"), ("B", "A")) for a, b in verdicts)
+    return {"answered_by": Path(judge.model_path).name, "pairs": n,
+            "seeds": f"{HELDOUT_SEEDS[0]}-{HELDOUT_SEEDS[-1]} (9-minute worlds)",
+            "position_consistent": round(consistent / max(1, n), 3), "position_consistent_ci": wilson(consistent, n),
+            "both_right": round(sum(v == ("A", "B") for v in verdicts) / max(1, n), 3),
+            "verdict_acc": round(sum(v == w for pair in verdicts for v, w in zip(pair, "AB")) / max(1, 2 * n), 3),
+            "hist": {str(v): flat.count(v) for v in ("A", "B", "tie", None)}}
+
+
+def judge_eval(args) -> dict:
+    """`judge`: the folder's judge (its reader where it ships one, as `adapt` uses it) on held-out cases, recorded
+    in the folder's manifest: under `reader` when the reader answered, else under `measured` (the writer)."""
+    with open_default(args.out) as writer, open_answerer(args.out, writer) as judge:
+        res = measure_judge(judge, judge_cases(args.judge_eval_pairs))
+    print("judge", json.dumps(res), flush=True)
+    (WORK / f"judge-{args.out.name}.json").write_text(json.dumps(res))
+    man_path = args.out / "manifest.json"
+    if man_path.is_file():
+        man = json.loads(man_path.read_text())
+        man.setdefault("reader" if res["answered_by"] == READER_FILE else "measured", {})["judge"] = res
+        man_path.write_text(json.dumps(man, indent=1) + "\n")
+    return res
+
+
 def main() -> None:
     global FRAME_SIZE
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("what", choices=["run", "stage", "data", "finalize", "reader", "manifest", "eval", "parity",
-                                     "pixels"])
+                                     "pixels", "judge"])
     ap.add_argument("name", nargs="?", choices=STAGES + EXTRA_STAGES, help="the stage (for `stage`)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--steps", type=int, default=None, help="planned steps of the stage (cosine schedule)")
@@ -1724,6 +1794,8 @@ def main() -> None:
     ap.add_argument("--read-replay", type=int, default=6, help="write: read-stage rows replayed per step")
     ap.add_argument("--write-replay", type=int, default=2,
                     help="read: writer rows replayed per step (0 trains a text-only reader, shipped as reader.gguf)")
+    ap.add_argument("--judge-pairs", type=int, default=0,
+                    help="read: judge pairs per step (each in both orderings), so the reader can judge for Phase Two")
     ap.add_argument("--save-minutes", type=float, default=4.0)
     ap.add_argument("--threads", type=int, default=1,
                     help="torch threads; 1 is faster than 2 on a machine whose 2 cores are busy with other work")
@@ -1736,6 +1808,7 @@ def main() -> None:
     ap.add_argument("--eval-clips", type=int, default=12)
     ap.add_argument("--choice", default="score", choices=["score", "generate"],
                     help="eval: how multiple choice is answered (qa.choice; the default model ships with score)")
+    ap.add_argument("--judge-eval-pairs", type=int, default=120, help="judge: held-out pairs (each in both orderings)")
     ap.add_argument("--eval-segments", type=int, default=12)
     ap.add_argument("--verbose", action="store_true")
     ap.add_argument("--recipe", default="tools/train_default.py run",
@@ -1768,6 +1841,8 @@ def main() -> None:
         pixels(args)
     elif args.what == "eval":
         evaluate(args)
+    elif args.what == "judge":
+        judge_eval(args)
 
 
 if __name__ == "__main__":

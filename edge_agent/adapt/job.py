@@ -137,27 +137,36 @@ def check_ready(cfg: Config, embedder: Any) -> None:
 
 def run_adapt_job(store: Store, cfg: Config, hf_dir: str | Path, backend: Backend, embedder: Any,
                   progress: Callable[[str, dict[str, Any]], None] | None = None, *,
-                  reopen: Callable[[], Backend] | None = None) -> dict[str, Any]:
+                  reopen: Callable[[], Backend] | None = None, judge: Backend | None = None) -> dict[str, Any]:
     """Candidates for asked-about segments -> reward -> pairs -> DPO -> gate -> registry. Returns the summary.
 
     `backend` is the deployed model (llama.cpp): it samples candidates, judges pairs and checks format
-    compliance; `hf_dir` is its full-precision checkpoint, which the vector is trained against. With `reopen`
-    (a function opening the same model again) the backend is closed while the checkpoint trains, so the two
-    models are never in memory together; the compliance check reopens it.
+    compliance; `hf_dir` is its full-precision checkpoint, which the vector is trained against. `judge`, when
+    given, judges the pairs instead (a model's own text-only reader, trained on the judge prompt); it is closed
+    with the backend before the checkpoint loads. With `reopen` (a function opening the same model again) the
+    backend is closed while the checkpoint trains, so the two models are never in memory together; the
+    compliance check reopens it.
     """
     from edge_agent.adapt.loop import run_adapt
     from edge_agent.adapt.pairs import holdout_segment_ids
 
     check_ready(cfg, embedder)
     handle = BackendHandle(backend, reopen)
+
+    def release() -> None:  # before the checkpoint loads
+        handle.release()
+        if judge is not None:
+            judge.close()  # the caller's too: closing twice is safe
+
     try:
         backend.set_steering(None)  # the judge and the candidates come from the reference (Phase One) policy
         added = fill_candidates(store, backend, cfg, asked_segment_ids(store))
         if progress:
             progress("candidates", {"added": added})
-        summary = run_adapt(store, cfg, hf_dir, backend, embedder,
+        summary = run_adapt(store, cfg, hf_dir, judge or backend, embedder,
                             format_compliance(store, handle, cfg, lambda: holdout_segment_ids(store)), progress,
-                            base_model_hash=backend.model_hash, release_backend=handle.release)
+                            base_model_hash=backend.model_hash, release_backend=release)
+        summary["judged_by"] = (judge or backend).model_name
         summary["candidates_added"] = added
         summary["backend_released"] = handle.released > 0
         return summary
