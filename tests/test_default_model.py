@@ -171,6 +171,23 @@ def test_judge_rows_show_the_same_two_memories_in_both_orderings_with_the_verdic
     assert len(cases) == 24 and all(good != bad for _, good, bad in cases)
 
 
+def test_same_moment_judge_cases_are_two_true_memories_told_apart_by_a_listed_answer():
+    """`--judge-same-moment`: both memories are true captions of one moment (the world's own and one filled with
+    other facts first, as the writer's candidates differ), and a listed question's answer is in the better one only."""
+    rec = _recipe()
+    world = rec.text_world(20002, 6.0)
+    variants = rec.moment_variants(world)
+    captions = {s["caption"]: s["index"] for s in world["segments"]}
+    rng = random.Random(5)
+    cases = [c for c in (rec.same_moment_case(world, rng) for _ in range(40)) if c]
+    assert len(cases) >= 10
+    for listed, good, bad in cases:
+        index = captions.get(good, captions.get(bad))
+        assert {good, bad} <= {world["segments"][index]["caption"], *variants[index]} and good != bad
+        told = [q.text.split(" Answer: ")[1] for q in listed if " Answer: " in q.text]
+        assert any(rec.content(a) <= rec.content(good) and not rec.content(a) <= rec.content(bad) for a in told)
+
+
 @pytest.mark.slow
 def test_the_shipped_judge_is_position_consistent_as_the_manifest_says():
     """Phase Two's judge on the shipped model as `adapt` asks it (the reader, llama.cpp, JSON schema, greedy), on

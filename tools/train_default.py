@@ -460,13 +460,65 @@ def degrade(caption: str, rng: random.Random, c: dict) -> str:
     return rng.choice([f"I looked around the {room}.", f"I was in the {room}.", "I was walking."])
 
 
+JUDGE_SAME_MOMENT = [0.0]  # share of judge cases that are two true memories of one moment (`--judge-same-moment`)
+
+
+def moment_variants(c: dict) -> dict[int, list[str]]:
+    """Segment index -> the other true captions of that moment: the same cap filled with other facts first (as the
+    writer's sampled candidates differ), one per `VARIANT_DROP` set. Cached on the world."""
+    if "_variants" not in c:
+        import dataclasses
+
+        from edge_agent.synth.world import segment_captions
+
+        out: dict[int, list[str]] = {}
+        base = {s["index"]: s["caption"] for s in c["segments"]}
+        for drop in VARIANT_DROP[1:]:
+            script = dataclasses.replace(c["script"], events=[e for e in c["script"].events if e["type"] not in drop])
+            for s in segment_captions(c["world"], script, 10.0):
+                b = base.get(s["index"])
+                if b and s["caption"] != b and "looked around" not in s["caption"]:
+                    out.setdefault(s["index"], []).append(s["caption"])
+        c["_variants"] = out
+    return c["_variants"]
+
+
+def same_moment_case(c: dict, rng: random.Random) -> tuple[list[TaskQuestion], str, str] | None:
+    """Two true memories of one moment that keep different facts; the better is the one holding the answer to
+    listed questions the other cannot answer (each listed with its answer, as a wearer's correction is, so the
+    verdict can be read from the prompt)."""
+    variants = moment_variants(c)
+    if not variants:
+        return None
+    i = rng.choice(sorted(variants))
+    one = next(s["caption"] for s in c["segments"] if s["index"] == i)
+    other = rng.choice(variants[i])
+    pair = [one, other]
+    rng.shuffle(pair)
+    good, bad = pair
+    answers = [q for q in c["questions"] if content(q["open_answer"]) and content(q["open_answer"]) <= content(good)
+               and not content(q["open_answer"]) <= content(bad)
+               and all(tag in good for tag in re.findall(r"<face_\d+>", q["open_answer"]))]  # stems miss the number
+    if not answers:
+        return None
+    shown = rng.sample(answers, min(len(answers), rng.randint(1, 2)))
+    others = [q for q in c["questions"] if q not in shown]
+    listed = [TaskQuestion(f"{q['question']} Answer: {q['open_answer']}", 1.0) for q in shown]
+    listed += [TaskQuestion(q["question"], 1.0) for q in rng.sample(others, min(len(others), rng.randint(0, 5)))]
+    rng.shuffle(listed)
+    return listed, good, bad
+
+
 def judge_case(c: dict, rng: random.Random) -> tuple[list[TaskQuestion], str, str] | None:
     """Questions, the better memory and a worse one (the same memory: a tie), or None when no listed question
     tells them apart.
 
     Ground truth from the log: the questions listed include ones the true caption answers (their answer's
     content words are in it and not in the worse memory); some listed questions are unrelated, as in a real
-    deployment's task distribution. Rarely the same memory twice -> tie."""
+    deployment's task distribution. Rarely the same memory twice -> tie. A `JUDGE_SAME_MOMENT` share are
+    `same_moment_case`s instead."""
+    if JUDGE_SAME_MOMENT[0] and rng.random() < JUDGE_SAME_MOMENT[0]:
+        return same_moment_case(c, rng)
     qs = [q for q in c["questions"]]
     if not qs:
         return None
@@ -1796,6 +1848,9 @@ def main() -> None:
                     help="read: writer rows replayed per step (0 trains a text-only reader, shipped as reader.gguf)")
     ap.add_argument("--judge-pairs", type=int, default=0,
                     help="read: judge pairs per step (each in both orderings), so the reader can judge for Phase Two")
+    ap.add_argument("--judge-same-moment", type=float, default=0.0,
+                    help="read, judge: share of judge cases that are two true memories of one moment keeping "
+                         "different facts (the kind of pair Phase Two's candidates make)")
     ap.add_argument("--save-minutes", type=float, default=4.0)
     ap.add_argument("--threads", type=int, default=1,
                     help="torch threads; 1 is faster than 2 on a machine whose 2 cores are busy with other work")
@@ -1820,6 +1875,7 @@ def main() -> None:
     FRAME_SIZE = args.frame_size
     if args.recall_colour:
         RECALL_KINDS.extend(["colour", "colour"])
+    JUDGE_SAME_MOMENT[0] = args.judge_same_moment
     if args.what == "data":
         for s in VIDEO_SEEDS + list(range(EXTRA_VIDEO_SEED0, EXTRA_VIDEO_SEED0 + args.extra_clips)) + HELDOUT_SEEDS:
             clip(s)
