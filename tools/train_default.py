@@ -467,18 +467,13 @@ def moment_variants(c: dict) -> dict[int, list[str]]:
     """Segment index -> the other true captions of that moment: the same cap filled with other facts first (as the
     writer's sampled candidates differ), one per `VARIANT_DROP` set. Cached on the world."""
     if "_variants" not in c:
-        import dataclasses
-
-        from edge_agent.synth.world import segment_captions
-
         out: dict[int, list[str]] = {}
         base = {s["index"]: s["caption"] for s in c["segments"]}
         for drop in VARIANT_DROP[1:]:
-            script = dataclasses.replace(c["script"], events=[e for e in c["script"].events if e["type"] not in drop])
-            for s in segment_captions(c["world"], script, 10.0):
-                b = base.get(s["index"])
-                if b and s["caption"] != b and "looked around" not in s["caption"]:
-                    out.setdefault(s["index"], []).append(s["caption"])
+            for i, caption in captions_without(c, drop).items():
+                b = base.get(i)
+                if b and caption != b and "looked around" not in caption:
+                    out.setdefault(i, []).append(caption)
         c["_variants"] = out
     return c["_variants"]
 
@@ -566,26 +561,32 @@ CONTENT_WORDS = sorted({*COLOUR_NAMES[1:], *KINDS[1:], *ROOM_NAMES, *ACTS[1:], "
 VARIANT_DROP = ({}, {"pick_up", "put_down"}, {"meet", "read_sign"}, {"activity", "enter_room"})
 
 
-def caption_variants(seed: int, minutes: float = MINUTES) -> dict[int, str]:
-    """Segment index -> the clip's training caption: the world's own caption, or for 3 of 4 seeds (by seed) the
-    same cap filled with other facts first (objects, people/text, or activity/rooms dropped where another true
-    fact can take their place). Each variant is still a true description of the segment."""
+def captions_without(c: dict, drop: set[str]) -> dict[int, str]:
+    """Segment index -> the caption of world `c` when its script has no event of the types in `drop` (the same
+    cap filled with other true facts first)."""
     import dataclasses
 
     from edge_agent.synth.world import segment_captions
 
+    script = dataclasses.replace(c["script"], events=[e for e in c["script"].events if e["type"] not in drop])
+    return {s["index"]: s["caption"] for s in segment_captions(c["world"], script, 10.0)}
+
+
+def caption_variants(seed: int, minutes: float = MINUTES) -> dict[int, str]:
+    """Segment index -> the clip's training caption: the world's own caption, or for 3 of 4 seeds (by seed) the
+    same cap filled with other facts first (objects, people/text, or activity/rooms dropped where another true
+    fact can take their place). Each variant is still a true description of the segment."""
     tw = text_world(seed, minutes)
     base = {s["index"]: s["caption"] for s in tw["segments"]}
     drop = VARIANT_DROP[seed % len(VARIANT_DROP)]
     if not drop:
         return base
-    script = dataclasses.replace(tw["script"], events=[e for e in tw["script"].events if e["type"] not in drop])
     out = dict(base)
-    for s in segment_captions(tw["world"], script, 10.0):
-        b = base.get(s["index"])
-        if b and s["caption"] != b and s["caption"].count(".") >= b.count(".") and "looked around" not in s[
-                "caption"] and "carrying" not in s["caption"]:
-            out[s["index"]] = s["caption"]
+    for i, caption in captions_without(tw, drop).items():
+        b = base.get(i)
+        if b and caption != b and caption.count(".") >= b.count(".") and "looked around" not in caption and \
+                "carrying" not in caption:
+            out[i] = caption
     return out
 
 
