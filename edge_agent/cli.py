@@ -494,7 +494,7 @@ def adapt(home: Home = None, config: ConfigFile = None, json_out: Json = False) 
     from edge_agent.models import resolve
     from edge_agent.qa.embed import open_embedder
     from edge_agent.store import Store
-    from edge_agent.vlm.factory import open_backend, open_reader
+    from edge_agent.vlm.factory import open_backend, open_judge
 
     cfg = _config(home, config)
     _check_home(cfg)
@@ -512,8 +512,8 @@ def adapt(home: Home = None, config: ConfigFile = None, json_out: Json = False) 
     with ExitStack() as stack:
         store = stack.enter_context(Store.open(cfg.db_path))
         backend = stack.enter_context(open_backend(cfg))
-        # a model that ships a reader judges with it: the reader is trained on the judge prompt, the writer not
-        judge = open_reader(cfg)
+        # a model that ships a judge (or a reader) judges with it: trained on the judge prompt, the writer not
+        judge = open_judge(cfg)
         if judge is not None:
             stack.callback(judge.close)
         status = stack.enter_context(err.status("adapting ..."))

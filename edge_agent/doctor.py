@@ -45,6 +45,9 @@ def _model(cfg: Config) -> Callable[[], str]:
         if m.reader_path is not None:  # a broken reader fails here, as it would fail `ask`
             inspect_gguf(m.reader_path, expect=info["architecture"])
             mm += f", answers with {m.reader_path.name}"
+        if m.judge_path is not None:  # ... and a broken judge, as it would fail `adapt`
+            inspect_gguf(m.judge_path, expect=info["architecture"])
+            mm += f", judges with {m.judge_path.name}"
         return (f"{m.name}: {info['architecture']}, hidden {info['hidden_size']}, {info['n_layers']} layers, "
                 f"{mm} ({m.model_path})")
     return fn

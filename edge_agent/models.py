@@ -2,7 +2,7 @@
 
 Installed hub models live in `<home>/models/<name>/` under their original file names; local entries ("default",
 "tiny") and plain folders hold `model.gguf` + `mmproj.gguf` (+ `hf/`, the transformers checkpoint; + `reader.gguf`,
-a text-only model that answers in its place, where one ships). Nothing is ever built or downloaded implicitly:
+a text-only model that answers in its place, and `judge.gguf`, one that judges Phase Two's pairs, where they ship). Nothing is ever built or downloaded implicitly:
 `resolve` raises ModelError naming the command that would provide the files.
 """
 
@@ -47,6 +47,9 @@ MODEL_FILE, MMPROJ_FILE, HF_DIR = "model.gguf", "mmproj.gguf", "hf"
 # A small model trained to both write and read trades one skill for the other, so the embedded default ships a
 # second, text-only copy trained to read (models/default/README.md): the answerer, when present.
 READER_FILE = "reader.gguf"
+# ... and a third, trained to judge Phase Two's pairs: judging and reading trade against each other too (the README's
+# "The judge ships apart"). `adapt` judges with it, else with the reader, else with the writer.
+JUDGE_FILE = "judge.gguf"
 _CHUNK = 8 << 20
 
 
@@ -87,6 +90,7 @@ class ResolvedModel:
     expected_hash: str | None = None
     hf_repo: str | None = None
     reader_path: Path | None = None  # a text-only answerer shipped beside the model (READER_FILE), None when none
+    judge_path: Path | None = None  # a text-only judge of Phase Two's pairs (JUDGE_FILE), None when none
 
 
 def load_catalog(path: str | Path | None = None) -> dict[str, CatalogEntry]:
@@ -120,9 +124,10 @@ def _expand(template: str, home: Path) -> Path:
 
 
 def _folder(path: Path, name: str, expected_hash: str | None = None) -> ResolvedModel:
-    hf, reader = path / HF_DIR, path / READER_FILE
+    hf, reader, judge = path / HF_DIR, path / READER_FILE, path / JUDGE_FILE
     return ResolvedModel(path / MODEL_FILE, path / MMPROJ_FILE, hf if hf.is_dir() else None, name, expected_hash,
-                         reader_path=reader if reader.is_file() else None)
+                         reader_path=reader if reader.is_file() else None,
+                         judge_path=judge if judge.is_file() else None)
 
 
 def resolve(name_or_dir: str | Path, home: str | Path, catalog: dict[str, CatalogEntry] | None = None) -> ResolvedModel:

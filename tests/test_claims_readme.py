@@ -293,13 +293,19 @@ def test_the_default_models_numbers_in_the_readme_are_its_manifests():
     assert r["n_questions"] == e["n_questions"] and r["memories"] == 630 and "reader.gguf" in para
     assert f"{100 * manifest['reader']['mc_gt_memories']['mc_acc_gt_memories']:.1f} % read by `reader.gguf`" in para
     assert f"{100 * r['acc']:.1f} %, CI {100 * r['acc_ci95'][0]:.1f}-{100 * r['acc_ci95'][1]:.1f}" in para
-    judge = manifest["reader"]["judge"]  # Phase Two's judge, as adapt asks it, on held-out pairs
-    assert f"same memory in both orderings for {round(100 * judge['position_consistent'])} % of held-out pairs" in para
+    judge = manifest["judge"]  # Phase Two's judge (judge.gguf), as adapt asks it, on held-out pairs
+    assert f"same memory in both orderings for {round(100 * judge['judge']['position_consistent'])} % of held-out pairs" in para
     assert manifest["measured"]["judge"]["position_consistent"] == 0 and "(the writer for none;" in para
+    assert f"the reader {round(100 * manifest['reader']['judge']['position_consistent'])} %;" in para
+    assert f"for {round(100 * judge['judge_same_moment']['position_consistent'])} % of pairs of two true memories" in para
+    assert f"it is consistent for {round(100 * judge['judge_swapped']['position_consistent'])} %." in para
+    loop = judge["judge_on_writer_candidates"]["judge.gguf"]
+    assert loop["judge_fallback"] == 0
+    assert f"{loop['judge_consistent']} of {loop['judge_consistent'] + loop['judge_disagreed']} pairs" in para
     n = checkpoint_parameters(default / "hf")
     assert f"{n / 1e6:.1f}M-parameter" in para
     total = sum(f.stat().st_size for f in default.rglob("*") if f.is_file())
-    assert 19.5 <= total / 2**20 <= 21.0 and "20 MB" in para
+    assert 22.0 <= total / 2**20 <= 24.0 and "23 MB" in para
     # "the embedded default model was not trained with [Phase One]": its recipe is tools/train_default.py
     assert manifest["recipe"].startswith("tools/train_default.py") and "tools/train_default.py" in para
 

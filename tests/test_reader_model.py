@@ -1,5 +1,6 @@
 """A model folder may ship a text-only reader (reader.gguf) that answers in place of the writer: found by the catalog
-code, loaded by `ask`, the demo and eval, named in each stored answer, and refused clearly when broken."""
+code, loaded by `ask`, the demo and eval, named in each stored answer, and refused clearly when broken. It may also
+ship a judge (judge.gguf) that judges Phase Two's pairs in place of the reader."""
 
 import json
 import shutil
@@ -10,10 +11,10 @@ import pytest
 
 from edge_agent.config import load_config
 from edge_agent.errors import ModelError
-from edge_agent.models import READER_FILE, resolve
+from edge_agent.models import JUDGE_FILE, READER_FILE, resolve
 from edge_agent.store import Store
 from edge_agent.types import ImagePart, Message
-from edge_agent.vlm.factory import open_answerer, open_reader
+from edge_agent.vlm.factory import open_answerer, open_judge, open_reader
 
 from conftest import run_cli
 from test_cli import assert_clean_error, seed_memories
@@ -48,6 +49,38 @@ def test_the_answerer_is_the_reader_text_only(tmp_path, tiny_model):
     assert open_reader(plain) is None
     with open_answerer(plain) as be:
         assert be.model_path == tiny_model / "model.gguf"
+
+
+def test_the_judge_is_the_judge_file_else_the_reader_else_none(tmp_path, tiny_model):
+    def cfg(model):
+        return load_config(tmp_path / "home", environ={}, overrides={"model.name": str(model), "model.n_threads": "1"})
+
+    assert open_judge(cfg(tiny_model)) is None  # the writer judges
+    d = folder_with_reader(tmp_path, tiny_model)
+    assert resolve(d, tmp_path).judge_path is None
+    with open_judge(cfg(d)) as be:
+        assert be.model_path == d / READER_FILE and be.model_name == "withreader-reader"
+    shutil.copy2(tiny_model / "model.gguf", d / JUDGE_FILE)
+    assert resolve(d, tmp_path).judge_path == d / JUDGE_FILE
+    with open_judge(cfg(d)) as be:
+        assert be.model_path == d / JUDGE_FILE and be.model_name == "withreader-judge"
+        with pytest.raises(ModelError, match="without its mmproj"):
+            be.logits([Message("user", [ImagePart("k", np.zeros((32, 32, 3), np.uint8)), "which is better?"])])
+    with open_answerer(cfg(d)) as be:  # answering is still the reader's
+        assert be.model_path == d / READER_FILE
+
+
+def test_doctor_names_the_judge_and_refuses_a_broken_one(tmp_path, tiny_model):
+    d = folder_with_reader(tmp_path, tiny_model)
+    shutil.copy2(tiny_model / "model.gguf", d / JUDGE_FILE)
+    home = tmp_path / "home"
+    proc = run_cli(home, "doctor", "--json", model=d)
+    model = next(c for c in json.loads(proc.stdout) if c["name"] == "model")
+    assert model["ok"] and "answers with reader.gguf, judges with judge.gguf" in model["detail"], model
+    (d / JUDGE_FILE).write_bytes(b"not a gguf file at all" * 10)
+    proc = run_cli(home, "doctor", "--json", model=d)
+    model = next(c for c in json.loads(proc.stdout) if c["name"] == "model")
+    assert proc.returncode != 0 and not model["ok"] and "judge.gguf: not a GGUF file" in model["detail"], model
 
 
 def test_ask_answers_with_the_reader_and_records_it(tmp_path, tiny_model):

@@ -5,6 +5,8 @@
     .venv/bin/python tools/train_default.py data                # render + cut the clips the vision stages use
     .venv/bin/python tools/train_default.py finalize            # last finished stage -> models/default/ + manifest
     .venv/bin/python tools/train_default.py reader --from-dir D # a text-only read stage -> models/default/reader.gguf
+    .venv/bin/python tools/train_default.py reader --from-dir D --as judge   # ... -> models/default/judge.gguf
+    .venv/bin/python tools/train_default.py judge               # Phase Two's judge on held-out pairs, as adapt asks
     .venv/bin/python tools/train_default.py parity              # transformers vs llama.cpp logits, one prompt
     .venv/bin/python tools/train_default.py eval                # held-out metrics through llama.cpp
     .venv/bin/python tools/train_default.py pixels              # which caption words the writer takes from the frames
@@ -34,6 +36,8 @@ Stages (each checkpoints weights, optimizer, RNG and data position to /tmp/edge_
           (qa.choice = "score", the default model's profile) uses to rank multiple-choice options. With
           `--write-replay 0` from the shipped weights it trains the separate reader (`reader`): on one small model
           every round of reading training cost the writer (models/default/README.md), so the reader is a copy.
+          `--judge-pairs N` adds Phase Two's judge prompt; judging in turn cost reading, so a read stage run
+          mostly on judge pairs (`--batch 2 --judge-pairs 10`) ships as a third copy, the judge (`reader --as judge`).
 
 `--frame-size N` trains (and profiles) at keyframes of N px (capture.frame_size; the shipped model: 128); its data
 cache is per size.
@@ -66,7 +70,7 @@ from edge_agent.adapt.reward import JUDGE_SYSTEM, TaskQuestion, judge_messages  
 from edge_agent.config import CaptureConfig  # noqa: E402
 from edge_agent.eval.metrics import wilson_interval  # noqa: E402
 from edge_agent.memory.prompts import writer_messages  # noqa: E402
-from edge_agent.models import READER_FILE  # noqa: E402
+from edge_agent.models import JUDGE_FILE, READER_FILE  # noqa: E402
 from edge_agent.config import QAConfig  # noqa: E402
 from edge_agent.qa.answer import (  # noqa: E402
     ANSWER_PREFIX, LETTERS, MEMORIES_CLOSE, MEMORIES_OPEN, NOT_IN_MEMORY, build_messages, reply_from_memories)
@@ -82,6 +86,7 @@ VIDEO_SEEDS = list(range(100, 300))  # rendered clips (vision + writing)
 EXTRA_VIDEO_SEED0 = 10000  # --extra-clips N adds seeds 10000.. (never held out; rendering is ~0.5 s a clip)
 TEXT_SEED0 = 20000  # text-only worlds: seeds 20000 + n, drawn without end
 HELDOUT_SEEDS = list(range(9000, 9012))  # never trained on; probes and eval
+DEV_SEEDS = list(range(8000, 8008))  # never trained on either: candidates are chosen here (`judge --dev`)
 MINUTES = 2.0
 # Longest side of the keyframes the model is trained (and profiled) at; the shipped model: 128. At 256 the
 # synthetic world's objects (20-30 px tall at 256x192) span 1-2 patches of 16 px instead of a quarter of a merged
@@ -178,8 +183,9 @@ _STOP = set("the a an on in at to of from with and i my me did was were into aro
 
 
 def content(text: str) -> set[str]:
-    """Content words (4-letter stems) of an answer or caption: what must be in a memory for it to tell."""
-    return {w[:4] for w in re.findall(r"[a-z0-9_<>]+", text.lower()) if w not in _STOP}
+    """Content words (4-letter stems; face tags whole, since "<face_1>" and "<face_2>" share a stem) of an
+    answer or caption: what must be in a memory for it to tell."""
+    return {w if w.startswith("<") else w[:4] for w in re.findall(r"[a-z0-9_<>]+", text.lower()) if w not in _STOP}
 
 
 _COUNT = [(re.compile(r"pick up the (.+)\?$"), "the {} from"), (re.compile(r"meet (<face_\d+>)\?$"), "met {}"),
@@ -461,6 +467,7 @@ def degrade(caption: str, rng: random.Random, c: dict) -> str:
 
 
 JUDGE_SAME_MOMENT = [0.0]  # share of judge cases that are two true memories of one moment (`--judge-same-moment`)
+JUDGE_SWAPPED = [0.0]  # share that are a memory and its copy with the listed answer's fact swapped (`--judge-swapped`)
 
 
 def moment_variants(c: dict) -> dict[int, list[str]]:
@@ -492,14 +499,57 @@ def same_moment_case(c: dict, rng: random.Random) -> tuple[list[TaskQuestion], s
     rng.shuffle(pair)
     good, bad = pair
     answers = [q for q in c["questions"] if content(q["open_answer"]) and content(q["open_answer"]) <= content(good)
-               and not content(q["open_answer"]) <= content(bad)
-               and all(tag in good for tag in re.findall(r"<face_\d+>", q["open_answer"]))]  # stems miss the number
+               and not content(q["open_answer"]) <= content(bad)]
     if not answers:
         return None
     shown = rng.sample(answers, min(len(answers), rng.randint(1, 2)))
     others = [q for q in c["questions"] if q not in shown]
     listed = [TaskQuestion(f"{q['question']} Answer: {q['open_answer']}", 1.0) for q in shown]
     listed += [TaskQuestion(q["question"], 1.0) for q in rng.sample(others, min(len(others), rng.randint(0, 5)))]
+    rng.shuffle(listed)
+    return listed, good, bad
+
+
+# What the writer's sampled candidates of one moment swap (clip 9003's, in the CLI loop): who, which note, where,
+# which colour or kind, which room; multi-word names first, so "coffee table" is swapped whole.
+SWAPPABLE = [sorted(PLACE_KINDS, key=len, reverse=True), list(COLOUR_NAMES[1:]), list(KINDS[1:]), list(ROOM_NAMES)]
+
+
+def swap_fact(caption: str, answer: str, rng: random.Random) -> str | None:
+    """`caption` with the fact `answer` gives (a face, a note's text, a place, colour, kind or room) swapped for
+    another of its kind, or None when the caption does not hold it."""
+    face = re.search(r"<face_\d+>", answer)
+    if face:
+        if face[0] not in caption:
+            return None
+        return caption.replace(face[0], rng.choice([f"<face_{i}>" for i in range(1, 6) if f"<face_{i}>" != face[0]]))
+    note = re.search(r'"([^"]+)"', caption)
+    if note and note[1] in answer:
+        return caption.replace(note[1], note_text(np.random.default_rng(rng.randrange(1 << 30))))
+    for names in SWAPPABLE:
+        for name in names:
+            word = r"(?<![a-z])" + re.escape(name) + r"(?![a-z])"
+            if re.search(word, answer) and re.search(word, caption):
+                return re.sub(word, rng.choice([n for n in names if n != name]), caption)
+    return None
+
+
+def swapped_case(c: dict, rng: random.Random) -> tuple[list[TaskQuestion], str, str] | None:
+    """A true memory against a copy with one fact swapped, the listed question whose answer (listed with it, as a
+    wearer's correction is) holds that fact: only the prompt's answer tells them apart, as for the writer's
+    candidates that name different people, notes or places for one moment."""
+    q = rng.choice(c["questions"])
+    want = content(q["open_answer"])
+    holds = [s["caption"] for s in c["segments"] if want and want <= content(s["caption"])]
+    if not holds or q["category"] == "counting" or "shirt" in q["question"]:  # no memory tells a shirt (evidence)
+        return None
+    good = rng.choice(holds)
+    bad = swap_fact(good, q["open_answer"], rng)
+    if bad is None or bad == good or want <= content(bad):
+        return None
+    others = [o for o in c["questions"] if o is not q]
+    listed = [TaskQuestion(f"{q['question']} Answer: {q['open_answer']}", 1.0)]
+    listed += [TaskQuestion(o["question"], 1.0) for o in rng.sample(others, min(len(others), rng.randint(0, 5)))]
     rng.shuffle(listed)
     return listed, good, bad
 
@@ -511,9 +561,14 @@ def judge_case(c: dict, rng: random.Random) -> tuple[list[TaskQuestion], str, st
     Ground truth from the log: the questions listed include ones the true caption answers (their answer's
     content words are in it and not in the worse memory); some listed questions are unrelated, as in a real
     deployment's task distribution. Rarely the same memory twice -> tie. A `JUDGE_SAME_MOMENT` share are
-    `same_moment_case`s instead."""
-    if JUDGE_SAME_MOMENT[0] and rng.random() < JUDGE_SAME_MOMENT[0]:
-        return same_moment_case(c, rng)
+    `same_moment_case`s instead, a `JUDGE_SWAPPED` share `swapped_case`s."""
+    special = JUDGE_SAME_MOMENT[0] + JUDGE_SWAPPED[0]
+    if special:  # (draws nothing when both are 0: the cases of earlier runs stay what they were)
+        r = rng.random()
+        if r < JUDGE_SAME_MOMENT[0]:
+            return same_moment_case(c, rng)
+        if r < special:
+            return swapped_case(c, rng)
     qs = [q for q in c["questions"]]
     if not qs:
         return None
@@ -1583,14 +1638,15 @@ def open_default(out: Path, n_ctx: int = 4096):
     return LlamaCppBackend(out / "model.gguf", out / "mmproj.gguf", n_threads=1, n_ctx=n_ctx, image_cache_size=64)
 
 
-def open_answerer(out: Path, writer):
-    """What answers in the runtime: the folder's reader.gguf when it ships one, else `writer` (left open)."""
+def open_answerer(out: Path, writer, files: tuple[str, ...] = (READER_FILE,)):
+    """What answers in the runtime: the first of `files` the folder ships (text only), else `writer` (left open).
+    The judge, as `adapt` opens it: files=(JUDGE_FILE, READER_FILE)."""
     from contextlib import nullcontext
 
     from edge_agent.vlm.llama_cpp import LlamaCppBackend
 
-    path = out / READER_FILE
-    return LlamaCppBackend(path, None, n_threads=1, n_ctx=4096) if path.is_file() else nullcontext(writer)
+    path = next((out / f for f in files if (out / f).is_file()), None)
+    return LlamaCppBackend(path, None, n_threads=1, n_ctx=4096) if path else nullcontext(writer)
 
 
 def wilson(k: int, n: int) -> list[float]:
@@ -1727,8 +1783,9 @@ def parity(args) -> float:
 
 
 def export_reader(args) -> dict:
-    """`reader`: a text-only read stage's hf folder (`--from-dir`) -> <out>/reader.gguf through the project's
-    exporter, with the parity of one answer prompt (transformers f32 vs the GGUF) saved next to the evals."""
+    """`reader`: a text-only read stage's hf folder (`--from-dir`) -> <out>/reader.gguf (`--as judge`:
+    <out>/judge.gguf) through the project's exporter, with the parity of one answer prompt (transformers f32 vs the
+    GGUF) saved next to the evals and, in a shipped folder, recorded under the manifest's `reader` (`judge`)."""
     import tempfile
 
     import torch
@@ -1737,9 +1794,10 @@ def export_reader(args) -> dict:
     from edge_agent.vlm.llama_cpp import LlamaCppBackend
 
     src = Path(args.from_dir or stage_dir("read") / "hf")
+    target = JUDGE_FILE if args.as_ == "judge" else READER_FILE
     with tempfile.TemporaryDirectory(dir=WORK) as tmp:
-        model_path, _ = export_hf(src, Path(tmp), args.outtype, name=f"edge-agent-default-reader-s{args.seed}")
-        shutil.copy2(model_path, args.out / READER_FILE)
+        model_path, _ = export_hf(src, Path(tmp), args.outtype, name=f"edge-agent-default-{args.as_}-s{args.seed}")
+        shutil.copy2(model_path, args.out / target)
     torch.set_num_threads(1)
     tok, penc = tokenizer()
     tw = text_world(HELDOUT_SEEDS[0], 4.0)
@@ -1750,37 +1808,36 @@ def export_reader(args) -> dict:
     model = load_model(src, "cpu").eval()
     with torch.no_grad():
         ref = model(input_ids=torch.tensor([e.ids])).logits[0, -1].numpy()
-    with LlamaCppBackend(args.out / READER_FILE, None, n_threads=1, n_ctx=4096) as be:
+    with LlamaCppBackend(args.out / target, None, n_threads=1, n_ctx=4096) as be:
         same = be.prompt_tokens(msgs) == list(e.ids)
         got = be.logits(msgs)
     res = {"from": str(src), "tokens": len(e.ids), "token_sequences_equal": same,
            "max_abs_logit_diff": float(np.abs(got[: ref.shape[0]] - ref).max()), "logit_scale": float(np.abs(ref).max())}
-    print("reader parity", json.dumps(res), flush=True)
-    (WORK / "reader-parity.json").write_text(json.dumps(res))
+    print(f"{args.as_} parity", json.dumps(res), flush=True)
+    (WORK / f"{args.as_}-parity.json").write_text(json.dumps(res))
     man_path = args.out / "manifest.json"
     if man_path.is_file():  # the shipped folder: record the reader's file, its stage and its parity
         man = json.loads(man_path.read_text())
         done = src.parent / "done.json"
-        man["files"][READER_FILE] = {"sha256": sha256(args.out / READER_FILE),
-                                     "bytes": (args.out / READER_FILE).stat().st_size}
-        man["reader"] = {**man.get("reader", {}), "recipe": args.recipe, "outtype": args.outtype, "parity": res,
+        man["files"][target] = {"sha256": sha256(args.out / target), "bytes": (args.out / target).stat().st_size}
+        man[args.as_] = {**man.get(args.as_, {}), "recipe": args.recipe, "outtype": args.outtype, "parity": res,
                          "stage": json.loads(done.read_text()) if done.is_file() else None}
         man_path.write_text(json.dumps(man, indent=1) + "\n")
     return res
 
 
-def judge_cases(n: int) -> list[tuple[list[TaskQuestion], str, str]]:
-    """`n` held-out judge cases with a better memory (no ties), spread over the held-out seeds' 9-minute worlds
-    (not the 4-minute ones the training probe watches)."""
+def judge_cases(n: int, seeds: list[int] = HELDOUT_SEEDS) -> list[tuple[list[TaskQuestion], str, str]]:
+    """`n` judge cases with a better memory (no ties), spread over the seeds' 9-minute worlds (held out: not the
+    4-minute ones the training probe watches)."""
     rng = random.Random(11)
     cases = []
-    for i, s in enumerate(HELDOUT_SEEDS):
+    for i, s in enumerate(seeds):
         c = text_world(s, 9.0)
         for _ in range(64):
             case = judge_case(c, rng)
             if case is not None and case[1] != case[2]:
                 cases.append(case)
-            if len(cases) >= n * (i + 1) // len(HELDOUT_SEEDS):
+            if len(cases) >= n * (i + 1) // len(seeds):
                 break
     return cases
 
@@ -1796,24 +1853,32 @@ def measure_judge(judge, cases) -> dict:
     flat = [v for pair in verdicts for v in pair]
     consistent = sum((a, b) in (("A", "B"), ("B", "A")) for a, b in verdicts)
     return {"answered_by": Path(judge.model_path).name, "pairs": n,
-            "seeds": f"{HELDOUT_SEEDS[0]}-{HELDOUT_SEEDS[-1]} (9-minute worlds)",
             "position_consistent": round(consistent / max(1, n), 3), "position_consistent_ci": wilson(consistent, n),
             "both_right": round(sum(v == ("A", "B") for v in verdicts) / max(1, n), 3),
             "verdict_acc": round(sum(v == w for pair in verdicts for v, w in zip(pair, "AB")) / max(1, 2 * n), 3),
             "hist": {str(v): flat.count(v) for v in ("A", "B", "tie", None)}}
 
 
+JUDGE_SECTION = {JUDGE_FILE: "judge", READER_FILE: "reader", "model.gguf": "measured"}  # manifest[section]["judge"]
+
+
 def judge_eval(args) -> dict:
-    """`judge`: the folder's judge (its reader where it ships one, as `adapt` uses it) on held-out cases, recorded
-    in the folder's manifest: under `reader` when the reader answered, else under `measured` (the writer)."""
-    with open_default(args.out) as writer, open_answerer(args.out, writer) as judge:
-        res = measure_judge(judge, judge_cases(args.judge_eval_pairs))
+    """`judge`: the folder's judge as `adapt` opens it (judge.gguf, else reader.gguf, else the writer) on held-out
+    cases, recorded in the folder's manifest under `judge`, `reader` or `measured` by the file that judged (as
+    `judge`, or `judge_same_moment` / `judge_swapped` for cases of one kind alone). With
+    `--dev`, on the dev seeds instead, printed only: what candidates are chosen on."""
+    seeds = DEV_SEEDS if args.dev else HELDOUT_SEEDS
+    with open_default(args.out) as writer, open_answerer(args.out, writer, (JUDGE_FILE, READER_FILE)) as judge:
+        res = measure_judge(judge, judge_cases(args.judge_eval_pairs, seeds))
+    res["seeds"] = f"{seeds[0]}-{seeds[-1]} (9-minute worlds)"
     print("judge", json.dumps(res), flush=True)
-    (WORK / f"judge-{args.out.name}.json").write_text(json.dumps(res))
+    (WORK / f"judge-{args.out.name}{'-dev' if args.dev else ''}.json").write_text(json.dumps(res))
     man_path = args.out / "manifest.json"
-    if man_path.is_file():
+    if man_path.is_file() and not args.dev:
         man = json.loads(man_path.read_text())
-        man.setdefault("reader" if res["answered_by"] == READER_FILE else "measured", {})["judge"] = res
+        kind = {(0.0, 0.0): "judge", (1.0, 0.0): "judge_same_moment", (0.0, 1.0): "judge_swapped"}.get(
+            (JUDGE_SAME_MOMENT[0], JUDGE_SWAPPED[0]), "judge_mixed")  # by the kind of cases (--judge-same-moment ...)
+        man.setdefault(JUDGE_SECTION[res["answered_by"]], {})[kind] = res
         man_path.write_text(json.dumps(man, indent=1) + "\n")
     return res
 
@@ -1852,6 +1917,9 @@ def main() -> None:
     ap.add_argument("--judge-same-moment", type=float, default=0.0,
                     help="read, judge: share of judge cases that are two true memories of one moment keeping "
                          "different facts (the kind of pair Phase Two's candidates make)")
+    ap.add_argument("--judge-swapped", type=float, default=0.0,
+                    help="read, judge: share of judge cases that are a memory against a copy with one fact (face, "
+                         "note, place, colour, kind, room) swapped, told apart by a listed answer")
     ap.add_argument("--save-minutes", type=float, default=4.0)
     ap.add_argument("--threads", type=int, default=1,
                     help="torch threads; 1 is faster than 2 on a machine whose 2 cores are busy with other work")
@@ -1859,6 +1927,10 @@ def main() -> None:
     ap.add_argument("--outtype", default="q8_0",
                     help="GGUF type of model.gguf and mmproj.gguf (q8_0, as shipped and as a device runs it | f16 | f32)")
     ap.add_argument("--from-dir", default=None, help="finalize: this hf folder instead of the last stage's")
+    ap.add_argument("--dev", action="store_true", help="judge: on the dev seeds (8000-8007), not recorded")
+    ap.add_argument("--as", dest="as_", choices=["reader", "judge"], default="reader",
+                    help="reader: export the text-only stage as reader.gguf (answers) or judge.gguf (judges "
+                         "Phase Two's pairs)")
     ap.add_argument("--measured-name", default="cand2", help="manifest: the candidate folder name whose eval files to embed")
     ap.add_argument("--previous-name", default="cand1", help="manifest: the previously shipped candidate, for comparison")
     ap.add_argument("--eval-clips", type=int, default=12)
@@ -1877,6 +1949,7 @@ def main() -> None:
     if args.recall_colour:
         RECALL_KINDS.extend(["colour", "colour"])
     JUDGE_SAME_MOMENT[0] = args.judge_same_moment
+    JUDGE_SWAPPED[0] = args.judge_swapped
     if args.what == "data":
         for s in VIDEO_SEEDS + list(range(EXTRA_VIDEO_SEED0, EXTRA_VIDEO_SEED0 + args.extra_clips)) + HELDOUT_SEEDS:
             clip(s)

@@ -142,7 +142,7 @@ def run_adapt_job(store: Store, cfg: Config, hf_dir: str | Path, backend: Backen
 
     `backend` is the deployed model (llama.cpp): it samples candidates, judges pairs and checks format
     compliance; `hf_dir` is its full-precision checkpoint, which the vector is trained against. `judge`, when
-    given, judges the pairs instead (a model's own text-only reader, trained on the judge prompt); it is closed
+    given, judges the pairs instead (a model's own text-only judge or reader, trained on the judge prompt); it is closed
     with the backend before the checkpoint loads. With `reopen` (a function opening the same model again) the
     backend is closed while the checkpoint trains, so the two models are never in memory together; the
     compliance check reopens it.

@@ -1,5 +1,5 @@
-"""Opens the configured model: the catalog entry or folder named by `model.name`, loaded with llama.cpp, and the
-answerer: the folder's own text-only reader where it ships one."""
+"""Opens the configured model: the catalog entry or folder named by `model.name`, loaded with llama.cpp, and its
+text-only copies where the folder ships them: the answerer (reader.gguf) and Phase Two's judge (judge.gguf)."""
 
 from __future__ import annotations
 
@@ -44,21 +44,37 @@ def open_backend(cfg: Config, with_vision: bool = True) -> Backend:
     return _load(cfg, model, model.model_path, model.mmproj_path if with_vision else None)
 
 
-def open_reader(cfg: Config) -> Backend | None:
-    """The configured model's own text-only answerer (`reader.gguf` beside it, models.READER_FILE), None when it
-    ships none. Only the writer is steered by Phase Two, so the reader never carries a steering vector."""
+def _open_text_only(cfg: Config, *roles: str, fallback: bool = False) -> Backend | None:
+    """The first text-only file the configured model ships for `roles` ("judge" -> judge.gguf, "reader" ->
+    reader.gguf), named "<model>-<role>"; else the model itself without vision when `fallback`, else None. Never
+    steered: Phase Two steers the writer only."""
     from edge_agent.models import resolve
 
     model = resolve(cfg.model.name, cfg.home)
-    if model.reader_path is None:
-        return None
-    return _load(cfg, model, model.reader_path, None, name=f"{model.name}-reader")
+    for role in roles:
+        path = getattr(model, f"{role}_path")
+        if path is not None:
+            return _load(cfg, model, path, None, name=f"{model.name}-{role}")
+    return _load(cfg, model, model.model_path, None) if fallback else None
+
+
+def open_reader(cfg: Config) -> Backend | None:
+    """The configured model's own text-only answerer (`reader.gguf` beside it, models.READER_FILE), None when it
+    ships none."""
+    return _open_text_only(cfg, "reader")
+
+
+def open_judge(cfg: Config) -> Backend | None:
+    """What judges Phase Two's pairs in place of the writer: the model's `judge.gguf` (models.JUDGE_FILE), else its
+    reader, else None (the writer judges)."""
+    return _open_text_only(cfg, "judge", "reader")
 
 
 def open_answerer(cfg: Config) -> Backend:
     """What answers questions from memories: the model's reader when it ships one, else the model without vision."""
-    reader = open_reader(cfg)
-    return reader if reader is not None else open_backend(cfg, with_vision=False)
+    backend = _open_text_only(cfg, "reader", fallback=True)
+    assert backend is not None
+    return backend
 
 
 def _load(cfg: Config, model: ResolvedModel, gguf: Path, mmproj: Path | None, name: str | None = None) -> Backend:
