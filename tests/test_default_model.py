@@ -477,7 +477,7 @@ CITED_MIN = 0.90
 OPEN_TEXT_MIN = 0.6
 E2E_MINUTES = 9.0
 E2E_MIN = 0.12
-JUDGE_CONSISTENCY_MIN = 0.6  # the shipped judge.gguf: measured at training time (manifest) minus a margin
+JUDGE_CONSISTENCY_MIN = 0.7  # the shipped judge.gguf: measured at training time (manifest) minus a margin
 JUDGE_SAME_MOMENT_MIN = 0.85  # ... on pairs of one moment, the kind the writer's sampled candidates make
 PARITY_MAX = 0.15  # q8_0 rounding (0.101 measured at logit scale 19.5); a broken export is off by whole logits
 

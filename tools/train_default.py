@@ -1816,7 +1816,7 @@ def export_reader(args) -> dict:
     print(f"{args.as_} parity", json.dumps(res), flush=True)
     (WORK / f"{args.as_}-parity.json").write_text(json.dumps(res))
     man_path = args.out / "manifest.json"
-    if man_path.is_file():  # the shipped folder: record the reader's file, its stage and its parity
+    if man_path.is_file():  # the shipped folder: record the file, its stage and its parity
         man = json.loads(man_path.read_text())
         done = src.parent / "done.json"
         man["files"][target] = {"sha256": sha256(args.out / target), "bytes": (args.out / target).stat().st_size}
