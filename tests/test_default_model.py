@@ -485,9 +485,8 @@ PARITY_MAX = 0.15  # q8_0 rounding (0.101 measured at logit scale 19.5); a broke
 @pytest.mark.slow
 def test_ask_feedback_adapt_from_the_cli_keeps_pairs_and_registers_an_adapter(tmp_path):
     """The wearer's loop on the shipped model, through the CLI only: `run` a held-out clip, `ask` its questions,
-    `feedback` by the ground truth (`--wrong --answer` when wrong), `adapt`: the shipped judge judges the writer's
-    own candidates consistently enough that rule "auto" keeps its verdicts (no fallback to embeddings), pairs are
-    kept on both sides of the split and an adapter is trained and registered."""
+    `feedback` by the ground truth (`--wrong --answer` when wrong), `adapt`: the shipped judge (judge.gguf) judges
+    the writer's own candidates, pairs are kept and an adapter is trained and registered."""
     from conftest import run_cli
 
     from edge_agent.config import ModelConfig, WriterConfig
@@ -521,7 +520,12 @@ def test_ask_feedback_adapt_from_the_cli_keeps_pairs_and_registers_an_adapter(tm
     report = json.loads(cli("adapt", "--json"))
     assert report["reward"]["kept"] > 0 and report["new_pairs"] > 0, report
     assert report["judged_by"] == "default-judge"  # judge.gguf, trained on the judge prompt, not the writer
-    assert not report["reward"]["judge_fallback"], report["reward"]  # its verdicts, not embeddings, decided
+    rw = report["reward"]
+    # It judged (both orderings) at least the probe's comparisons. Whether rule "auto" then kept its verdicts is
+    # measured, not asserted: consistent on about 65 % of these candidates, its first 8 comparisons fall below half
+    # about one run in ten (Binomial(8, 0.65)), and runs differ (an answer near the abstention threshold changes the
+    # feedback). What the judge is worth is asserted by test_the_shipped_judge_is_position_consistent_as_the_manifest_says.
+    assert rw["judge_consistent"] + rw["judge_disagreed"] + rw["judge_ties"] >= 8, rw
     assert report["adapter_id"], report  # trained and registered (the gate decides whether it becomes active)
     listed = json.loads(cli("adapter", "list", "--json"))
     assert report["adapter_id"] in [r["id"] for r in listed]
