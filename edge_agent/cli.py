@@ -236,7 +236,9 @@ def ask(question: Annotated[str, typer.Argument(help="The question, in plain wor
         option: Annotated[Optional[list[str]], typer.Option("--option", "-o",
                                                              help='A choice, e.g. "A. on the shelf". Repeat up to 4.')] = None,
         since: Annotated[Optional[str], typer.Option(help="Only memories after this time.")] = None,
-        until: Annotated[Optional[str], typer.Option(help="Only memories before this time.")] = None,
+        until: Annotated[Optional[str], typer.Option(
+            help="Only memories before this time; the question is asked as of it (so \"an hour ago\" counts back "
+                 "from it, and a question over the same memories gets the same answer whenever it is asked).")] = None,
         home: Home = None, config: ConfigFile = None, json_out: Json = False) -> None:
     """Answer from the stored memories only, citing them; says "not in memory" when they don't hold it."""
     from edge_agent.qa.answer import answer
@@ -249,7 +251,9 @@ def ask(question: Annotated[str, typer.Argument(help="The question, in plain wor
     _check_home(cfg)
     store = Store.open(cfg.db_path)
     backend = open_answerer(cfg)
-    result = answer(store, backend, question, option or [], asked_at=time.time(), cfg=cfg.qa,
+    # The prompt tells the answerer when it is asked: as of --until, not the wall clock, when there is one
+    asked_at = time.time() if hi is None else min(hi, time.time())
+    result = answer(store, backend, question, option or [], asked_at=asked_at, cfg=cfg.qa,
                     since=lo, until=hi, embedder=open_embedder(cfg))
     backend.close()
     if json_out:

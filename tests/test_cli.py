@@ -90,6 +90,22 @@ def test_ask_answers_from_stored_memories_and_feedback_is_traced(tmp_path, tiny_
     assert Store.open(home / "memory.db").get_answer(res["answer_id"])["feedback"] == []
 
 
+def test_a_question_asked_until_a_time_is_asked_as_of_it_and_gets_the_same_answer(tmp_path, tiny_model):
+    """The answerer's prompt says when it is asked: with --until that is the --until time, not the wall clock, so
+    the same question over the same memories is the same prompt however much later it is asked again."""
+    home = tmp_path / "home"
+    seed_memories(home)
+    args = ["ask", "Where did I leave the red cup?", "-o", "A. on the shelf", "-o", "B. in the sink", "--until", "25",
+            "--json"]
+    first, again = (json.loads(cli(home, *args, model=tiny_model).stdout) for _ in range(2))
+    store = Store.open(home / "memory.db")
+    asked = [store.get_answer(r["answer_id"]) for r in (first, again)]
+    assert [a["asked_at"] for a in asked] == [25.0, 25.0]
+    assert {k: first[k] for k in ("choice", "text", "shown")} == {k: again[k] for k in ("choice", "text", "shown")}
+    now = json.loads(cli(home, "ask", "Where did I leave the red cup?", "--json", model=tiny_model).stdout)
+    assert store.get_answer(now["answer_id"])["asked_at"] > 1e9  # no --until: asked now
+
+
 def test_memories_search_and_forget(tmp_path):
     home = tmp_path / "home"
     seed_memories(home)
