@@ -153,6 +153,10 @@ class RewardConfig(Section):
                         'relevance agrees), "judge", or "embedding" (no model calls).',
                         one_of("auto", "judge_and_embedding", "judge", "embedding"),
                         "must be auto, judge_and_embedding, judge or embedding")
+    answer_match: bool = setting(True, "Any rule: a pair whose memories differ in telling the wearer's corrected "
+                                 "answers (every word of an answer but words such as 'the' and 'on' in the "
+                                 "memory) goes to the one telling more of them, by weight, before a judge or "
+                                 "embeddings are asked.")
     judge_probe: int = setting(8, 'Rule "auto": judged comparisons (both verdicts valid) before the judge is '
                                'trusted or dropped.', at_least(1), "must be >= 1")
     min_judge_consistency: float = setting(0.5, 'Rule "auto": the share of probe comparisons whose two orderings '

@@ -34,7 +34,9 @@ def tiny_hf(request, tmp_path_factory):
 
 # These tests run the machinery on 2 held-out pairs: the evidence rules of the gate (at least 8 held-out pairs,
 # p <= 0.05 by default) are off here and checked in tests/test_claims_gate.py.
-LENIENT = AdaptConfig(gate=GateConfig(min_holdout_pairs=1, max_p_value=1.0))
+# The judge decides their pairs: the wearer's corrected answers, which would decide them first, are set aside
+# except where a test says otherwise.
+LENIENT = AdaptConfig(gate=GateConfig(min_holdout_pairs=1, max_p_value=1.0), reward=RewardConfig(answer_match=False))
 
 
 @pytest.fixture
@@ -145,7 +147,8 @@ def test_a_vector_that_breaks_the_format_is_tried_shorter_in_the_same_direction(
     seed_windows(store, cfg.frames_dir, OBJECTS[:8])
     ask(store, "Where did I put the phone?", False, corrected="on the shelf")
     cfg = Config(home=cfg.home, adapt=AdaptConfig(gate=GateConfig(min_holdout_pairs=1, max_p_value=1.0,
-                                                                  shrink_steps=shrink_steps)))
+                                                                  shrink_steps=shrink_steps),
+                                                  reward=LENIENT.reward))
     seen = []
 
     def compliance(vec):  # the format holds only below 30 % of the trained vector's length
@@ -168,3 +171,19 @@ def test_a_vector_that_breaks_the_format_is_tried_shorter_in_the_same_direction(
     deployed = AdapterRegistry(store, cfg.adapters_dir).active_vector().applied()
     np.testing.assert_allclose(deployed, 0.25 * seen[0], rtol=1e-5, atol=1e-7)  # what goes live is the short one
     assert s["metrics"]["holdout_accuracy"] > s["metrics"]["baseline_accuracy"]
+
+
+def test_the_wearers_corrected_answers_train_an_adapter_where_the_judge_is_position_biased(home, tiny_hf):
+    """As shipped (`answer_match`): a judge that says "A" whatever it is shown keeps no pair (the test above),
+    but the wearer's correction "on the shelf" decides every window without asking it."""
+    cfg, store = home
+    seed_windows(store, cfg.frames_dir, OBJECTS[:8])
+    fid = ask(store, "Where did I put the red cup?", False, corrected="on the shelf")
+    cfg = Config(home=cfg.home, adapt=AdaptConfig(gate=LENIENT.gate))
+    judge = _judge(lambda call: '{"better": "A"}')
+    s = run_adapt(store, cfg, tiny_hf, judge, BagOfWords(), lambda v: 1.0)
+    assert s["reward"]["answer_decided"] == 8 and s["reward"]["judge_fallback"] == 0
+    assert [c for c in judge.calls if "Memory A:" in c.prompt] == []
+    assert s["status"] == "activated", s["reason"]
+    assert s["metrics"]["holdout_accuracy"] == 1.0
+    assert {p["feedback_ids"] == [fid] for p in store.pairs()} == {True}

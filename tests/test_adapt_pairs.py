@@ -42,7 +42,8 @@ def test_assign_splits_seeded_and_both_sides():
 
 
 def _reward(store, judge):
-    return RelevanceReward(task_distribution(store, RewardConfig()), BagOfWords(), RewardConfig(), judge)
+    cfg = RewardConfig(answer_match=False)  # the judge decides (the wearer's answers would, before it)
+    return RelevanceReward(task_distribution(store, cfg), BagOfWords(), cfg, judge)
 
 
 def test_store_pairs_split_by_window_group_and_not_rejudged(store, tmp_path):

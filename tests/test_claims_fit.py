@@ -123,7 +123,8 @@ def test_a_reader_judges_in_place_of_the_writer_and_is_released_too(tiny_hf, tmp
     from edge_agent.adapt.job import run_adapt_job
 
     cfg = Config(home=tmp_path / "home", adapt=AdaptConfig(steps=2, gate=GateConfig(min_holdout_pairs=1,
-                                                                                      max_p_value=1.0)))
+                                                                                      max_p_value=1.0),
+                                                           reward=RewardConfig(answer_match=False)))
     store = Store.open(cfg.db_path)
     seed_windows(store, cfg.frames_dir, OBJECTS[:4])
     ask(store, "Where is the cup?", False, corrected="on the shelf")

@@ -298,7 +298,7 @@ def test_the_default_models_numbers_in_the_readme_are_its_manifests():
     assert manifest["measured"]["judge"]["position_consistent"] == 0 and "(the writer for none;" in para
     assert f"the reader {round(100 * manifest['reader']['judge']['position_consistent'])} %;" in para
     assert f"for {round(100 * judge['judge_same_moment']['position_consistent'])} % of pairs of two true memories" in para
-    assert f"it is consistent for {round(100 * judge['judge_swapped']['position_consistent'])} %." in para
+    assert f"it is consistent for {round(100 * judge['judge_swapped']['position_consistent'])} %;" in para
     loop = judge["judge_on_writer_candidates"]["judge.gguf"]
     assert loop["judge_fallback"] == 0
     assert f"{loop['judge_consistent']} of {loop['judge_consistent'] + loop['judge_disagreed']} pairs" in para

@@ -9,6 +9,12 @@ Combination rule (`RewardConfig.rule`):
 
 - format first: a candidate that failed format validation always loses against a valid one (no judge, no
   feedback ids); two malformed candidates are never paired.
+- the wearer's own answers next (`answer_match`, every rule): when the wearer corrected an answer ("--answer on
+  the shelf"), a memory holding every word of it but the function words ("shelf") tells that answer. If one
+  memory tells more of the corrected answers (by weight) than the other, it wins, with those answers' feedback
+  as its ids, and no model is asked: the wearer's own words, not a model's reading of them. A small judge is
+  weakest exactly there, where two memories differ in one fact that only the listed answer settles
+  (`tools/grade_pairs.py` grades the pairs each rule keeps against a synthetic clip's truth).
 - "judge_and_embedding": the judge is asked "A or B?" with the two memories in both orders; the
   pair is kept only when both answers name the same memory (a tie or a flip drops it: position bias and
   noise cancel out) AND the weighted embedding relevance of that memory exceeds the other's by more than
@@ -28,6 +34,7 @@ is higher than to the rejected one). Deleting such feedback deletes the pair (st
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from itertools import combinations
 from typing import Any, Protocol, Sequence
@@ -65,6 +72,7 @@ class TaskQuestion:
     text: str  # the question, plus "Answer: ..." when the wearer corrected it
     weight: float
     feedback_ids: list[int] = field(default_factory=list)
+    answer: str | None = None  # the wearer's corrected answer, when given
 
 
 @dataclass
@@ -85,15 +93,16 @@ def task_distribution(store: Any, cfg: RewardConfig) -> TaskDistribution:
     out = []
     for ans in store.answers(limit=cfg.max_questions):
         fb = ans.get("feedback") or []
-        weight, text = cfg.correct_weight, ans["question"]
+        weight, text, answer = cfg.correct_weight, ans["question"], None
         if fb:
             last = fb[-1]
             if not last["correct"]:
                 weight = cfg.wrong_weight
             if last.get("corrected"):
                 weight *= cfg.corrected_bonus
-                text = f"{text} Answer: {last['corrected']}"
-        out.append(TaskQuestion(text, weight, [int(f["id"]) for f in fb]))
+                answer = last["corrected"]
+                text = f"{text} Answer: {answer}"
+        out.append(TaskQuestion(text, weight, [int(f["id"]) for f in fb], answer))
     return TaskDistribution(out)
 
 
@@ -109,6 +118,22 @@ def embed_texts(embedder: Any, texts: Sequence[str]) -> np.ndarray:
     if m.ndim != 2 or m.shape[0] != len(texts):
         raise ValueError(f"embedder returned shape {m.shape} for {len(texts)} texts")
     return _unit_rows(m)
+
+
+# Words that say where or how, not what: an answer's remaining words are the facts a memory must hold.
+_FUNCTION_WORDS = frozenset(
+    "a an the this that these those my your his her its their i me we it he she they on in at to of from into onto "
+    "off by for with near under over behind beside next up down and or but was were is are be been".split())
+_WORD = re.compile(r"<[^<>\s]+>|[a-z0-9]+(?:'[a-z]+)?")  # face tags such as "<face_2>" stay whole
+
+
+def words(text: str) -> set[str]:
+    return set(_WORD.findall(text.lower()))
+
+
+def answer_words(answer: str) -> frozenset[str]:
+    """The words a memory must hold to tell `answer` ("on the red shelf" -> {"red", "shelf"})."""
+    return frozenset(words(answer) - _FUNCTION_WORDS)
 
 
 def memory_text(candidate_text: str) -> str:
@@ -161,6 +186,7 @@ class RewardStats:
     embedding_disagreed: int = 0
     below_gap: int = 0
     kept: int = 0
+    answer_decided: int = 0  # decided by the wearer's corrected answers (`answer_match`), no model asked
     judge_consistent: int = 0  # both orderings named the same memory
     judge_fallback: int = 0  # 1 when rule "auto" stopped trusting the judge
 
@@ -178,6 +204,9 @@ class RelevanceReward:
         self.task, self.embedder, self.cfg, self.judge = task, embedder, cfg, judge
         if task.questions and task.matrix is None:
             task.matrix = embed_texts(embedder, [q.text for q in task.questions])
+        # (words, weight, feedback ids) of each corrected answer: what `answer_match` looks for in a memory
+        self._answers = [(answer_words(q.answer), q.weight, q.feedback_ids) for q in task.questions
+                         if q.answer and answer_words(q.answer)] if cfg.answer_match else []
         self.stats = RewardStats()
         # "auto" judges like "judge_and_embedding" until the probe shows the judge cannot be trusted
         self.rule = "judge_and_embedding" if cfg.rule == "auto" else cfg.rule
@@ -233,6 +262,13 @@ class RelevanceReward:
                 continue
             if not self.task.questions:
                 continue  # no task distribution yet: nothing to prefer but the format
+            told = self._answers_told(x), self._answers_told(y)
+            if told[0][0] != told[1][0]:
+                winner, (more, fewer) = (x, told) if told[0][0] > told[1][0] else (y, told[::-1])
+                self.stats.answer_decided += 1
+                self._keep(out, x, y, winner, cos, rel, index, reason="answer",
+                           feedback_ids=sorted(set(more[1]) - set(fewer[1])))
+                continue
             gap = float(rel[index[x["id"]]] - rel[index[y["id"]]])
             emb_winner = x if gap > 0 else y
             if self.rule == "embedding":
@@ -254,14 +290,25 @@ class RelevanceReward:
             return
         self._keep(out, x, y, winner, cos, rel, index)
 
-    def _keep(self, out: list[JudgedPair], x, y, winner, cos, rel, index) -> None:
+    def _answers_told(self, candidate: dict[str, Any]) -> tuple[float, list[int]]:
+        """(summed weight, feedback ids) of the corrected answers whose every word the memory holds."""
+        held = words(memory_text(candidate["text"]))
+        told = [(w, fids) for need, w, fids in self._answers if need <= held]
+        return sum(w for w, _ in told), [f for _, fids in told for f in fids]
+
+    def _keep(self, out: list[JudgedPair], x, y, winner, cos, rel, index, *, reason: str | None = None,
+              feedback_ids: list[int] | None = None) -> None:
+        """Keep winner over the other, by the rule in force unless `reason` names another one (which skips the
+        relevance gap: "answer" pairs are decided by the wearer's words, not by embeddings)."""
         loser = y if winner is x else x
         margin = float(rel[index[winner["id"]]] - rel[index[loser["id"]]])
-        if self.rule != "judge" and margin <= self.cfg.min_relevance_gap:
+        if reason is None and self.rule != "judge" and margin <= self.cfg.min_relevance_gap:
             self.stats.below_gap += 1
             return
-        fids = self._attribution(cos[index[winner["id"]]], cos[index[loser["id"]]])
-        out.append(JudgedPair(winner["id"], loser["id"], winner["segment_id"], margin, fids, self.rule))
+        if feedback_ids is None:
+            feedback_ids = self._attribution(cos[index[winner["id"]]], cos[index[loser["id"]]])
+        out.append(JudgedPair(winner["id"], loser["id"], winner["segment_id"], margin, feedback_ids,
+                              reason or self.rule))
         self.stats.kept += 1
 
     def _judge_failed_probe(self) -> bool:
