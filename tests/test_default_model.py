@@ -20,6 +20,7 @@ from conftest import load_tool
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT = ROOT / "models" / "default"
+REPLAY_START = 1796461200  # 2026-12-05 09:00 UTC: the CLI loop replays its clip from a fixed clock time
 HELDOUT_SEED = 9001  # tools/train_default.py never trains on seeds 9000..9999
 MAX_BYTES = 60 * 1024 * 1024
 
@@ -507,7 +508,9 @@ def test_ask_feedback_adapt_from_the_cli_keeps_pairs_and_registers_an_adapter(tm
     # in one group, held out, and nothing trained. Candidates on every segment of 5 minutes give three groups
     # (0-9, 14-23, 28-29).
     cli("synth", "--seed", "9003", "--minutes", "5", "--out", str(clip))
-    cli("run", str(clip / "video.mp4"))
+    # A fixed start time: the answerer's prompt states clock times, so a clip stamped from its file's mtime (new
+    # each run) would put other digits before the same memories each run, and an answer near a tie could flip.
+    cli("run", str(clip / "video.mp4"), "--start", str(REPLAY_START))
     origin = min(m["t_start"] for m in json.loads(cli("memories", "--json")))
     questions = json.loads((clip / "questions.json").read_text())["questions"]
     for q in questions[:10]:

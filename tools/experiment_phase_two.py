@@ -109,6 +109,9 @@ def pick_questions(questions: list[dict], mix: dict[str, float], n: int, rng: ra
     return sorted(chosen, key=lambda q: q["asked_at"])
 
 
+DAY_ONE_START = 1796461200  # 2026-12-05 09:00 UTC: each simulated day's clip starts at its own 09:00
+
+
 def stream_origin(home: Path, n_before: int) -> float:
     """Absolute time of stream second 0 of the day just ingested: its memories' earliest start."""
     rows = json.loads(cli(home, "memories", "--json").stdout)
@@ -122,7 +125,10 @@ def live_day(out: Path, wearer: str, day: int, seed: int, minutes: float, per_da
     clip = day_clip(out, seed, minutes)
     n_before = len(json.loads(cli(home, "memories", "--json", check=False).stdout or "[]"))
     t0 = time.perf_counter()
-    ran = json.loads(cli(home, "run", str(clip / "video.mp4"), "--json").stdout)
+    # Day d starts at a fixed clock time: the answerer's prompt states clock times, so stamping a day from its
+    # clip file's mtime (new each run) would change the prompts, and so some answers, from one run to the next.
+    start = DAY_ONE_START + day * 86400
+    ran = json.loads(cli(home, "run", str(clip / "video.mp4"), "--start", str(start), "--json").stdout)
     origin = stream_origin(home, n_before)
     qs = pick_questions(json.loads((clip / "questions.json").read_text())["questions"], MIXES[wearer], per_day,
                         random.Random(f"{wearer}-{day}"))
