@@ -189,6 +189,22 @@ def test_same_moment_judge_cases_are_two_true_memories_told_apart_by_a_listed_an
         assert any(rec.content(a) <= rec.content(good) and not rec.content(a) <= rec.content(bad) for a in told)
 
 
+def test_writer_targets_say_each_sentence_once():
+    """The world captions an activity cut into two events in one segment twice ("I was watching tv in the living
+    room." x2): a memory the runtime refuses. The write stage's targets and context memories say it once."""
+    rec = _recipe()
+    twice = "I was watching tv in the living room. I was watching tv in the living room."
+    assert rec.each_sentence_once(twice) == "I was watching tv in the living room."
+    kept = "I put the red cup on the desk in the office. I walked into the kitchen."
+    assert rec.each_sentence_once(kept) == kept
+    frame = np.zeros((96, 128, 3), np.uint8)
+    segments = [{"index": i, "t_start": 10.0 * i, "t_end": 10.0 * i + 10, "caption": twice, "frame_idx": [5 * i],
+                 "frame_t": [10.0 * i], "frames": [frame]} for i in range(2)]
+    msgs, target, _ = rec.writer_example({"seed": 1, "segments": segments}, 1, 1, random.Random(0))
+    assert json.loads(target)["description"] == "I was watching tv in the living room."
+    assert twice not in str(msgs)  # the earlier segment's memory, when shown, says it once too
+
+
 def test_swapped_judge_cases_differ_in_the_one_fact_a_listed_answer_names():
     """`--judge-swapped`: the better memory is a true caption, the worse the same sentence with one fact swapped
     (a face, a note's text, a place, colour, kind or room), and exactly one listed question carries an answer,

@@ -645,20 +645,28 @@ def caption_variants(seed: int, minutes: float = MINUTES) -> dict[int, str]:
     return out
 
 
+def each_sentence_once(caption: str) -> str:
+    """The caption without repeated sentences. The world captions one sentence per event, and an activity cut
+    into two events in one segment reads "I was watching tv in the living room." twice (1.5 % of training
+    captions): a memory the runtime's validator refuses, which the writer must not learn to write."""
+    sentences = [x.strip() for x in re.findall(r"[^.]+\.", caption)]
+    return " ".join(dict.fromkeys(sentences)) if sentences else caption
+
+
 def writer_example(c: dict, i: int, k: int, rng: random.Random,
                    captions: dict[int, str] | None = None) -> tuple[list[Message], str, str]:
     """Segment i with its k earlier segments; each earlier memory is the truth (70 %), "(none)" (15 %) or a
     degraded one (15 %), so the model learns to describe the new frames, not to copy the previous memory.
-    `captions` (caption_variants) replaces the target caption."""
+    `captions` (caption_variants) replaces the target caption. Memories and target say each sentence once."""
     segs = c["segments"]
     ctx = []
     for s in segs[max(0, i - k):i]:
         r = rng.random()
         mem = s["caption"] if r < 0.7 else (None if r < 0.85 else degrade(s["caption"], rng, c))
-        ctx.append((as_segment(s), mem))
+        ctx.append((as_segment(s), mem and each_sentence_once(mem)))
     msgs = writer_messages(f"s{c['seed']}", ctx, as_segment(segs[i]))
     target = (captions or {}).get(segs[i]["index"], segs[i]["caption"])
-    return msgs, json.dumps({"description": target}), "write"
+    return msgs, json.dumps({"description": each_sentence_once(target)}), "write"
 
 
 SEE_SYSTEM = "You see through the wearer's camera."
