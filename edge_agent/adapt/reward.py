@@ -246,6 +246,7 @@ class RelevanceReward:
         index = {c["id"]: i for i, c in enumerate(cands)}
         w = self.task.weights
         rel = (cos @ w / w.sum()) if self.task.questions else np.zeros(len(cands))
+        told = {c["id"]: self._answers_told(c) for c in cands}  # once per candidate, as `cos`
         shown = self.task.top(self.cfg.judge_questions)
         for x, y in combos:
             self.stats.compared += 1
@@ -262,12 +263,12 @@ class RelevanceReward:
                 continue
             if not self.task.questions:
                 continue  # no task distribution yet: nothing to prefer but the format
-            told = self._answers_told(x), self._answers_told(y)
-            if told[0][0] != told[1][0]:
-                winner, (more, fewer) = (x, told) if told[0][0] > told[1][0] else (y, told[::-1])
+            (wx, fx), (wy, fy) = told[x["id"]], told[y["id"]]
+            if wx != wy:
+                winner, more, fewer = (x, fx, fy) if wx > wy else (y, fy, fx)
                 self.stats.answer_decided += 1
                 self._keep(out, x, y, winner, cos, rel, index, reason="answer",
-                           feedback_ids=sorted(set(more[1]) - set(fewer[1])))
+                           feedback_ids=sorted(set(more) - set(fewer)))
                 continue
             gap = float(rel[index[x["id"]]] - rel[index[y["id"]]])
             emb_winner = x if gap > 0 else y
