@@ -205,6 +205,97 @@ def test_writer_targets_say_each_sentence_once():
     assert twice not in str(msgs)  # the earlier segment's memory, when shown, says it once too
 
 
+def test_own_rows_answer_where_the_writers_memory_holds_it_and_abstain_where_it_does_not():
+    """The read stage's rows over the writer's own memories (`--own-share`): a question whose evidence memory
+    holds the answer is answered from it and cites it; the same question over a memory that lost the fact, or
+    with its evidence removed, is "not in memory"; counting and event order are left to ground-truth rows."""
+    rec = _recipe()
+    world = rec.text_world(20003, 4.0)
+    qs = [q for q in world["questions"] if q["category"] in ("attribute", "object_location", "activity_at_time")]
+    assert qs
+    checked = 0
+    for q in qs:
+        holds, told = rec.evidence(world, q)
+        if not told:
+            continue
+        right = {**world, "segments": [{**s, "memory": s["caption"]} for s in world["segments"]]}
+        lost = {**world, "segments": [{**s, "memory": "I looked around the room." if s in holds else s["caption"]}
+                                      for s in world["segments"]]}
+        msgs, rep, _ = rec.own_row(right, q, random.Random(0), 4, remove=False)
+        shown = dict(re.findall(r"^\[(\d+)\] \S+ (.*)$", msgs[1].parts[0], re.M))
+        reply = json.loads(rep)
+        assert reply["answer"] == q["open_answer"] and reply["citations"]
+        assert all(shown[str(i)] in [s["caption"] for s in holds] for i in reply["citations"])
+        _, rep_lost, _ = rec.own_row(lost, q, random.Random(0), 4, remove=False)
+        _, rep_gone, _ = rec.own_row(right, q, random.Random(0), 4, remove=True)
+        assert json.loads(rep_lost) == json.loads(rep_gone) == {"answer": "not in memory", "citations": []}
+        checked += 1
+    assert checked >= 2
+    counting = next(q for q in world["questions"] if q["category"] in ("counting", "event_order"))
+    assert rec.own_row({**world, "segments": [{**s, "memory": s["caption"]} for s in world["segments"]]},
+                       counting, random.Random(0), 4, remove=False) is None
+
+
+def test_own_writes_the_writers_memories_of_fresh_clips_as_own_rows_read_them(tmp_path, tiny_model, monkeypatch):
+    """`train_default.py own`: the model folder's writer writes each segment of fresh clips (seeds 30000..) in
+    the runtime's way; the file holds each segment's true caption beside its memory and the clip's questions, and
+    a rerun keeps what is there."""
+    import argparse
+
+    rec = _recipe()
+    monkeypatch.setattr(rec, "WORK", tmp_path)
+    world = rec.text_world(20004, 2.0)
+    frame = np.full((96, 128, 3), 90, np.uint8)
+    fake = {"segments": [{**s, "frame_idx": [0, 5], "frame_t": [s["t_start"], s["t_start"] + 5], "frames": [frame] * 2}
+                         for s in world["segments"][:3]], "questions": world["questions"]}
+    monkeypatch.setattr(rec, "clip", lambda seed: {**fake, "seed": seed})
+    rec.write_own(argparse.Namespace(out=tiny_model, own_clips=2))
+    files = sorted((tmp_path / "own").glob("s*.json"))
+    assert [f.name for f in files] == [f"s{rec.OWN_SEED0}.json", f"s{rec.OWN_SEED0 + 1}.json"]
+    got = json.loads(files[0].read_text())
+    assert [s["caption"] for s in got["segments"]] == [s["caption"] for s in world["segments"][:3]]
+    assert all(s["memory"] is None or isinstance(s["memory"], str) for s in got["segments"])
+    assert got["questions"] == world["questions"]
+    assert {c["seed"] for c in rec.own_clips()} == {rec.OWN_SEED0, rec.OWN_SEED0 + 1}
+    files[0].write_text(json.dumps({**got, "kept": True}))
+    rec.write_own(argparse.Namespace(out=tiny_model, own_clips=2))
+    assert json.loads(files[0].read_text())["kept"]
+
+
+def test_widen_adds_attention_heads_and_keeps_the_function_through_llama_cpp(tmp_path, tiny_model):
+    """`train_default.py widen`: more query and key/value heads, the same logits in transformers, and the
+    exporter writes the wider attention so llama.cpp gives the narrow model's logits too."""
+    import argparse
+
+    import torch
+
+    from edge_agent.export import export_hf
+    from edge_agent.types import Message
+    from edge_agent.vlm.llama_cpp import LlamaCppBackend
+
+    rec = _recipe()
+    src = tiny_model / "hf"
+    cfg = json.loads((src / "config.json").read_text())["text_config"]
+    heads, kv = 2 * cfg["num_attention_heads"], 2 * cfg["num_key_value_heads"]
+    rec.widen(argparse.Namespace(from_dir=src, to_dir=tmp_path / "wide", heads=heads, kv_heads=kv, seed=0))
+    wide_cfg = json.loads((tmp_path / "wide" / "config.json").read_text())["text_config"]
+    assert (wide_cfg["num_attention_heads"], wide_cfg["num_key_value_heads"]) == (heads, kv)
+    narrow, wide = rec.load_model(src, "cpu").eval(), rec.load_model(tmp_path / "wide", "cpu").eval()
+    assert sum(p.numel() for p in wide.parameters()) > sum(p.numel() for p in narrow.parameters())
+    x = torch.randint(0, cfg["vocab_size"] - 16, (1, 40))
+    with torch.no_grad():
+        assert torch.allclose(narrow(input_ids=x).logits, wide(input_ids=x).logits, atol=1e-5)
+    msgs = [Message("user", ["Where did I leave the red cup?"])]
+    logits = []
+    for d in (src, tmp_path / "wide"):
+        model_path, _ = export_hf(d, tmp_path / f"gguf-{d.name}", "f32")
+        with LlamaCppBackend(model_path, None, n_threads=1, n_ctx=512) as be:
+            logits.append(be.logits(msgs))
+    assert np.abs(logits[0] - logits[1]).max() < 1e-3 * max(1.0, np.abs(logits[0]).max())
+    with pytest.raises(SystemExit, match="kv heads"):
+        rec.widen(argparse.Namespace(from_dir=src, to_dir=tmp_path / "bad", heads=heads + 1, kv_heads=kv, seed=0))
+
+
 def test_swapped_judge_cases_differ_in_the_one_fact_a_listed_answer_names():
     """`--judge-swapped`: the better memory is a true caption, the worse the same sentence with one fact swapped
     (a face, a note's text, a place, colour, kind or room), and exactly one listed question carries an answer,

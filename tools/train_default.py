@@ -6,6 +6,8 @@
     .venv/bin/python tools/train_default.py finalize            # last finished stage -> models/default/ + manifest
     .venv/bin/python tools/train_default.py reader --from-dir D # a text-only read stage -> models/default/reader.gguf
     .venv/bin/python tools/train_default.py reader --from-dir D --as judge   # ... -> models/default/judge.gguf
+    .venv/bin/python tools/train_default.py widen --from-dir D --to-dir E --heads 6 --kv-heads 6   # more heads, same function
+    .venv/bin/python tools/train_default.py own --own-clips 500   # the writer's own memories of fresh clips (--own-share)
     .venv/bin/python tools/train_default.py judge               # Phase Two's judge on held-out pairs, as adapt asks
     .venv/bin/python tools/train_default.py parity              # transformers vs llama.cpp logits, one prompt
     .venv/bin/python tools/train_default.py eval                # held-out metrics through llama.cpp
@@ -38,6 +40,8 @@ Stages (each checkpoints weights, optimizer, RNG and data position to /tmp/edge_
           every round of reading training cost the writer (models/default/README.md), so the reader is a copy.
           `--judge-pairs N` adds Phase Two's judge prompt; judging in turn cost reading, so a read stage run
           mostly on judge pairs (`--batch 2 --judge-pairs 10`) ships as a third copy, the judge (`reader --as judge`).
+          `--own-share F` draws that share of the rows from the writer's own memories of fresh clips (`own`):
+          answered where those memories hold the answer, "not in memory" where they do not (own_row).
 
 `--frame-size N` trains (and profiles) at keyframes of N px (capture.frame_size; the shipped model: 128); its data
 cache is per size.
@@ -74,6 +78,7 @@ from edge_agent.models import JUDGE_FILE, READER_FILE  # noqa: E402
 from edge_agent.config import QAConfig  # noqa: E402
 from edge_agent.qa.answer import (  # noqa: E402
     ANSWER_PREFIX, LETTERS, MEMORIES_CLOSE, MEMORIES_OPEN, NOT_IN_MEMORY, build_messages, reply_from_memories)
+from edge_agent.synth.truth import things  # noqa: E402
 from edge_agent.synth.world import (  # noqa: E402
     ACTIVITIES, COLOURS, OBJECT_KINDS, PLACE_KINDS, ROOM_LAYOUTS, doing, note_text, where)
 from edge_agent.types import Frame, ImagePart, Message, Segment  # noqa: E402
@@ -87,6 +92,9 @@ EXTRA_VIDEO_SEED0 = 10000  # --extra-clips N adds seeds 10000.. (never held out;
 TEXT_SEED0 = 20000  # text-only worlds: seeds 20000 + n, drawn without end
 HELDOUT_SEEDS = list(range(9000, 9012))  # never trained on; probes and eval
 DEV_SEEDS = list(range(8000, 8008))  # never trained on either: candidates are chosen here (`judge --dev`)
+# fresh rendered clips the shipped writer writes its own memories of (`own`), for the reader's read rows over them
+# (`--own-share`): never trained on by the writer, so its memories there are as wrong as on a wearer's day
+OWN_SEED0 = 30000
 MINUTES = 2.0
 # Longest side of the keyframes the model is trained (and profiled) at; the shipped model: 128. At 256 the
 # synthetic world's objects (20-30 px tall at 256x192) span 1-2 patches of 16 px instead of a quarter of a merged
@@ -283,6 +291,68 @@ def read_row(c: dict, q: dict, rng: random.Random, n_shown: int,
         return build_messages(q["question"], [], mems, q["asked_at"]), reply(NOT_IN_MEMORY, []), "open"
     return (build_messages(q["question"], [], mems, q["asked_at"]),
             reply(q["open_answer"], [ids[s["index"]] for s in holds]), "open")
+
+
+def own_row(c: dict, q: dict, rng: random.Random, n_shown: int,
+            remove: bool) -> tuple[list[Message], str, str] | None:
+    """`read_row` over the writer's own memories of a clip (`own`): the short answer and the evidence memories'
+    ids where those memories hold it (its content words, as `evidence` asks of the true captions, and for "where
+    did I leave X" the object X itself: `synth.truth.things`), else "not in memory", so that P("not in memory")
+    learns how often memories like these miss what the question needs. Counting and event order (decided by a
+    day of memories, not a few) are left to the ground-truth rows."""
+    if q["category"] in ("counting", "event_order"):
+        return None
+    written = {**c, "segments": [{**s, "caption": s["memory"]} for s in c["segments"] if s["memory"]]}
+    true_holds, truth_tells = evidence(c, q)
+    holds = [s for s in written["segments"] if s["index"] in {h["index"] for h in true_holds}]
+    mems, ids = show(written, q, rng, holds, remove=remove, n_shown=n_shown)
+    if not mems:
+        return None
+    msgs = build_messages(q["question"], [], mems, q["asked_at"])
+    said = " ".join(s["caption"] for s in holds)
+    tells = truth_tells and content(q["open_answer"]) <= content(said) and (
+        q["category"] != "object_location" or things(q["question"]) <= things(said))
+    if remove or not holds or not tells:
+        return msgs, reply(NOT_IN_MEMORY, []), "open"
+    return msgs, reply(q["open_answer"], [ids[s["index"]] for s in holds]), "open"
+
+
+def write_own(args) -> None:
+    """`own`: the writer of the model folder (`--out`) writes its own memories of `--own-clips` fresh clips
+    (seeds OWN_SEED0..), as the runtime does (window of 4, retries), -> WORK/own/s<seed>.json: each segment's
+    true caption and memory (null where no valid one came), and the clip's questions. Resumes by file."""
+    from rich.progress import Progress
+
+    from edge_agent.config import WriterConfig
+    from edge_agent.memory.writer import MemoryWriter, WindowEntry
+
+    out = WORK / "own"
+    out.mkdir(parents=True, exist_ok=True)
+    with open_default(args.out) as be, Progress() as bar:
+        task = bar.add_task("own memories", total=args.own_clips)
+        for seed in range(OWN_SEED0, OWN_SEED0 + args.own_clips):
+            f = out / f"s{seed}.json"
+            if not f.is_file():
+                c = clip(seed)
+                writer = MemoryWriter(be, WriterConfig(), stream_key=f"s{seed}")
+                window, segs = [], []
+                for s in c["segments"]:
+                    seg = as_segment(s)
+                    text = writer.write(window, seg).text
+                    segs.append({k: s[k] for k in ("index", "t_start", "t_end", "caption")} | {"memory": text})
+                    window = (window + [WindowEntry(seg, text)])[-4:]
+                tmp = f.with_suffix(".tmp")
+                tmp.write_text(json.dumps({"seed": seed, "segments": segs, "questions": c["questions"]}))
+                tmp.replace(f)
+            bar.advance(task)
+
+
+def own_clips() -> list[dict]:
+    files = sorted((WORK / "own").glob("s*.json"))
+    if not files:
+        raise SystemExit(f"--own-share needs the writer's own memories: run `tools/train_default.py own` first "
+                         f"(none in {WORK / 'own'})")
+    return [json.loads(f.read_text()) for f in files]
 
 
 RECALL_KINDS = ["object", "object", "person", "note", "activity"]  # `--recall-colour` adds two "colour" ones
@@ -1324,6 +1394,7 @@ def run_stage(name: str, args) -> None:
         held_chunks = vision_chunks(held)
         print(f"[vision] {len(chunks)} training chunks, {len(held_chunks)} held-out", flush=True)
 
+    own = own_clips() if args.own_share else None
     start_from = Path(args.from_dir) if args.from_dir else previous_weights(name)
     model = load_model(start_from, device)
     heads = None
@@ -1440,6 +1511,11 @@ def run_stage(name: str, args) -> None:
         top = 8 if args.shown_from_start else 2 + round(6 * min(1.0, 2 * frac))
         n_recall = round(n * args.recall_share)
         rows = [recall_row(rng, rng.randint(2, max(2, top)), remove=rng.random() < 0.2) for _ in range(n_recall)]
+        while len(rows) < n_recall + round(n * args.own_share):
+            c = own[rng.randrange(len(own))]
+            r = own_row(c, rng.choice(c["questions"]), rng, rng.randint(1, top), remove=rng.random() < 0.2)
+            if r:
+                rows.append(r)
         while len(rows) < n:
             c = next_text_world()
             qs = [q for q in c["questions"]]
@@ -1790,6 +1866,61 @@ def parity(args) -> float:
     return diff
 
 
+def widen(args) -> None:
+    """`widen`: an hf folder (`--from-dir`) with more attention heads (`--heads`, `--kv-heads`) -> `--to-dir`,
+    computing the same function: each old query head keeps its keys and values (copied to the kv head it now
+    reads), the new heads start random and write through zero columns of o_proj, so training starts from the
+    model as it was. The reader is the small model's limit ("The reader": it plateaued at 3 heads reading
+    through 1 kv head of 32 dims); this gives it more room to look up."""
+    import torch
+    from transformers import Qwen3VLForConditionalGeneration
+
+    src, dst = Path(args.from_dir), Path(args.to_dir)
+    old_model = load_model(src, "cpu").eval()
+    tc = old_model.config.text_config
+    H, KV, hd, D = tc.num_attention_heads, tc.num_key_value_heads, tc.head_dim, tc.hidden_size
+    H2, KV2 = args.heads, args.kv_heads
+    if H2 < H or KV2 < KV or H2 % KV2:
+        raise SystemExit(f"widen: --heads {H2} --kv-heads {KV2} must be at least {H} and {KV}, heads a multiple of kv heads")
+    # old query head i reads kv head i // (H/KV); in the new model it reads i // (H2/KV2), which must hold that copy
+    reads = {}
+    for i in range(H):
+        if reads.setdefault(i // (H2 // KV2), i // (H // KV)) != i // (H // KV):
+            raise SystemExit(f"widen: old heads sharing a kv head under --heads {H2} --kv-heads {KV2} read different ones")
+    torch.manual_seed(args.seed)
+    cfg = json.loads((src / "config.json").read_text())
+    cfg["text_config"].update(num_attention_heads=H2, num_key_value_heads=KV2)
+    new_model = Qwen3VLForConditionalGeneration(type(old_model.config).from_dict(cfg))
+    old = old_model.state_dict()
+    new = {}
+    for k, v in new_model.state_dict().items():
+        w = old[k].clone()
+        if v.shape != w.shape:
+            std = tc.initializer_range
+            if k.endswith("q_proj.weight"):
+                w = torch.cat([w, torch.randn((H2 - H) * hd, D) * std])
+            elif k.endswith(("k_proj.weight", "v_proj.weight")):
+                heads = [torch.randn(hd, D) * std for _ in range(KV2)]
+                for j2, j in reads.items():
+                    heads[j2] = old[k][j * hd:(j + 1) * hd]
+                w = torch.cat(heads)
+            elif k.endswith("o_proj.weight"):
+                w = torch.cat([w, torch.zeros(D, (H2 - H) * hd)], dim=1)
+            else:
+                raise SystemExit(f"widen: {k} changed shape {tuple(w.shape)} -> {tuple(v.shape)}")
+        new[k] = w
+    new_model.load_state_dict(new)
+    new_model.save_pretrained(dst)
+    for f in src.iterdir():  # tokenizer, chat template, image processor: the source's own
+        if f.is_file() and f.name not in ("model.safetensors", "config.json", "generation_config.json"):
+            shutil.copy2(f, dst / f.name)
+    x = torch.randint(0, tc.vocab_size, (1, 64))
+    with torch.no_grad():
+        diff = float((old_model(input_ids=x).logits - new_model.eval()(input_ids=x).logits).abs().max())
+    print(f"widen: {H}/{KV} -> {H2}/{KV2} heads, {sum(p.numel() for p in old_model.parameters())} -> "
+          f"{sum(p.numel() for p in new_model.parameters())} parameters, max |logit difference| {diff:.1e}", flush=True)
+
+
 def export_reader(args) -> dict:
     """`reader`: a text-only read stage's hf folder (`--from-dir`) -> <out>/reader.gguf (`--as judge`:
     <out>/judge.gguf) through the project's exporter, with the parity of one answer prompt (transformers f32 vs the
@@ -1895,7 +2026,7 @@ def main() -> None:
     global FRAME_SIZE
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("what", choices=["run", "stage", "data", "finalize", "reader", "manifest", "eval", "parity",
-                                     "pixels", "judge"])
+                                     "pixels", "judge", "own", "widen"])
     ap.add_argument("name", nargs="?", choices=STAGES + EXTRA_STAGES, help="the stage (for `stage`)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--steps", type=int, default=None, help="planned steps of the stage (cosine schedule)")
@@ -1928,6 +2059,12 @@ def main() -> None:
     ap.add_argument("--judge-swapped", type=float, default=0.0,
                     help="read, judge: share of judge cases that are a memory against a copy with one fact (face, "
                          "note, place, colour, kind, room) swapped, told apart by a listed answer")
+    ap.add_argument("--own-share", type=float, default=0.0,
+                    help="read: share of each batch over the writer's own memories of fresh clips (`own`; own_row)")
+    ap.add_argument("--own-clips", type=int, default=400, help="own: fresh clips (seeds 30000..) the writer writes")
+    ap.add_argument("--heads", type=int, default=6, help="widen: attention heads of the widened model")
+    ap.add_argument("--kv-heads", type=int, default=6, help="widen: key/value heads of the widened model")
+    ap.add_argument("--to-dir", default=None, help="widen: the new hf folder")
     ap.add_argument("--save-minutes", type=float, default=4.0)
     ap.add_argument("--threads", type=int, default=1,
                     help="torch threads; 1 is faster than 2 on a machine whose 2 cores are busy with other work")
@@ -1981,6 +2118,10 @@ def main() -> None:
         evaluate(args)
     elif args.what == "judge":
         judge_eval(args)
+    elif args.what == "own":
+        write_own(args)
+    elif args.what == "widen":
+        widen(args)
 
 
 if __name__ == "__main__":
