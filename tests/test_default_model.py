@@ -264,7 +264,8 @@ def test_own_writes_the_writers_memories_of_fresh_clips_as_own_rows_read_them(tm
 
 def test_widen_adds_attention_heads_and_keeps_the_function_through_llama_cpp(tmp_path, tiny_model):
     """`train_default.py widen`: more query and key/value heads, the same logits in transformers, and the
-    exporter writes the wider attention so llama.cpp gives the narrow model's logits too."""
+    exporter writes the wider attention so llama.cpp gives the narrow model's logits too; `--new-heads-only`
+    trains the added heads and leaves the rest as it was."""
     import argparse
 
     import torch
@@ -294,6 +295,24 @@ def test_widen_adds_attention_heads_and_keeps_the_function_through_llama_cpp(tmp
     assert np.abs(logits[0] - logits[1]).max() < 1e-3 * max(1.0, np.abs(logits[0]).max())
     with pytest.raises(SystemExit, match="kv heads"):
         rec.widen(argparse.Namespace(from_dir=src, to_dir=tmp_path / "bad", heads=heads + 1, kv_heads=kv, seed=0))
+
+    # `--new-heads-only`: a step moves the new heads' weights and nothing of the model it grew from
+    wide.train()
+    before = {k: v.clone() for k, v in wide.state_dict().items()}
+    params = rec.new_head_params(wide, cfg["num_attention_heads"], cfg["num_key_value_heads"])
+    opt = torch.optim.SGD(params, lr=0.5)
+    for _ in range(2):  # the first step moves o_proj's new columns (zero, so q/k/v get no gradient yet), the next the rest
+        opt.zero_grad()
+        wide(input_ids=x, labels=x).loss.backward()
+        opt.step()
+    hd, after = cfg["head_dim"], wide.state_dict()
+    q = next(k for k in after if k.endswith("layers.0.self_attn.q_proj.weight"))
+    o = q.replace("q_proj", "o_proj")
+    old = cfg["num_attention_heads"] * hd
+    assert torch.equal(after[q][:old], before[q][:old]) and not torch.equal(after[q][old:], before[q][old:])
+    assert torch.equal(after[o][:, :old], before[o][:, :old]) and not torch.equal(after[o][:, old:], before[o][:, old:])
+    untouched = [k for k in after if not k.endswith(("q_proj.weight", "k_proj.weight", "v_proj.weight", "o_proj.weight"))]
+    assert untouched and all(torch.equal(after[k], before[k]) for k in untouched)
 
 
 def test_swapped_judge_cases_differ_in_the_one_fact_a_listed_answer_names():

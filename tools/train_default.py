@@ -1405,6 +1405,8 @@ def run_stage(name: str, args) -> None:
             p.requires_grad_(True)
         heads = Heads(image_tokens(*chunks[0][0][0].shape[:2]), model.config.vision_config.out_hidden_size, device)
         params = list(model.model.visual.parameters()) + list(heads.net.parameters())
+    elif args.new_heads_only:
+        params = new_head_params(model, *args.new_heads_only)
     else:
         params = list(model.parameters())
     opt = torch.optim.AdamW(params, lr=cfg["lr"], betas=(0.9, 0.95), weight_decay=0.05)
@@ -1870,11 +1872,14 @@ def widen(args) -> None:
     """`widen`: an hf folder (`--from-dir`) with more attention heads (`--heads`, `--kv-heads`) -> `--to-dir`,
     computing the same function: each old query head keeps its keys and values (copied to the kv head it now
     reads), the new heads start random and write through zero columns of o_proj, so training starts from the
-    model as it was. The reader is the small model's limit ("The reader": it plateaued at 3 heads reading
-    through 1 kv head of 32 dims); this gives it more room to look up."""
+    model as it was. Tried on the reader (plateaued at 3 heads reading through 1 kv head of 32 dims): not better
+    in 40-65 CPU minutes, trained whole or new heads only (`--new-heads-only`; models/default/README.md, "Tried:
+    a wider reader ...")."""
     import torch
     from transformers import Qwen3VLForConditionalGeneration
 
+    if not (args.from_dir and args.to_dir):
+        raise SystemExit("widen: give --from-dir (the hf folder to widen) and --to-dir (the new one)")
     src, dst = Path(args.from_dir), Path(args.to_dir)
     old_model = load_model(src, "cpu").eval()
     tc = old_model.config.text_config
@@ -1919,6 +1924,26 @@ def widen(args) -> None:
         diff = float((old_model(input_ids=x).logits - new_model.eval()(input_ids=x).logits).abs().max())
     print(f"widen: {H}/{KV} -> {H2}/{KV2} heads, {sum(p.numel() for p in old_model.parameters())} -> "
           f"{sum(p.numel() for p in new_model.parameters())} parameters, max |logit difference| {diff:.1e}", flush=True)
+
+
+def new_head_params(model, old_heads: int, old_kv_heads: int) -> list:
+    """A widened model (`widen`) trained in its new heads only: every other weight frozen, and the old heads'
+    rows of q/k/v_proj and columns of o_proj kept by zeroing their gradient, so the model it grew from is kept
+    but for AdamW's weight decay on those four matrices."""
+    import torch
+
+    for p in model.parameters():
+        p.requires_grad_(False)
+    hd = model.config.text_config.head_dim
+    params = []
+    for layer in model.model.language_model.layers:
+        a = layer.self_attn
+        for w, dim, n_old in ((a.q_proj.weight, 0, old_heads), (a.k_proj.weight, 0, old_kv_heads),
+                              (a.v_proj.weight, 0, old_kv_heads), (a.o_proj.weight, 1, old_heads)):
+            w.requires_grad_(True)
+            w.register_hook(lambda g, dim=dim, n=n_old * hd: g.index_fill(dim, torch.arange(n), 0.0))
+            params.append(w)
+    return params
 
 
 def export_reader(args) -> dict:
@@ -2065,6 +2090,8 @@ def main() -> None:
     ap.add_argument("--heads", type=int, default=6, help="widen: attention heads of the widened model")
     ap.add_argument("--kv-heads", type=int, default=6, help="widen: key/value heads of the widened model")
     ap.add_argument("--to-dir", default=None, help="widen: the new hf folder")
+    ap.add_argument("--new-heads-only", type=int, nargs=2, metavar=("HEADS", "KV_HEADS"), default=None,
+                    help="read: train only the heads `widen` added to a model that had HEADS / KV_HEADS")
     ap.add_argument("--save-minutes", type=float, default=4.0)
     ap.add_argument("--threads", type=int, default=1,
                     help="torch threads; 1 is faster than 2 on a machine whose 2 cores are busy with other work")
