@@ -317,6 +317,20 @@ def own_row(c: dict, q: dict, rng: random.Random, n_shown: int,
     return msgs, reply(q["open_answer"], [ids[s["index"]] for s in holds]), "open"
 
 
+def written(be, c: dict, cfg, n_segments: int | None = None):
+    """(segment, WriteResult) for the first `n_segments` of a clip, written as the runtime writes them: the
+    runtime's MemoryWriter with the 4 segments before each and their memories as its window."""
+    from edge_agent.memory.writer import MemoryWriter, WindowEntry
+
+    writer = MemoryWriter(be, cfg, stream_key=f"s{c['seed']}")
+    window: list = []
+    for s in c["segments"][:n_segments]:
+        seg = as_segment(s)
+        r = writer.write(window, seg)
+        yield s, r
+        window = (window + [WindowEntry(seg, r.text)])[-4:]
+
+
 def write_own(args) -> None:
     """`own`: the writer of the model folder (`--out`) writes its own memories of `--own-clips` fresh clips
     (seeds OWN_SEED0..), as the runtime does (window of 4, retries), -> WORK/own/s<seed>.json: each segment's
@@ -324,7 +338,6 @@ def write_own(args) -> None:
     from rich.progress import Progress
 
     from edge_agent.config import WriterConfig
-    from edge_agent.memory.writer import MemoryWriter, WindowEntry
 
     out = WORK / "own"
     out.mkdir(parents=True, exist_ok=True)
@@ -334,13 +347,8 @@ def write_own(args) -> None:
             f = out / f"s{seed}.json"
             if not f.is_file():
                 c = clip(seed)
-                writer = MemoryWriter(be, WriterConfig(), stream_key=f"s{seed}")
-                window, segs = [], []
-                for s in c["segments"]:
-                    seg = as_segment(s)
-                    text = writer.write(window, seg).text
-                    segs.append({k: s[k] for k in ("index", "t_start", "t_end", "caption")} | {"memory": text})
-                    window = (window + [WindowEntry(seg, text)])[-4:]
+                segs = [{k: s[k] for k in ("index", "t_start", "t_end", "caption")} | {"memory": r.text}
+                        for s, r in written(be, c, WriterConfig())]
                 tmp = f.with_suffix(".tmp")
                 tmp.write_text(json.dumps({"seed": seed, "segments": segs, "questions": c["questions"]}))
                 tmp.replace(f)
@@ -1745,7 +1753,6 @@ def evaluate(args) -> dict:
     of each clip, and questions over ground-truth memories (8 shown, as `ask` retrieves; each multiple choice also
     with its evidence removed, which must give E; the open question over the same memories)."""
     from edge_agent.config import WriterConfig
-    from edge_agent.memory.writer import MemoryWriter, WindowEntry
 
     qcfg = QAConfig(choice=args.choice)
     w = {"n": 0, "valid": 0, "repeat": 0, "exact": 0, **{k: [0, 0] for k in FIELD_WORDS}}
@@ -1756,11 +1763,7 @@ def evaluate(args) -> dict:
     with open_default(args.out) as be, open_answerer(args.out, be) as reader:
         for seed in seeds:
             c = clip(seed)
-            writer = MemoryWriter(be, WriterConfig(max_retries=0), stream_key=f"s{seed}")
-            window: list[WindowEntry] = []
-            for s in c["segments"][: args.eval_segments]:
-                seg = as_segment(s)
-                r = writer.write(window, seg)
+            for s, r in written(be, c, WriterConfig(max_retries=0), args.eval_segments):
                 w["n"] += 1
                 w["valid"] += r.text is not None
                 text = r.text or ""
@@ -1774,7 +1777,6 @@ def evaluate(args) -> dict:
                         w[k][1] += 1
                 if args.verbose:
                     print(f"  [{s['index']}] true: {s['caption']}\n       pred: {text}", flush=True)
-                window = (window + [WindowEntry(seg, r.text)])[-4:]
             tw = text_world(seed, 4.0)
             for q in tw["questions"]:
                 holds, told = evidence(tw, q)
