@@ -1722,8 +1722,10 @@ FIELD_WORDS = {
 
 
 def fields(text: str) -> dict[str, set[str]]:
+    """The room, colour and object words a memory names, as whole words: "book" is not in "bookshelf", nor
+    "blue" in a note that says "WIFI BLUE40"."""
     t = text.lower()
-    return {k: {w for w in ws if w in t} for k, ws in FIELD_WORDS.items()}
+    return {k: {w for w in ws if re.search(rf"\b{w}\b", t)} for k, ws in FIELD_WORDS.items()}
 
 
 def open_default(out: Path, n_ctx: int = 4096):
