@@ -152,6 +152,34 @@ def test_recall_rows_can_only_be_answered_by_copying_the_cited_memory():
     assert asked == {0, 1, 2}
 
 
+def test_hard_read_rows_show_the_memories_retrieval_would_bring():
+    """`--hard-share`: the other memories of a read row are those sharing the most content words with the
+    question, not a random draw; the evidence still comes first, and a row with the evidence removed shows none
+    of it. Without `hard` the draw is as before (the shipped recipe's rows are unchanged)."""
+    rec = _recipe()
+    tw = rec.text_world(20001, 4.0)
+    checked = 0
+    for q in tw["questions"]:
+        holds, told = rec.evidence(tw, q)
+        if not told or not q["options"]:
+            continue
+        asked = rec.content(q["question"])
+        earlier = [s for s in tw["segments"] if s["t_end"] <= q["asked_at"] + 1e-6]
+        mems, ids = rec.show(tw, q, random.Random(3), holds, remove=False, n_shown=4, hard=True)
+        assert [m["id"] for m in mems[: len(holds)]] == [ids[s["index"]] for s in holds]
+        shown = {m["id"] for m in mems}
+        overlap = {ids[s["index"]]: len(rec.content(s["caption"]) & asked) for s in earlier if s not in holds}
+        left = [v for i, v in overlap.items() if i not in shown]
+        if left and mems[len(holds):]:
+            assert min(overlap[m["id"]] for m in mems[len(holds):]) >= max(left)
+            checked += 1
+        gone, _ = rec.show(tw, q, random.Random(3), holds, remove=True, n_shown=4, hard=True)
+        assert not {m["id"] for m in gone} & {ids[s["index"]] for s in holds}
+        assert rec.show(tw, q, random.Random(3), holds, remove=False, n_shown=4) == \
+            rec.show(tw, q, random.Random(3), holds, remove=False, n_shown=4, hard=False)
+    assert checked >= 10
+
+
 def test_judge_rows_show_the_same_two_memories_in_both_orderings_with_the_verdict_following_the_better():
     """The read stage's judge rows (--judge-pairs): the better memory is A in the first row and B in the second,
     the questions are the same, so no constant verdict lowers the loss; the held-out cases never tie."""

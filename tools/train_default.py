@@ -223,21 +223,27 @@ def evidence(c: dict, q: dict) -> tuple[list[dict], bool]:
 
 
 def show(c: dict, q: dict, rng: random.Random, holds: list[dict], remove: bool,
-         n_shown: int | None = None) -> tuple[list[dict], dict]:
+         n_shown: int | None = None, hard: bool = False) -> tuple[list[dict], dict]:
     """Memories for the prompt (store-like ids from a random offset) and the id of each segment; `n_shown`
-    fixes how many are shown (the evidence first), else 2-8 at random."""
+    fixes how many are shown (the evidence first), else 2-8 at random. The others are drawn at random, or (`hard`)
+    those that share the most content words with the question, as retrieval would bring them."""
     segs = [s for s in c["segments"] if s["t_end"] <= q["asked_at"] + 1e-6]
     first = rng.randint(1, 400)
     ids = {s["index"]: first + j for j, s in enumerate(segs)}
+
+    def others(pool: list[dict], k: int) -> list[dict]:
+        if not hard:
+            return rng.sample(pool, min(len(pool), k))
+        asked = content(q["question"])
+        return sorted(pool, key=lambda s: (-len(content(s["caption"]) & asked), rng.random()))[:k]
+
     if remove:
         e0, e1 = q["evidence"]
         bad = {s["index"] for s in holds} | {s["index"] for s in segs if s["t_start"] < e1 and e0 < s["t_end"]}
-        pool = [s for s in segs if s["index"] not in bad]
-        shown = rng.sample(pool, min(len(pool), n_shown or rng.randint(2, 8)))
+        shown = others([s for s in segs if s["index"] not in bad], n_shown or rng.randint(2, 8))
     else:
-        rest = [s for s in segs if s not in holds]
         n = max(len(holds), n_shown or rng.choice([2, 3, 4, 5, 6, 8]))
-        shown = list(holds) + rng.sample(rest, min(len(rest), max(0, n - len(holds))))
+        shown = list(holds) + others([s for s in segs if s not in holds], max(0, n - len(holds)))
     mems = [{"id": ids[s["index"]], "t_start": s["t_start"], "t_end": s["t_end"], "text": s["caption"]} for s in shown]
     return mems, ids
 
@@ -279,12 +285,12 @@ def qa_group(c: dict, q: dict, rng: random.Random, open_row: bool = True,
 
 
 def read_row(c: dict, q: dict, rng: random.Random, n_shown: int,
-             remove: bool) -> tuple[list[Message], str, str] | None:
+             remove: bool, hard: bool = False) -> tuple[list[Message], str, str] | None:
     """One open question over `n_shown` memories -> its short answer and citations, or (evidence removed, or
     memories that do not tell) "not in memory". What the likelihood answerer scores: the options of a multiple
     choice question are candidate answers of this same prompt (`qa.choice = "score"`)."""
     holds, told = evidence(c, q)
-    mems, ids = show(c, q, rng, holds, remove=remove, n_shown=n_shown)
+    mems, ids = show(c, q, rng, holds, remove=remove, n_shown=n_shown, hard=hard)
     if not mems:
         return None
     if remove or not told:
@@ -1531,7 +1537,8 @@ def run_stage(name: str, args) -> None:
             qs = [q for q in c["questions"]]
             rng.shuffle(qs)
             for q in qs[:3]:
-                r = read_row(c, q, rng, rng.randint(1, top), remove=rng.random() < 0.2)
+                r = read_row(c, q, rng, rng.randint(1, top), remove=rng.random() < 0.2,
+                             hard=args.hard_share > 0 and rng.random() < args.hard_share)
                 if r:
                     rows.append(r)
         return rows[:n]
@@ -2090,6 +2097,9 @@ def main() -> None:
                          "note, place, colour, kind, room) swapped, told apart by a listed answer")
     ap.add_argument("--own-share", type=float, default=0.0,
                     help="read: share of each batch over the writer's own memories of fresh clips (`own`; own_row)")
+    ap.add_argument("--hard-share", type=float, default=0.0,
+                    help="read: share of read rows whose other memories share the most words with the question "
+                         "(as retrieval brings them), not drawn at random")
     ap.add_argument("--own-clips", type=int, default=400, help="own: fresh clips (seeds 30000..) the writer writes")
     ap.add_argument("--heads", type=int, default=6, help="widen: attention heads of the widened model")
     ap.add_argument("--kv-heads", type=int, default=6, help="widen: key/value heads of the widened model")
