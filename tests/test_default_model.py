@@ -233,6 +233,22 @@ def test_writer_targets_say_each_sentence_once():
     assert twice not in str(msgs)  # the earlier segment's memory, when shown, says it once too
 
 
+def test_w_end_weights_the_full_stops_where_a_memory_ends_or_goes_on():
+    """`--w-end`: in a memory, the token of each sentence's closing full stop (". I" goes on, '."}' ends) gets the
+    weight; nothing else changes, and without it the weights are the shipped recipe's."""
+    rec = _recipe()
+    tok, _ = rec.tokenizer_from(DEFAULT / "hf")
+    text = json.dumps({"description": "I was typing on the laptop at the desk in the office. "
+                                      "I picked up the orange bottle from the cabinet in the office."})
+    plain = rec.reply_weights(tok, "write", text, 8.0)
+    ended = rec.reply_weights(tok, "write", text, 8.0, w_end=16.0)
+    pieces = [tok.decode([i]) for i in tok.encode(text, add_special_tokens=False).ids] + ["<|im_end|>"]
+    changed = [p for p, a, b in zip(pieces, plain, ended) if a != b]
+    assert changed == [".", '."}'] and all(b == 16.0 for a, b in zip(plain, ended) if a != b)
+    answer = json.dumps({"answer": "on the desk. I think", "citations": [3]})
+    assert rec.reply_weights(tok, "open", answer, 4.0, w_end=16.0) == rec.reply_weights(tok, "open", answer, 4.0)
+
+
 def test_the_writer_eval_reads_whole_words_so_a_bookshelf_is_no_book():
     """The table's kind and colour compare the words a memory names with the caption's. A substring test had
     counted the book in every "bookshelf" (kind 59.3 % on the shipped writer, whole words 71.2 %)."""

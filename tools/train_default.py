@@ -793,9 +793,10 @@ def tokenizer():
     return tokenizer_from(ensure_base())
 
 
-def reply_weights(tok, kind: str, text: str, w_key: float) -> list[float]:
+def reply_weights(tok, kind: str, text: str, w_key: float, w_end: float = 1.0) -> list[float]:
     """Per-token loss weights of a reply (+ <|im_end|>): w_key on what the task is about (the answer value and
-    citations; the verdict; the caption's content words), 1 on the rest of the JSON.
+    citations; the verdict; the caption's content words), 1 on the rest of the JSON; in a memory, w_end (if
+    larger) on each sentence's closing full stop, where the writer decides to end the memory or say one more fact.
 
     Character spans are mapped to tokens through the tokenizer's offsets, so a letter merged with its quote
     still gets the weight."""
@@ -813,15 +814,19 @@ def reply_weights(tok, kind: str, text: str, w_key: float) -> list[float]:
                 key[m.start():m.end()] = True
         for m in re.finditer(r"<face_\d+>|\"[A-Z0-9 :]+\\?\"", text):
             key[m.start():m.end()] = True
-    ws = [w_key if key[a:b].any() else 1.0 for a, b in enc.offsets]
+    end = np.zeros(len(text), dtype=bool)
+    if kind == "write":
+        for m in re.finditer(r'\.(?= I |"\})', text):
+            end[m.start()] = True
+    ws = [max(w_key if key[a:b].any() else 1.0, w_end if end[a:b].any() else 1.0) for a, b in enc.offsets]
     return ws + [1.0]
 
 
-def encode_rows(tok, penc: PromptEncoder, rows, w_key: float):
+def encode_rows(tok, penc: PromptEncoder, rows, w_key: float, w_end: float = 1.0):
     out = []
     for msgs, rep, kind in rows:
         e = penc.encode(msgs, rep)
-        w = reply_weights(tok, kind, rep, w_key)
+        w = reply_weights(tok, kind, rep, w_key, w_end)
         if len(w) != len(e.ids) - e.n_prompt:  # tokenizing the reply alone must match the encoder's completion
             raise AssertionError(f"weights {len(w)} vs reply tokens {len(e.ids) - e.n_prompt}: {rep!r}")
         out.append((e, w, kind))
@@ -910,10 +915,10 @@ def weighted_loss(model, batch: dict, P: int, prefix_grad: bool = False):
     return (ce * w.reshape(-1)).sum(), w.sum()
 
 
-def lm_step(model, tok, penc, rows, ids, device, w_key: float) -> tuple[float, float]:
+def lm_step(model, tok, penc, rows, ids, device, w_key: float, w_end: float = 1.0) -> tuple[float, float]:
     """Backward of the weighted mean loss over all rows; rows grouped by kind so similar lengths pad together.
     Returns (loss, weight)."""
-    enc = encode_rows(tok, penc, rows, w_key)
+    enc = encode_rows(tok, penc, rows, w_key, w_end)
     groups: list[tuple[list, bool]] = []
     for kind in sorted({r[2] for r in enc if r[0].chunks}):  # by kind: short see rows never pad to a writer row
         groups.append(([r for r in enc if r[0].chunks and r[2] == kind], False))  # prefix: the system message
@@ -1597,7 +1602,7 @@ def run_stage(name: str, args) -> None:
             # replay of the read stage's open questions (what the likelihood answerer uses), so a write stage run
             # after it (a new frame size) keeps the skill; the answer stage's letters are not used any more
             rows = write_rows(cfg["batch"]) + read_rows(args.read_replay, 1.0) + see_rows(args.see_rows)
-            loss, _ = lm_step(model, tok, penc, rows, ids, device, args.w_key)
+            loss, _ = lm_step(model, tok, penc, rows, ids, device, args.w_key, args.w_end)
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         state["step"] += 1
@@ -2070,6 +2075,8 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=None)
     ap.add_argument("--minutes", type=float, default=None, help="wall-clock cap of the stage")
     ap.add_argument("--w-key", type=float, default=4.0, help="loss weight of answer/citation/content tokens")
+    ap.add_argument("--w-end", type=float, default=1.0,
+                    help="write: loss weight of each memory sentence's closing full stop (end the memory, or go on)")
     ap.add_argument("--probe-every", type=int, default=None)
     ap.add_argument("--shown-from-start", action="store_true",
                     help="read: show 1-8 memories from the first step (a continuation of a model that already read "
