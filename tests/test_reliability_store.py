@@ -179,3 +179,25 @@ def test_ingest_stops_on_a_full_disk_with_a_clear_error_and_resumes_later(tmp_pa
     assert len(store.memories()) == written
     again = ingest(str(clip), store, ScriptedBackend(reply), cfg)
     assert again.error is None and written + again.segments_written == 6
+
+
+def test_export_lists_kept_frames_and_adapter_files_by_absolute_path(store, tmp_path):
+    """The database records files inside the home relative to it (a moved home still finds them); an export is read
+    elsewhere, so it lists them absolute, as the store's readers do."""
+    from edge_agent.store.dump import export_all
+
+    sid, ids = fill(store, 1)
+    home = tmp_path / "home"
+    frame = home / "frames" / "streamkey" / "000000" / "00000001_0.500.png"
+    frame.parent.mkdir(parents=True)
+    frame.write_bytes(b"png")
+    store.keep_frames(store.memories()[0]["segment_id"], [frame], ORIGIN + 86400)
+    vector = home / "adapters" / "a1.safetensors"
+    vector.parent.mkdir()
+    vector.write_bytes(b"v")
+    store.add_adapter({"id": "a1", "path": str(vector), "layer": 22})
+    assert store.conn.execute("SELECT path FROM kept_frames").fetchone()[0] == "frames/streamkey/000000/00000001_0.500.png"
+    dump = export_all(store)
+    assert [f["path"] for f in dump["kept_frames"]] == [str(frame.resolve())]
+    assert dump["adapters"][0]["path"] == str(vector.resolve()) and dump["adapters"][0]["gguf_path"] is None
+    assert json.loads(json.dumps(dump, default=str))["kept_frames"][0]["path"] == str(frame.resolve())

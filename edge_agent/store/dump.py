@@ -13,7 +13,9 @@ EXPORT_FORMAT = 1
 
 
 def export_all(store: Queries) -> dict[str, Any]:
-    """One JSON-ready dict. Kept keyframes are listed by path (the PNGs stay where they are, owner-only)."""
+    """One JSON-ready dict. Kept keyframes and adapter files are listed by absolute path (the files stay where
+    they are, owner-only); the database records them relative to the home, which an export read elsewhere could
+    not resolve."""
     memories = store._rows("SELECT id, stream_id, segment_id, text, t_start, t_end, writer_model, adapter_id, "
                            "created_at FROM memories ORDER BY t_start, id")
     questions = store._rows("SELECT id, text, options, asked_at, created_at FROM questions ORDER BY id")
@@ -35,6 +37,10 @@ def export_all(store: Queries) -> dict[str, Any]:
         for key in (*ADAPTER_JSON, "extra"):
             if isinstance(a.get(key), str):
                 a[key] = json.loads(a[key])
+        a["path"], a["gguf_path"] = store._real_path(a.get("path")), store._real_path(a.get("gguf_path"))
+    kept = store._rows("SELECT segment_id, path, expires_at FROM kept_frames ORDER BY id")
+    for f in kept:
+        f["path"] = store._real_path(f["path"])
     return {
         "format": EXPORT_FORMAT,
         "exported_at": time.time(),
@@ -42,5 +48,5 @@ def export_all(store: Queries) -> dict[str, Any]:
         "memories": memories,
         "questions": questions,
         "adapters": adapters,
-        "kept_frames": store._rows("SELECT segment_id, path, expires_at FROM kept_frames ORDER BY id"),
+        "kept_frames": kept,
     }
