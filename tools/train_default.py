@@ -308,10 +308,11 @@ def own_row(c: dict, q: dict, rng: random.Random, n_shown: int,
     day of memories, not a few) are left to the ground-truth rows."""
     if q["category"] in ("counting", "event_order"):
         return None
-    written = {**c, "segments": [{**s, "caption": s["memory"]} for s in c["segments"] if s["memory"]]}
+    # the clip as its memories tell it
+    remembered = {**c, "segments": [{**s, "caption": s["memory"]} for s in c["segments"] if s["memory"]]}
     true_holds, truth_tells = evidence(c, q)
-    holds = [s for s in written["segments"] if s["index"] in {h["index"] for h in true_holds}]
-    mems, ids = show(written, q, rng, holds, remove=remove, n_shown=n_shown)
+    holds = [s for s in remembered["segments"] if s["index"] in {h["index"] for h in true_holds}]
+    mems, ids = show(remembered, q, rng, holds, remove=remove, n_shown=n_shown)
     if not mems:
         return None
     msgs = build_messages(q["question"], [], mems, q["asked_at"])
