@@ -19,3 +19,26 @@ def test_stages_split_each_category_by_what_the_memories_held_and_what_was_shown
     md = tool.stage_table(table).splitlines()
     assert md[2] == "| counting | 2 | 1 (50.0 %, 9.5-90.5) | - | - | - | - |"
     assert md[3] == "| person | 4 | 2 (50.0 %, 15.0-85.0) | 2 | 1 | 1 of 1 | 1 of 3 |"
+
+
+def test_a_run_without_home_removes_its_temporary_homes_and_a_given_home_stays(tmp_path, monkeypatch):
+    homes = []
+
+    def fake_seed(seed, minutes, home, model=None):  # a seed's eval home, as `edge-agent eval` leaves it
+        home.mkdir(parents=True)
+        (home / "store.db").write_bytes(b"x" * 1000)
+        homes.append(home)
+        return {"seed": seed, "n": 2, "answered": 2, "correct": 1, "hist": {"A": 2}, "abstained": 0,
+                "cited_when_answered": 2, "n_answered_rows": 2, "memories": 3, "repeated_sentence_memories": 0,
+                "graded": [g("person", True, True, True), g("person", False, True, True)]}
+
+    monkeypatch.setattr(tool, "one_seed", fake_seed)
+    monkeypatch.setattr("sys.argv", ["default_heldout", "--seeds", "1-2", "--out", str(tmp_path / "a.json")])
+    tool.main()
+    assert len(homes) == 2 and not any(h.exists() or h.parent.exists() for h in homes)
+    kept = tmp_path / "kept"
+    monkeypatch.setattr("sys.argv", ["default_heldout", "--seeds", "3", "--home", str(kept),
+                                     "--out", str(tmp_path / "b.json")])
+    tool.main()
+    assert (kept / "s3" / "store.db").stat().st_size == 1000
+    assert tool.json.loads((tmp_path / "b.json").read_text())["acc"] == 0.5

@@ -132,8 +132,8 @@ def main() -> None:
     ap.add_argument("--jobs", type=int, default=1)
     ap.add_argument("--model", default=None, help="a model folder (model.gguf + mmproj.gguf) instead of the default")
     ap.add_argument("--home", type=Path, default=None,
-                    help="where each seed's eval home goes (default: a fresh temporary folder, so two runs at once "
-                         "never share a store)")
+                    help="where each seed's eval home goes, kept for a later look (default: a fresh temporary "
+                         "folder, removed at the end, so two runs at once never share a store)")
     ap.add_argument("--out", type=Path, default=Path("/tmp/edge_agent_default/heldout.json"))
     args = ap.parse_args()
     if args.model and not (Path(args.model) / "manifest.json").is_file():
@@ -141,11 +141,12 @@ def main() -> None:
         # it multiple choice falls back to generated letters and measures a different answerer
         sys.exit(f"--model {args.model}: no manifest.json (its profile); run `tools/train_default.py manifest "
                  f"--out {args.model}` first")
-    home = args.home or Path(tempfile.mkdtemp(prefix="edge_agent_heldout-"))
     a, _, b = args.seeds.partition("-")
     seeds = list(range(int(a), int(b or a) + 1))
-    with ThreadPoolExecutor(args.jobs) as ex:
-        per = list(ex.map(lambda s: one_seed(s, args.minutes, home / f"s{s}", args.model), seeds))
+    with tempfile.TemporaryDirectory(prefix="edge_agent_heldout-") as tmp:
+        home = args.home or Path(tmp)  # ~60 MB a seed: a temporary one goes once the seeds are graded
+        with ThreadPoolExecutor(args.jobs) as ex:
+            per = list(ex.map(lambda s: one_seed(s, args.minutes, home / f"s{s}", args.model), seeds))
     n = sum(p["n"] for p in per)
     k = sum(p["correct"] for p in per)
     ans = sum(p["answered"] for p in per)
