@@ -608,11 +608,10 @@ def test_end_to_end_on_a_heldout_seed_answers_cites_and_varies(end_to_end):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="issue 9 target not reached: end to end 38.9 % [33.7, 44.3] on 324 "
-                   "held-out questions, answered by reader.gguf (models/default/README.md)")
 def test_end_to_end_far_above_chance(end_to_end):
-    """The issue's bar: end to end >= 50 % on a held-out seed. Strict xfail: it starts failing (= passing) the day
-    a retrained default reaches it, and then the xfail must go."""
+    """The issue's bar: end to end >= 50 % on a held-out seed (9001, never trained or tuned on). Met since the writer
+    shipped 2026-12-05 (15 of 27); one seed's 27 questions are noisy: over all twelve held-out seeds it is 46.0 %
+    [40.6, 51.4], below the issue's 60 % (models/default/README.md)."""
     assert end_to_end["correct"] / end_to_end["n"] >= 0.5, end_to_end
 
 
@@ -646,12 +645,13 @@ def test_transformers_and_llama_cpp_agree_on_a_writer_prompt(backend, heldout):
 
 
 # Measured on the shipped model (models/default/README.md, manifest.json "measured"), minus a margin:
-# held-out clips 9000-9011: valid memories 143/144, room 93.1 %; MC over ground-truth memories 52.3 % [43.8, 60.6]
-# (132 questions, chance 25 %, letters spread, E 0), citations 100 %, open questions with text 79.2 %; end to end
-# 34.3 % [29.3, 39.6] over 324 questions (seed 9001: 11/27), parity 0.101 (q8_0 GGUFs against the f32 checkpoint;
-# 7.2e-4 for an f32 export, which the export tests hold to their own tolerance). One or two seeds are too few to assert
-# above chance (seed 9002 alone: 6/27): the floors guard against a broken export, scorer or prompt drift; the
-# issue's bar is test_end_to_end_far_above_chance.
+# held-out clips 9000-9011: valid memories 142/144, room 93.1 %; MC over ground-truth memories (reader.gguf) 58.3 %
+# [49.8, 66.4] (132 questions, chance 25 %, letters spread, E 0), citations 100 %, open questions with text 90.3 %;
+# end to end 46.0 % [40.6, 51.4] over 324 questions (seed 9001: 15/27), parity 0.148 at logit scale 19.1 (q8_0
+# GGUFs against the f32 checkpoint; the writers shipped before 0.087-0.101; 7.2e-4 for an f32 export, which the export
+# tests hold to their own tolerance). One or two seeds are too few to assert above chance (seed 9002 alone: 7/27):
+# the floors guard against a broken export, scorer or prompt drift; the issue's bar is
+# test_end_to_end_far_above_chance.
 VALID_MIN = 7
 ROOM_MIN = 6
 MC_MIN = 0.15
@@ -661,7 +661,7 @@ E2E_MINUTES = 9.0
 E2E_MIN = 0.12
 JUDGE_CONSISTENCY_MIN = 0.7  # the shipped judge.gguf: measured at training time (manifest) minus a margin
 JUDGE_SAME_MOMENT_MIN = 0.85  # ... on pairs of one moment, the kind the writer's sampled candidates make
-PARITY_MAX = 0.15  # q8_0 rounding (0.101 measured at logit scale 19.5); a broken export is off by whole logits
+PARITY_MAX = 0.25  # q8_0 rounding (0.087-0.148 measured on the writers shipped); a broken export is off by whole logits
 
 
 @pytest.mark.slow
