@@ -251,7 +251,7 @@ def test_w_end_weights_the_full_stops_where_a_memory_ends_or_goes_on():
 
 def test_the_writer_eval_reads_whole_words_so_a_bookshelf_is_no_book():
     """The table's kind and colour compare the words a memory names with the caption's. A substring test had
-    counted the book in every "bookshelf" (kind 59.3 % on the shipped writer, whole words 71.2 %)."""
+    counted the book in every "bookshelf" (kind 59.3 % on the writer shipped until 2026-12-05, whole words 71.2 %)."""
     rec = _recipe()
     said = rec.fields("I moved the orange bottle from the bookshelf to the desk in the office.")
     assert said == {"room": {"office"}, "colour": {"orange"}, "object": {"bottle"}}
