@@ -42,3 +42,28 @@ def test_a_run_without_home_removes_its_temporary_homes_and_a_given_home_stays(t
     tool.main()
     assert (kept / "s3" / "store.db").stat().st_size == 1000
     assert tool.json.loads((tmp_path / "b.json").read_text())["acc"] == 0.5
+
+
+def test_a_question_asked_twice_is_graded_against_each_asking_in_turn(tmp_path):
+    """Held-out seed 9013 asks "Who did I meet most recently in the bedroom?" with the same options at 2:54
+    (<face_3>, D) and at 3:19 (<face_2>, A). Each answer is graded against its own asking; keyed by the text alone
+    both were graded against the later one (484 right counted where `edge-agent eval` counted 483)."""
+    import json
+    import sqlite3
+
+    world = load_tool("train_default").text_world(9013, 9.0)
+    twice = [q for q in world["questions"] if q["question"] == "Who did I meet most recently in the bedroom?"]
+    assert [(q["asked_at"], q["answer"]) for q in twice] == [(174.8, "D"), (199.8, "A")]
+    questions_json = tmp_path / "questions.json"
+    questions_json.write_text(json.dumps({"segment_seconds": 10.0, "questions": world["questions"]}))
+    db = sqlite3.connect(":memory:")
+    db.executescript("CREATE TABLE memories (id INTEGER, segment_id INTEGER, text TEXT);"
+                     "CREATE TABLE segments (id INTEGER, idx INTEGER);"
+                     "CREATE TABLE answer_citations (answer_id INTEGER, memory_id INTEGER);")
+    start = 1796461200.0  # the store's clock: the replay's start + the clip time
+    rows = [(1, "A", 0, twice[1]["question"], json.dumps(twice[1]["options"]), 0, start + 199.8),
+            (2, "D", 0, twice[0]["question"], json.dumps(twice[0]["options"]), 0, start + 174.8),
+            (3, "B", 0, "A question the clip never asked?", "[]", 0, start + 10.0)]
+    graded = tool.graded_answers(db, questions_json, rows)
+    assert [g["right"] for g in graded] == [True, True]
+    assert tool.match_questions({"questions": twice}, [(r[3], r[4], r[6]) for r in rows]) == [twice[1], twice[0], None]

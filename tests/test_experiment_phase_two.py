@@ -109,15 +109,16 @@ def test_graded_questions_join_each_answer_to_its_truth_and_its_evidence_memorie
         {"index": 1, "caption": "I put the red keys on the shelf in the kitchen."}]}))
     where = {"id": "q1", "category": "object_location", "question": "Where did I leave the red keys?",
              "options": ["on the shelf in the kitchen", "on the bed in the bedroom"], "answer": "A",
-             "open_answer": "on the shelf in the kitchen", "evidence": [12.0, 14.5]}
+             "open_answer": "on the shelf in the kitchen", "evidence": [12.0, 14.5], "asked_at": 20.0}
     (clip / "questions.json").write_text(json.dumps({"segment_seconds": 10.0, "questions": [where]}))
     run = tmp_path / "runs" / "r1"
     db = run / "baseline" / "s.db"
     _store(db, {0: "I walked into the kitchen.", 1: "I put the red keys on the shelf in the kitchen."})
     with sqlite3.connect(db) as conn:
-        conn.execute("CREATE TABLE questions (id INTEGER PRIMARY KEY, text TEXT, options TEXT)")
+        conn.execute("CREATE TABLE questions (id INTEGER PRIMARY KEY, text TEXT, options TEXT, asked_at REAL)")
         conn.execute("CREATE TABLE answers (id INTEGER PRIMARY KEY, question_id INTEGER, choice TEXT)")
-        conn.execute("INSERT INTO questions VALUES (1, ?, ?)", (where["question"], json.dumps(where["options"])))
+        conn.execute("INSERT INTO questions VALUES (1, ?, ?, ?)",
+                     (where["question"], json.dumps(where["options"]), 1796461220.0))
         conn.execute("INSERT INTO answers VALUES (1, 1, 'B')")
     graded = tool.graded_questions(tmp_path, [{"config": "baseline", "seed": 7201, "run_dir": str(run)}])
     assert graded == [{"config": "baseline", "seed": 7201, "id": "q1", "category": "object_location", "right": False,

@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from edge_agent.eval.metrics import wilson_interval  # noqa: E402
-from edge_agent.synth.truth import answerable, evidence_segments, question_key, questions_by_text  # noqa: E402
+from edge_agent.synth.truth import answerable, evidence_segments, match_questions  # noqa: E402
 
 
 def wilson(k: int, n: int) -> list[float]:
@@ -47,8 +47,8 @@ def one_seed(seed: int, minutes: float, home: Path, model: str | None = None) ->
     res = json.loads(p.stdout)[0]
     db = sqlite3.connect(sorted(home.glob("eval/runs/*/baseline/*.db"))[-1])
     rows = db.execute("SELECT a.id, a.choice, a.abstained, q.text, q.options, "
-                      "(SELECT count(*) FROM answer_citations c WHERE c.answer_id = a.id AND c.cited = 1) "
-                      "FROM answers a JOIN questions q ON q.id = a.question_id ORDER BY a.id").fetchall()
+                      "(SELECT count(*) FROM answer_citations c WHERE c.answer_id = a.id AND c.cited = 1), "
+                      "q.asked_at FROM answers a JOIN questions q ON q.id = a.question_id ORDER BY a.id").fetchall()
     mems = [r[0] for r in db.execute("SELECT text FROM memories ORDER BY id")]
     graded = graded_answers(db, next(home.glob("eval/data/*/questions.json")), rows)
     db.close()
@@ -66,19 +66,18 @@ def one_seed(seed: int, minutes: float, home: Path, model: str | None = None) ->
 
 
 def graded_answers(db: sqlite3.Connection, questions_json: Path, rows: list[tuple]) -> list[dict]:
-    """Each answer graded against the clip's truth: category, right, abstained, `held` (the memories of the
+    """Each answer (rows: id, choice, abstained, question text, options, citations, asked_at) graded against the clip's truth: category, right, abstained, `held` (the memories of the
     evidence segments hold the answer, `edge_agent.synth.truth.answerable`; None for counting and event order) and
     `shown_held` (so do the ones of them the answerer was shown)."""
     clip = json.loads(questions_json.read_text())
-    by_text = questions_by_text(clip)
+    asked = match_questions(clip, [(text, options, asked_at) for _, _, _, text, options, _, asked_at in rows])
     segment_of = dict(db.execute("SELECT m.id, s.idx FROM memories m JOIN segments s ON s.id = m.segment_id"))
     text_of = dict(db.execute("SELECT id, text FROM memories"))
     shown_to: dict[int, set[int]] = {}
     for answer_id, memory_id in db.execute("SELECT answer_id, memory_id FROM answer_citations"):
         shown_to.setdefault(answer_id, set()).add(memory_id)
     graded = []
-    for answer_id, choice, abstained, text, options, _ in rows:
-        q = by_text.get(question_key(text, options))
+    for (answer_id, choice, abstained, *_), q in zip(rows, asked):
         if q is None:
             continue
         segments = evidence_segments(q, clip["segment_seconds"])

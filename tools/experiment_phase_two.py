@@ -43,7 +43,7 @@ sys.path.insert(0, str(ROOT))
 
 from edge_agent.eval.metrics import wilson_interval  # noqa: E402
 from edge_agent.synth.truth import (CAUSES, FACT_WORDS, answerable, evidence_segments, memory_cause,  # noqa: E402
-                                   question_key, questions_by_text, things)
+                                   match_questions, things)
 
 DAY_SEEDS = [7100, 7101, 7102, 7103, 7104, 7105]  # wearers' days (held out from train_default.py's seeds)
 EVAL_SEEDS = [7200, 7201, 7202, 7203]  # scoring only: never lived by a wearer
@@ -262,15 +262,13 @@ def graded_questions(out: Path, rows: list[dict]) -> list[dict]:
             continue
         run_dir, clip = found
         clip_info = json.loads((clip / "questions.json").read_text())
-        questions = questions_by_text(clip_info)
         captions = {c["index"]: c["caption"] for c in json.loads((clip / "events.json").read_text())["segments"]}
         memories = segment_memories(run_dir, r["config"])
         for db in (run_dir / folder(r["config"])).glob("*.db"):
             with sqlite3.connect(db) as conn:
-                answered = conn.execute("SELECT q.text, q.options, a.choice FROM answers a "
-                                        "JOIN questions q ON q.id = a.question_id").fetchall()
-            for text, options, choice in answered:
-                q = questions.get(question_key(text, options))
+                answered = conn.execute("SELECT q.text, q.options, q.asked_at, a.choice FROM answers a "
+                                        "JOIN questions q ON q.id = a.question_id ORDER BY a.id").fetchall()
+            for (*_, choice), q in zip(answered, match_questions(clip_info, [r[:3] for r in answered])):
                 if q is None:
                     continue
                 segments = evidence_segments(q, clip_info["segment_seconds"])

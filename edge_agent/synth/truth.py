@@ -66,9 +66,19 @@ def memory_cause(q: dict, said: str, truth: str) -> str | None:
     return "left out" if named & seen else "misseen"
 
 
-def questions_by_text(clip: dict[str, Any]) -> dict[str, dict]:
-    """A clip's questions (questions.json) keyed as a store records them: `question_key(text, options)`."""
-    return {question_key(q["question"], q["options"]): q for q in clip["questions"]}
+def match_questions(clip: dict[str, Any], asked: list[tuple[str, list[str] | str, float]]) -> list[dict | None]:
+    """The clip's question (questions.json) behind each question a store recorded, as (text, options, asked_at);
+    None where the clip has none. A clip can ask one question twice ("Who did I meet most recently in the
+    bedroom?" at 2:54 and again at 3:19, with other answers), so the text and options are matched in the order
+    they were asked, not by the text alone."""
+    queue: dict[str, list[dict]] = {}
+    for q in sorted(clip["questions"], key=lambda q: q["asked_at"]):
+        queue.setdefault(question_key(q["question"], q["options"]), []).append(q)
+    out: list[dict | None] = [None] * len(asked)
+    for i in sorted(range(len(asked)), key=lambda i: (asked[i][2], i)):
+        waiting = queue.get(question_key(asked[i][0], asked[i][1]))
+        out[i] = waiting.pop(0) if waiting else None
+    return out
 
 
 def question_key(text: str, options: list[str] | str) -> str:
