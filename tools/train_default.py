@@ -11,6 +11,7 @@
     .venv/bin/python tools/train_default.py judge               # Phase Two's judge on held-out pairs, as adapt asks
     .venv/bin/python tools/train_default.py parity              # transformers vs llama.cpp logits, one prompt
     .venv/bin/python tools/train_default.py eval                # held-out metrics through llama.cpp
+    .venv/bin/python tools/train_default.py read-dev --from-dir D   # dev multiple choice over ground-truth memories
     .venv/bin/python tools/train_default.py pixels              # which caption words the writer takes from the frames
 
 Stages (each checkpoints weights, optimizer, RNG and data position to /tmp/edge_agent_default/<stage>.pt every
@@ -42,6 +43,8 @@ Stages (each checkpoints weights, optimizer, RNG and data position to /tmp/edge_
           mostly on judge pairs (`--batch 2 --judge-pairs 10`) ships as a third copy, the judge (`reader --as judge`).
           `--own-share F` draws that share of the rows from the writer's own memories of fresh clips (`own`):
           answered where those memories hold the answer, "not in memory" where they do not (own_row).
+          `--rank-questions N` adds N multiple-choice questions a step trained on the runtime's decision: the
+          softmax over the options' mean log-probabilities against the right one (rank_step).
 
 `--frame-size N` trains (and profiles) at keyframes of N px (capture.frame_size; the shipped model: 128); its data
 cache is per size.
@@ -297,6 +300,21 @@ def read_row(c: dict, q: dict, rng: random.Random, n_shown: int,
         return build_messages(q["question"], [], mems, q["asked_at"]), reply(NOT_IN_MEMORY, []), "open"
     return (build_messages(q["question"], [], mems, q["asked_at"]),
             reply(q["open_answer"], [ids[s["index"]] for s in holds]), "open")
+
+
+def rank_case(c: dict, q: dict, rng: random.Random, n_shown: int,
+              hard: bool = False) -> tuple[list[Message], list[str], int] | None:
+    """(open prompt over `n_shown` memories, the question's options, index of the right one) for a multiple-choice
+    question whose memories tell the answer: what `rank_step` trains the likelihood answerer to rank."""
+    if not q["options"]:
+        return None
+    holds, told = evidence(c, q)
+    if not told:
+        return None
+    mems, _ = show(c, q, rng, holds, remove=False, n_shown=n_shown, hard=hard)
+    if not mems:
+        return None
+    return build_messages(q["question"], [], mems, q["asked_at"]), list(q["options"]), LETTERS.index(q["answer"])
 
 
 def own_row(c: dict, q: dict, rng: random.Random, n_shown: int,
@@ -944,6 +962,50 @@ def lm_step(model, tok, penc, rows, ids, device, w_key: float, w_end: float = 1.
     return loss_sum / total_w, total_w
 
 
+def answer_span(tok, text: str) -> tuple[str, int, int]:
+    """(reply prefix '{"answer": "<text>"', first, end): the reply tokens [first, end) that the product's likelihood
+    answerer scores (qa.answer.answer_logprobs: from the token holding the opening quote through the closing quote)."""
+    rep = ANSWER_PREFIX + json.dumps(text)[1:]  # JSON-escaped, as in the replies it was trained on
+    enc = tok.encode(rep, add_special_tokens=False)
+    return rep, next(i for i, (a, b) in enumerate(enc.offsets) if b >= len(ANSWER_PREFIX)), len(enc.ids)
+
+
+def option_scores(model, tok, penc, msgs, options: list[str], ids, device):
+    """Mean log-probability per scored token of each option as the answer to `msgs` (the product's ranking rule),
+    with gradient. The options share the prompt, which runs once (with gradient) and is expanded to each."""
+    import torch
+
+    rows = []
+    for o in options:
+        rep, first, end = answer_span(tok, o)
+        e = penc.encode(msgs, rep)
+        w = [0.0] * (len(e.ids) - e.n_prompt)
+        w[first:end] = [1.0] * (end - first)
+        rows.append((e, w, "rank"))
+    batch = batch_tensors(rows, ids["<|endoftext|>"], ids["<|image_pad|>"], device)
+    P = max(common_prefix(rows, ids["<|vision_start|>"]), 1)
+    logp = forward_logits(model, batch, P, prefix_grad=True)[:, :-1].float().log_softmax(-1)
+    labels = batch["labels"][:, P + 1:]
+    w = batch["weights"][:, P + 1:] * (labels != -100)
+    lp = logp.gather(2, labels.clamp(min=0)[..., None])[..., 0]
+    return (lp * w).sum(1) / w.sum(1)
+
+
+def rank_step(model, tok, penc, cases, ids, device, scale: float, weight: float) -> float:
+    """Backward of `weight` x the mean over `cases` of the cross-entropy of softmax(scale x option scores) against
+    the right option: trains the decision the likelihood answerer makes (which option scores highest), where the
+    read rows' cross-entropy only raises the right answer, not above the options beside it. Returns the mean loss."""
+    import torch
+
+    total = 0.0
+    for msgs, options, right in cases:
+        scores = option_scores(model, tok, penc, msgs, options, ids, device)
+        loss = torch.nn.functional.cross_entropy(scale * scores[None], torch.tensor([right], device=device))
+        (weight * loss / len(cases)).backward()
+        total += loss.item()
+    return total / max(1, len(cases))
+
+
 # ---------------------------------------------------------------------------------------------------- probes
 
 
@@ -1016,14 +1078,12 @@ def answer_token_logprobs(model, tok, penc, msgs, text: str, device) -> list[flo
     likelihood answerer scores (qa.answer.answer_logprobs), in torch."""
     import torch
 
-    rep = ANSWER_PREFIX + json.dumps(text)[1:]  # JSON-escaped, as in the replies it was trained on
+    rep, first, end = answer_span(tok, text)
     e = penc.encode(msgs, rep)
-    enc = tok.encode(rep, add_special_tokens=False)
-    first = next(i for i, (a, b) in enumerate(enc.offsets) if b >= len(ANSWER_PREFIX))
     x = torch.tensor([e.ids], device=device)
     with torch.no_grad():
         lp = model(input_ids=x).logits[0, e.n_prompt - 1:-1].float().log_softmax(-1)
-    return lp.gather(1, x[0, e.n_prompt:][:, None])[:, 0][first:len(enc.ids)].tolist()
+    return lp.gather(1, x[0, e.n_prompt:][:, None])[:, 0][first:end].tolist()
 
 
 def probe_read(model, tok, penc, device, n_q: int = 32) -> dict:
@@ -1549,6 +1609,19 @@ def run_stage(name: str, args) -> None:
                     rows.append(r)
         return rows[:n]
 
+    def rank_cases(n: int) -> list:
+        """Multiple-choice questions from fresh text worlds over 8 memories, as `ask` retrieves them (`rank_step`)."""
+        cases = []
+        while len(cases) < n:
+            c = next_text_world()
+            qs = c["questions"][:]
+            rng.shuffle(qs)
+            for q in qs[:3]:
+                r = rank_case(c, q, rng, 8, hard=args.hard_share > 0 and rng.random() < args.hard_share)
+                if r:
+                    cases.append(r)
+        return cases[:n]
+
     print(f"[{name}] from {start_from}, {cfg}, threads {args.threads}, device {device}", flush=True)
     if not state["probes"]:
         state["probes"].append(probe())
@@ -1590,6 +1663,9 @@ def run_stage(name: str, args) -> None:
         elif name == "read":
             loss, _ = lm_step(model, tok, penc, read_rows(cfg["batch"], frac) + write_rows(args.write_replay) +
                               judge_rows(args.judge_pairs), ids, device, args.w_key)
+            if args.rank_questions:
+                loss += rank_step(model, tok, penc, rank_cases(args.rank_questions), ids, device, args.rank_scale,
+                                  args.rank_weight)
         elif name == "joint":
             # all three skills in every step, so none drifts while another is learnt (lookup alone cost the writer
             # its objects, models/default/README.md "Tried: one more lookup -> read -> write round"): the two
@@ -1840,6 +1916,49 @@ def evaluate(args) -> dict:
     return summary
 
 
+def read_dev(args) -> dict:
+    """`read-dev`: a text-only hf folder (`--from-dir`) on multiple choice over 8 ground-truth memories of the dev
+    text worlds (`--dev-worlds`, 4 minutes each; never rendered, cheap, so ~1,100 questions instead of the 132
+    of `eval`), in torch by the runtime's rule (the option with the highest mean log-probability, E when
+    P("not in memory") >= 0.5): what reader candidates are chosen on. Saved to <work>/read-dev-<folder>.json
+    with each question's grade, for paired comparisons."""
+    import torch
+
+    first, last = (int(x) for x in args.dev_worlds.split("-"))
+    torch.set_num_threads(args.threads)
+    tok, penc = tokenizer()
+    ids = {t: tok.token_to_id(t) for t in ("<|endoftext|>", "<|image_pad|>", "<|vision_start|>", "<|im_end|>")}
+    src = Path(args.from_dir)
+    model = load_model(src, args.device).eval()
+    _, first_tok, end_tok = answer_span(tok, NOT_IN_MEMORY)
+    graded, by_cat = [], {}
+    with torch.no_grad():
+        for seed in range(first, last + 1):
+            rng = random.Random(seed)
+            c = text_world(seed, 4.0)
+            for i, q in enumerate(c["questions"]):
+                case = rank_case(c, q, rng, 8)
+                if case is None:
+                    continue
+                msgs, options, right = case
+                scores = option_scores(model, tok, penc, msgs, options + [NOT_IN_MEMORY], ids, args.device).tolist()
+                abstain = math.exp(scores[-1] * (end_tok - first_tok)) >= 0.5  # the whole phrase's probability
+                pred = "E" if abstain else LETTERS[max(range(len(options)), key=scores.__getitem__)]
+                graded.append({"seed": seed, "question": i, "category": q["category"], "pred": pred,
+                               "right": pred == LETTERS[right]})
+                tally = by_cat.setdefault(q["category"], [0, 0])
+                tally[0] += pred == LETTERS[right]
+                tally[1] += 1
+    right = sum(g["right"] for g in graded)
+    res = {"from": str(src), "worlds": args.dev_worlds, "n": len(graded), "right": right,
+           "acc": round(right / max(1, len(graded)), 4), "ci": wilson(right, len(graded)),
+           "abstained": sum(g["pred"] == "E" for g in graded), "by_category": dict(sorted(by_cat.items()))}
+    print("read-dev", json.dumps(res), flush=True)
+    (WORK / f"read-dev-{'_'.join(src.parts[-3:])}.json").write_text(
+        json.dumps({**res, "graded": graded}))
+    return res
+
+
 def pixels(args) -> dict:
     """`pixels`: probe_pixels on the model folder's hf/ over held-out clips, printed and saved next to its evals."""
     import torch
@@ -2068,7 +2187,7 @@ def main() -> None:
     global FRAME_SIZE
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("what", choices=["run", "stage", "data", "finalize", "reader", "manifest", "eval", "parity",
-                                     "pixels", "judge", "own", "widen"])
+                                     "pixels", "judge", "own", "widen", "read-dev"])
     ap.add_argument("name", nargs="?", choices=STAGES + EXTRA_STAGES, help="the stage (for `stage`)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--steps", type=int, default=None, help="planned steps of the stage (cosine schedule)")
@@ -2108,6 +2227,13 @@ def main() -> None:
     ap.add_argument("--hard-share", type=float, default=0.0,
                     help="read: share of read rows whose other memories share the most words with the question "
                          "(as retrieval brings them), not drawn at random")
+    ap.add_argument("--rank-questions", type=int, default=0,
+                    help="read: multiple-choice questions per step trained to rank their right option first by the "
+                         "product's likelihood rule (rank_step), beside the read rows")
+    ap.add_argument("--rank-scale", type=float, default=4.0,
+                    help="read: the options' mean log-probabilities are multiplied by this before the softmax")
+    ap.add_argument("--rank-weight", type=float, default=1.0, help="read: weight of the ranking loss")
+    ap.add_argument("--dev-worlds", default="8000-8095", help="read-dev: the dev text worlds, FIRST-LAST")
     ap.add_argument("--own-clips", type=int, default=400, help="own: fresh clips (seeds 30000..) the writer writes")
     ap.add_argument("--heads", type=int, default=6, help="widen: attention heads of the widened model")
     ap.add_argument("--kv-heads", type=int, default=6, help="widen: key/value heads of the widened model")
@@ -2171,6 +2297,8 @@ def main() -> None:
         write_own(args)
     elif args.what == "widen":
         widen(args)
+    elif args.what == "read-dev":
+        read_dev(args)
 
 
 if __name__ == "__main__":
