@@ -66,9 +66,10 @@ def one_seed(seed: int, minutes: float, home: Path, model: str | None = None) ->
 
 
 def graded_answers(db: sqlite3.Connection, questions_json: Path, rows: list[tuple]) -> list[dict]:
-    """Each answer (rows: id, choice, abstained, question text, options, citations, asked_at) graded against the clip's truth: category, right, abstained, `held` (the memories of the
-    evidence segments hold the answer, `edge_agent.synth.truth.answerable`; None for counting and event order) and
-    `shown_held` (so do the ones of them the answerer was shown)."""
+    """Each answer (rows: id, choice, abstained, question text, options, citations, asked_at) graded against the
+    clip's truth: category, right, abstained, `held` (the memories of the evidence segments hold the answer,
+    `edge_agent.synth.truth.answerable`; None for counting and event order) and `shown_held` (so do the ones of
+    them the answerer was shown)."""
     clip = json.loads(questions_json.read_text())
     asked = match_questions(clip, [(text, options, asked_at) for _, _, _, text, options, _, asked_at in rows])
     segment_of = dict(db.execute("SELECT m.id, s.idx FROM memories m JOIN segments s ON s.id = m.segment_id"))

@@ -268,7 +268,7 @@ def graded_questions(out: Path, rows: list[dict]) -> list[dict]:
             with sqlite3.connect(db) as conn:
                 answered = conn.execute("SELECT q.text, q.options, q.asked_at, a.choice FROM answers a "
                                         "JOIN questions q ON q.id = a.question_id ORDER BY a.id").fetchall()
-            for (*_, choice), q in zip(answered, match_questions(clip_info, [r[:3] for r in answered])):
+            for (*_, choice), q in zip(answered, match_questions(clip_info, [a[:3] for a in answered])):
                 if q is None:
                     continue
                 segments = evidence_segments(q, clip_info["segment_seconds"])
