@@ -812,6 +812,11 @@ def tokenizer():
     return tokenizer_from(ensure_base())
 
 
+def special_ids(tok) -> dict[str, int]:
+    """Ids of the special tokens the batches and steps use: padding, image pads, the vision start, the turn's end."""
+    return {t: tok.token_to_id(t) for t in ("<|endoftext|>", "<|image_pad|>", "<|vision_start|>", "<|im_end|>")}
+
+
 def reply_weights(tok, kind: str, text: str, w_key: float, w_end: float = 1.0) -> list[float]:
     """Per-token loss weights of a reply (+ <|im_end|>): w_key on what the task is about (the answer value and
     citations; the verdict; the caption's content words), 1 on the rest of the JSON; in a memory, w_end (if
@@ -1461,7 +1466,7 @@ def run_stage(name: str, args) -> None:
     torch.set_num_threads(args.threads)
     torch.set_flush_denormal(True)
     tok, penc = tokenizer()
-    ids = {t: tok.token_to_id(t) for t in ("<|endoftext|>", "<|image_pad|>", "<|vision_start|>", "<|im_end|>")}
+    ids = special_ids(tok)
     # data
     video = held = chunks = held_chunks = None
     if name in ("vision", "write", "read", "joint"):
@@ -1927,11 +1932,11 @@ def read_dev(args) -> dict:
     first, last = (int(x) for x in args.dev_worlds.split("-"))
     torch.set_num_threads(args.threads)
     tok, penc = tokenizer()
-    ids = {t: tok.token_to_id(t) for t in ("<|endoftext|>", "<|image_pad|>", "<|vision_start|>", "<|im_end|>")}
+    ids = special_ids(tok)
     src = Path(args.from_dir)
     model = load_model(src, args.device).eval()
     _, first_tok, end_tok = answer_span(tok, NOT_IN_MEMORY)
-    graded, by_cat = [], {}
+    graded = []
     with torch.no_grad():
         for seed in range(first, last + 1):
             rng = random.Random(seed)
@@ -1946,9 +1951,8 @@ def read_dev(args) -> dict:
                 pred = "E" if abstain else LETTERS[max(range(len(options)), key=scores.__getitem__)]
                 graded.append({"seed": seed, "question": i, "category": q["category"], "pred": pred,
                                "right": pred == LETTERS[right]})
-                tally = by_cat.setdefault(q["category"], [0, 0])
-                tally[0] += pred == LETTERS[right]
-                tally[1] += 1
+    by_cat = {c: [sum(g["right"] for g in graded if g["category"] == c),
+                  sum(g["category"] == c for g in graded)] for c in {g["category"] for g in graded}}
     right = sum(g["right"] for g in graded)
     res = {"from": str(src), "worlds": args.dev_worlds, "n": len(graded), "right": right,
            "acc": round(right / max(1, len(graded)), 4), "ci": wilson(right, len(graded)),
@@ -1980,7 +1984,7 @@ def parity(args) -> float:
 
     torch.set_num_threads(1)
     tok, penc = tokenizer()
-    ids = {t: tok.token_to_id(t) for t in ("<|endoftext|>", "<|image_pad|>", "<|vision_start|>", "<|im_end|>")}
+    ids = special_ids(tok)
     c = clip(HELDOUT_SEEDS[0])
     i = next((j for j in range(3, len(c["segments"]))
               if any(len(s["frames"]) % 2 for s in c["segments"][j - 3:j + 1])), 3)
