@@ -158,3 +158,23 @@ def test_a_question_about_a_moment_is_shown_the_memories_of_that_moment(tmp_path
     assert live + 420.0 in [r["t_start"] for r in rows]
     assert s.latest_origin(live - 1) is None and s.latest_origin() == live
     s.close()
+
+
+def test_moment_k_shows_a_question_about_a_moment_only_the_memories_nearest_it(tmp_path):
+    """qa.moment_k: "at 7:07" (427 s) is shown the 3 memories nearest it, closest first, and nothing the text
+    ranks bring; a question that names no time is retrieved as before; the no-future filter still holds."""
+    s = many_memories(tmp_path, 0.0)
+    cfg = QAConfig(top_k=8, moment_k=3, use_embeddings=False)
+    rows = retrieve(s, "What was I doing at 7:07 into the recording?", cfg, until=600.0, asked_at=600.0)
+    assert [r["t_start"] for r in rows] == [420.0, 430.0, 410.0]
+    assert rows[0]["score"] > rows[1]["score"] > rows[2]["score"]
+    mixed = retrieve(s, "What was I doing at 7:07 into the recording?", QAConfig(top_k=8, use_embeddings=False),
+                     until=600.0, asked_at=600.0)
+    assert len(mixed) == 4 and 420.0 in [r["t_start"] for r in mixed]  # moment_k 0: half of top_k from the moment
+    plain = "Where did I look around the room a?"
+    assert ([r["id"] for r in retrieve(s, plain, cfg, until=600.0)]
+            == [r["id"] for r in retrieve(s, plain, QAConfig(top_k=8, use_embeddings=False), until=600.0)])
+    assert len(retrieve(s, plain, cfg, until=600.0)) == 8
+    early = retrieve(s, "What was I doing at 7:07 into the recording?", cfg, until=300.0, asked_at=600.0)
+    assert [r["t_start"] for r in early] == [290.0, 280.0, 270.0]  # nothing after `until`
+    s.close()

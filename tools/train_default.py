@@ -1796,6 +1796,8 @@ def manifest(args) -> None:
            "heldout_seeds": [HELDOUT_SEEDS[0], HELDOUT_SEEDS[-1]], "stages": stages, "measured": measured,
            # what it was trained at (read by edge_agent.models; the same as the catalog's entry)
            "profile": {"frame_size": FRAME_SIZE, "keyframes_per_segment": 4, "answer_choice": "score",
+                       # a question naming a time reads the 3 memories of that moment (README, "The moment alone")
+                       "moment_memories": 3,
                        # Phase Two's product recipe, measured on this model (configs/phase_two/product.toml)
                        "candidate_share": 0.3, "adapt_learning_rate": 1e-2, "adapt_steps": 50, "adapt_sft_weight": 1.0,
                        "ram_gb": 0.5, "disk_gb": 0.1},
@@ -1925,8 +1927,9 @@ def read_dev(args) -> dict:
     """`read-dev`: a text-only hf folder (`--from-dir`) on multiple choice over 8 ground-truth memories of the dev
     text worlds (`--dev-worlds`, 4 minutes each; never rendered, cheap, so ~1,100 questions instead of the 132
     of `eval`), in torch by the runtime's rule (the option with the highest mean log-probability, E when
-    P("not in memory") >= 0.5): what reader candidates are chosen on. Saved to <work>/read-dev-<folder>.json
-    with each question's grade, for paired comparisons."""
+    P("not in memory") >= 0.5): what reader candidates are chosen on. `--dev-worlds 9000-9095` measures held-out
+    text worlds the same way, once a reader is chosen. Saved to <work>/read-dev-<worlds>-<folder>.json with each
+    question's grade, for paired comparisons."""
     import torch
 
     first, last = (int(x) for x in args.dev_worlds.split("-"))
@@ -1958,7 +1961,7 @@ def read_dev(args) -> dict:
            "acc": round(right / max(1, len(graded)), 4), "ci": wilson(right, len(graded)),
            "abstained": sum(g["pred"] == "E" for g in graded), "by_category": dict(sorted(by_cat.items()))}
     print("read-dev", json.dumps(res), flush=True)
-    (WORK / f"read-dev-{'_'.join(src.parts[-3:])}.json").write_text(
+    (WORK / f"read-dev-{args.dev_worlds}-{'_'.join(src.parts[-3:])}.json").write_text(
         json.dumps({**res, "graded": graded}))
     return res
 

@@ -114,9 +114,17 @@ def retrieve(store: Store, question: str, cfg: QAConfig, since: float | None = N
     time a question is asked, so the answerer never sees the future. `embedder` defaults to MiniLM when
     cfg.use_embeddings is on and its weights are installed; otherwise FTS5 ranks alone. When the question names
     a time (`qa.when`, read against `asked_at`, else `until`, else now), the half of top_k nearest it come first
-    and the text ranks fill the rest: a question about a moment shares no words with the memory of it.
+    and the text ranks fill the rest: a question about a moment shares no words with the memory of it. With
+    cfg.moment_k set, such a question is shown only the moment_k memories nearest that time.
     """
     question = clean_text(question)
+    reference = next((t for t in (asked_at, until) if t is not None and math.isfinite(t)), time.time())
+    at = named_time(store, question, reference)
+    if at is not None and cfg.moment_k:
+        # the moment alone: a small reader finds the time it is asked about among 8 memories less often than it
+        # reads it off the two or three of that moment (models/default/README.md)
+        near = [mid for mid, _ in store.memories_near(at, cfg.moment_k, since, until)]
+        return _rows(store, fuse([near], cfg.rrf_k), since, until)
     depth = candidates_per_ranking(cfg)
     rankings = [[mid for mid, _ in store.fts_search(question, depth, since=since, until=until)]]
     if cfg.use_embeddings and embedder is None:
@@ -126,15 +134,19 @@ def retrieve(store: Store, question: str, cfg: QAConfig, since: float | None = N
         embedder = default_embedder() if minilm_available() else None
     if cfg.use_embeddings and embedder is not None:
         rankings.append([mid for mid, _ in embedding_ranking(store, question, embedder, depth, since, until)])
-    reference = next((t for t in (asked_at, until) if t is not None and math.isfinite(t)), time.time())
-    at = named_time(store, question, reference)
     moment = [] if at is None else [mid for mid, _ in store.memories_near(at, (cfg.top_k + 1) // 2, since, until)]
     first = set(moment)
     # the moment's memories first (a question about a moment shares no words with them), then the best by text;
     # the sort is stable, so each group keeps its fused order
     fused = sorted(fuse(rankings + [moment], cfg.rrf_k), key=lambda kv: kv[0] not in first)[: cfg.top_k]
-    score = dict(fused)
-    rows = store.get_memories([mid for mid, _ in fused])
+    return _rows(store, fused, since, until)
+
+
+def _rows(store: Store, ranked: list[tuple[int, float]], since: float | None,
+          until: float | None) -> list[dict[str, Any]]:
+    """The memories of (id, score) pairs in that order, each with its "score"."""
+    score = dict(ranked)
+    rows = store.get_memories([mid for mid, _ in ranked])
     # The store already filters by time; checked again here because this is the no-future guarantee.
     rows = [r for r in rows if (until is None or r["t_end"] <= until) and (since is None or r["t_end"] > since)]
     for r in rows:
