@@ -133,6 +133,9 @@ class QAConfig(Section):
     moment_k: int = setting(0, 'A question that names a time ("what was I doing at 3 pm?") is shown only this many '
                             "memories, the nearest that time; 0: those nearest it fill half of top_k, the text ranks "
                             "the rest.", between(0, 256), "must be in [0, 256]")
+    latest_k: int = setting(0, 'A question that asks where something was left ("where did I leave my keys?") is shown '
+                            "only this many memories, the latest that name it (as retrieved otherwise when none "
+                            "does); 0: retrieved as any question.", between(0, 256), "must be in [0, 256]")
     rrf_k: int = setting(60, "Reciprocal-rank-fusion constant for the FTS5 and embedding ranks.", between(1, 10000),
                          "must be in [1, 10000]")
     use_embeddings: bool = setting(True, "MiniLM sentence embeddings (onnxruntime) beside FTS5.")
@@ -421,7 +424,7 @@ PROFILE_KEYS = {"frame_size": "capture.frame_size", "keyframes_per_segment": "ca
                 "sample_fps": "capture.sample_fps", "n_ctx": "model.n_ctx", "n_threads": "model.n_threads",
                 "n_gpu_layers": "model.n_gpu_layers", "image_cache_size": "model.image_cache_size",
                 "window_segments": "writer.window_segments", "answer_choice": "qa.choice",
-                "moment_memories": "qa.moment_k",
+                "moment_memories": "qa.moment_k", "latest_memories": "qa.latest_k",
                 # Phase Two's recipe where a model's own was measured (the embedded default: README, Phase Two)
                 "candidate_share": "writer.candidate_share", "adapt_learning_rate": "adapt.learning_rate",
                 "adapt_steps": "adapt.steps", "adapt_sft_weight": "adapt.sft_weight"}

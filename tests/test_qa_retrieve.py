@@ -178,3 +178,29 @@ def test_moment_k_shows_a_question_about_a_moment_only_the_memories_nearest_it(t
     early = retrieve(s, "What was I doing at 7:07 into the recording?", cfg, until=300.0, asked_at=600.0)
     assert [r["t_start"] for r in early] == [290.0, 280.0, 270.0]  # nothing after `until`
     s.close()
+
+
+def test_latest_k_shows_where_a_thing_was_left_by_the_latest_memories_that_name_it(tmp_path):
+    """qa.latest_k: "where did I leave the blue keys?" is shown the latest memory naming the blue keys (their last
+    put-down), not the earlier ones that share more of its words, nor the red keys' or a later one after `until`;
+    a thing no memory names, or a question of another kind, is retrieved as before."""
+    s = Store.open(tmp_path / "t.db")
+    sid = s.get_or_create_stream("clip", "fp-left", 0.0, "synthetic")
+    texts = ["I picked up the blue keys from the sink. Where did I leave the blue keys, I wondered.",
+             "I put the blue keys on the desk in the office.", "I looked around the office.",
+             "I put the red keys on the bed.", "I moved the blue keys from the desk to the shelf."]
+    for i, text in enumerate(texts):
+        s.commit_segment(sid, Segment(i, 10.0 * i, 10.0 * i + 10), memory=text, failure=None, writer_model="m",
+                         adapter_id=None, n_tokens=8, latency_s=0.0)
+    cfg = QAConfig(top_k=8, latest_k=1, use_embeddings=False)
+    q = "Where did I leave the blue keys?"
+    assert [r["text"] for r in retrieve(s, q, cfg, until=100.0)] == [texts[4]]
+    assert [r["text"] for r in retrieve(s, q, cfg, until=40.0)] == [texts[1]]  # the move came after `until`
+    two = retrieve(s, q, QAConfig(top_k=8, latest_k=2, use_embeddings=False), until=100.0)
+    assert [r["text"] for r in two] == [texts[4], texts[1]] and two[0]["score"] > two[1]["score"]
+    plain = retrieve(s, q, QAConfig(top_k=8, use_embeddings=False), until=100.0)
+    assert plain[0]["text"] == texts[0] and len(plain) == 4  # latest_k 0: BM25 ranks the wondering first
+    assert len(retrieve(s, "Where did I leave the green cup?", cfg, until=100.0)) == len(
+        retrieve(s, "Where did I leave the green cup?", QAConfig(top_k=8, use_embeddings=False), until=100.0))
+    assert len(retrieve(s, "What did I put on the bed?", cfg, until=100.0)) > 1
+    s.close()

@@ -1796,8 +1796,9 @@ def manifest(args) -> None:
            "heldout_seeds": [HELDOUT_SEEDS[0], HELDOUT_SEEDS[-1]], "stages": stages, "measured": measured,
            # what it was trained at (read by edge_agent.models; the same as the catalog's entry)
            "profile": {"frame_size": FRAME_SIZE, "keyframes_per_segment": 4, "answer_choice": "score",
-                       # a question naming a time reads the 3 memories of that moment (README, "The moment alone")
-                       "moment_memories": 3,
+                       # a question naming a time reads the 3 memories of that moment, one asking where a thing was
+                       # left the latest memory naming it (README, "The moment alone", "The latest memory")
+                       "moment_memories": 3, "latest_memories": 1,
                        # Phase Two's product recipe, measured on this model (configs/phase_two/product.toml)
                        "candidate_share": 0.3, "adapt_learning_rate": 1e-2, "adapt_steps": 50, "adapt_sft_weight": 1.0,
                        "ram_gb": 0.5, "disk_gb": 0.1},

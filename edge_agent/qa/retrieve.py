@@ -17,6 +17,7 @@ import numpy as np
 
 from edge_agent.config import QAConfig
 from edge_agent.qa.when import clock_time, offset_into_recording, time_ago
+from edge_agent.qa.where import left_thing
 from edge_agent.store import Store
 from edge_agent.store.text import clean_text
 
@@ -115,7 +116,8 @@ def retrieve(store: Store, question: str, cfg: QAConfig, since: float | None = N
     cfg.use_embeddings is on and its weights are installed; otherwise FTS5 ranks alone. When the question names
     a time (`qa.when`, read against `asked_at`, else `until`, else now), the half of top_k nearest it come first
     and the text ranks fill the rest: a question about a moment shares no words with the memory of it. With
-    cfg.moment_k set, such a question is shown only the moment_k memories nearest that time.
+    cfg.moment_k set, such a question is shown only the moment_k memories nearest that time; with cfg.latest_k
+    set, a question where something was left (`qa.where`) only the latest_k memories that name it, if any does.
     """
     question = clean_text(question)
     reference = next((t for t in (asked_at, until) if t is not None and math.isfinite(t)), time.time())
@@ -125,6 +127,12 @@ def retrieve(store: Store, question: str, cfg: QAConfig, since: float | None = N
         # reads it off the two or three of that moment (models/default/README.md)
         near = [mid for mid, _ in store.memories_near(at, cfg.moment_k, since, until)]
         return _rows(store, fuse([near], cfg.rrf_k), since, until)
+    thing = left_thing(question) if cfg.latest_k else None
+    latest = store.latest_naming(thing, cfg.latest_k, since, until) if thing else []
+    if latest:
+        # where a thing is now: the latest memories that name it, not every pick-up and put-down that shares the
+        # question's words (models/default/README.md)
+        return _rows(store, fuse([[mid for mid, _ in latest]], cfg.rrf_k), since, until)
     depth = candidates_per_ranking(cfg)
     rankings = [[mid for mid, _ in store.fts_search(question, depth, since=since, until=until)]]
     if cfg.use_embeddings and embedder is None:

@@ -9,7 +9,7 @@ from edge_agent.store.queries import (
     Queries,
     time_filter,
 )
-from edge_agent.store.text import match_expression, phrases, search_tokens
+from edge_agent.store.text import match_expression, phrases, search_tokens, tokens
 
 FTS_MATCHES = 5_000  # newest matches BM25-ranked per search (README: FTS5 p50/p95 at 1M memories)
 
@@ -59,6 +59,21 @@ class MemoryQueries(Queries):
                                 f"ORDER BY m.t_start {order}, m.id LIMIT ?", [float(t), *params, int(k)]):
                 found[int(r["id"])] = max(0.0, float(r["t_start"]) - t, t - float(r["t_end"]))
         return sorted(found.items(), key=lambda kv: (kv[1], kv[0]))[:k]
+
+    def latest_naming(self, thing: str, k: int, since: float | None = None,
+                      until: float | None = None) -> list[tuple[int, float]]:
+        """The k latest memories (by t_start) whose text holds `thing` as a phrase (FTS5: its words in that order,
+        stemmed), as (memory_id, t_start), latest first, ties by id. Any text is safe."""
+        words = " ".join(tokens(thing))
+        if not words or k <= 0:
+            return []
+        tsql, params = time_filter(since, until)
+        with self._lock:
+            rows = self.conn.execute(
+                "SELECT m.id, m.t_start FROM memories_fts JOIN memories m ON m.id = memories_fts.rowid "
+                f"WHERE memories_fts MATCH ?{tsql} ORDER BY m.t_start DESC, m.id DESC LIMIT ?",
+                [phrases([words]), *params, int(k)]).fetchall()
+        return [(int(i), float(t)) for i, t in rows]
 
     def fts_search(self, query: str, k: int, since: float | None = None,
                    until: float | None = None) -> list[tuple[int, float]]:

@@ -1,0 +1,22 @@
+"""The thing a "where did I leave it?" question asks after ("Where did I leave my keys?" -> "keys").
+
+Where a thing is now is told by the latest memory that names it, not by the memory that shares the most words
+with the question: every time the wearer picked the keys up or put them down shares those words. So such a
+question can be shown the latest memories naming the thing (`qa.latest_k`, `qa.retrieve`). Read forms: "where did
+I leave / put / last put / last see / last have X", "where is / are my X" (only "my": "where is the kitchen" asks
+where a place is, not where something was left).
+"""
+
+from __future__ import annotations
+
+import re
+
+_LEFT = re.compile(r"\bwhere\s+(?:did\s+i\s+(?:last\s+)?(?:leave|put|see|have)\s+(?:the\s+|my\s+)?|(?:is|are)\s+my\s+)"
+                   r"(.+?)\s*(?:\?|$)", re.I)
+
+
+def left_thing(question: str) -> str | None:
+    """The thing a question asks where it was left, lower-cased ("blue keys"), or None for any other question."""
+    m = _LEFT.search(question.strip())
+    thing = m.group(1).strip().lower() if m else ""
+    return thing or None
