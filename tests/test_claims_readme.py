@@ -292,11 +292,14 @@ def test_the_default_models_numbers_in_the_readme_are_its_manifests():
     assert f"95 % CI {100 * e['acc_ci95'][0]:.1f}-{100 * e['acc_ci95'][1]:.1f}" in para
     assert f"Prec {100 * e['prec']:.1f} %" in para and w["answered_by"] == "reader.gguf" and "reader.gguf" in para
     assert w["mc_acc_gt_memories"] == manifest["reader"]["mc_gt_memories"]["mc_acc_gt_memories"]  # the reader's
-    r = manifest["measured"]["reader_before"]["end_to_end_48_clips"]  # the reader before over the same memories
+    r_before = manifest["measured"]["reader_before"]
+    r = r_before["end_to_end_48_clips"]  # the reader before over the same memories
     assert r["seeds"] == e["seeds"] and r["memories"] == e["memories"]
     assert f"the reader before {100 * r['acc']:.1f} %, CI {100 * r['acc_ci95'][0]:.1f}-{100 * r['acc_ci95'][1]:.1f}" in para
-    assert manifest["reader"]["mc_gt_memories"]["mc_acc_gt_memories"] > manifest["measured"]["reader_before"][
-        "writer_and_mc_gt_memories"]["mc_acc_gt_memories"]
+    # the readers compared on 1,069 questions of held-out text worlds (the 132 above move by +-8 points)
+    mc, mc_before = manifest["measured"]["mc_gt_memories_text_worlds"], r_before["mc_gt_memories_text_worlds"]
+    assert mc["worlds"] == mc_before["worlds"] and mc["right"] > mc_before["right"]
+    assert f"{100 * mc['acc']:.1f} % on {mc['n']:,} of held-out text worlds" in para
     judge = manifest["judge"]  # Phase Two's judge (judge.gguf), as adapt asks it, on held-out pairs
     assert f"same memory in both orderings for {round(100 * judge['judge']['position_consistent'])} % of held-out pairs" in para
     assert f"(the reader {round(100 * manifest['reader']['judge']['position_consistent'])} %;" in para
