@@ -1,5 +1,7 @@
 """Retrieval of memories for a question: FTS5 BM25 ranks and MiniLM cosine ranks fused by reciprocal rank, after
-the memories nearest the time the question names, if it names one ("what was I doing at 3 pm?").
+the memories nearest the time the question names, if it names one ("what was I doing at 3 pm?"). Where a question
+points at its own answer, settings can show that alone: the moment it names (`qa.moment_k`), or the latest memories
+naming what it asks where was left (`qa.latest_k`).
 
 RRF (Cormack et al. 2009): score(m) = sum over rankings r of 1 / (k + rank_r(m)), ranks from 1; a memory
 missing from a ranking contributes nothing there. It needs no score calibration between BM25 and cosine.
