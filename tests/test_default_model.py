@@ -10,6 +10,7 @@ import hashlib
 import json
 import random
 import re
+import shutil
 import sys
 from pathlib import Path
 
@@ -421,6 +422,47 @@ def test_widen_adds_attention_heads_and_keeps_the_function_through_llama_cpp(tmp
     assert torch.equal(after[o][:, :old], before[o][:, :old]) and not torch.equal(after[o][:, old:], before[o][:, old:])
     untouched = [k for k in after if not k.endswith(("q_proj.weight", "k_proj.weight", "v_proj.weight", "o_proj.weight"))]
     assert untouched and all(torch.equal(after[k], before[k]) for k in untouched)
+
+
+def test_hf_from_gguf_reads_a_shipped_text_gguf_back_into_a_folder_training_can_continue(tmp_path, tiny_model,
+                                                                                         monkeypatch):
+    """`train_default.py hf-from-gguf`: the language model's tensors come back from the GGUF to within its storage
+    step (not from the template folder, whose text weights are scrambled here), the vision tower from the template,
+    and transformers on the result gives llama.cpp's logits on the GGUF."""
+    import argparse
+
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    from edge_agent.export import export_hf
+
+    rec = _recipe()
+    monkeypatch.setattr(rec, "tokenizer", lambda: rec.tokenizer_from(tiny_model / "hf"))
+    original = load_file(tiny_model / "hf" / "model.safetensors")
+    template = tmp_path / "template"
+    shutil.copytree(tiny_model / "hf", template)
+    gen = torch.Generator().manual_seed(0)
+    scrambled = {k: (torch.randn(v.shape, generator=gen) if k.startswith("model.language_model.") else v)
+                 for k, v in original.items()}
+    save_file(scrambled, str(template / "model.safetensors"), metadata={"format": "pt"})
+    text = [k for k in original if k.startswith(("model.language_model.", "lm_head."))]
+
+    # value step of each storage type: Q8_0 rounds each value to its 32-block's max / 127; F16 keeps 11 bits
+    for outtype, step in (("q8_0", 1 / 127), ("f16", 2.0 ** -10)):
+        model_path, _ = export_hf(tiny_model / "hf", tmp_path / outtype, outtype)
+        if outtype == "q8_0":  # llama.cpp crashes on this tiny model (head_dim 16) in q8_0: values only
+            monkeypatch.setattr(rec, "answer_parity", lambda hf, gguf: {})
+        else:
+            monkeypatch.undo()
+            monkeypatch.setattr(rec, "tokenizer", lambda: rec.tokenizer_from(tiny_model / "hf"))
+        res = rec.hf_from_gguf(argparse.Namespace(from_gguf=str(model_path), to_dir=str(tmp_path / f"back-{outtype}"),
+                                                  from_dir=str(template)))
+        back = load_file(tmp_path / f"back-{outtype}" / "model.safetensors")
+        assert res["tensors_from_gguf"] == len(text) > 10
+        for k in text:
+            assert (back[k] - original[k]).abs().max() <= original[k].abs().max() * step + 1e-7, (outtype, k)
+        assert all(torch.equal(back[k], original[k]) for k in original if k.startswith("model.visual."))
+    assert res["token_sequences_equal"] and res["max_abs_logit_diff"] < 0.01 * max(1.0, res["logit_scale"])
 
 
 def test_swapped_judge_cases_differ_in_the_one_fact_a_listed_answer_names():

@@ -13,6 +13,7 @@
     .venv/bin/python tools/train_default.py eval                # held-out metrics through llama.cpp
     .venv/bin/python tools/train_default.py read-dev --from-dir D   # dev multiple choice over ground-truth memories
     .venv/bin/python tools/train_default.py pixels              # which caption words the writer takes from the frames
+    .venv/bin/python tools/train_default.py hf-from-gguf --to-dir D # the shipped reader.gguf -> an hf folder to train on
 
 Stages (each checkpoints weights, optimizer, RNG and data position to /tmp/edge_agent_default/<stage>.pt every
 --save-minutes and resumes from there; each prints its own held-out probe while it trains):
@@ -1470,7 +1471,9 @@ def run_stage(name: str, args) -> None:
     # data
     video = held = chunks = held_chunks = None
     if name in ("vision", "write", "read", "joint"):
-        seeds = VIDEO_SEEDS + list(range(EXTRA_VIDEO_SEED0, EXTRA_VIDEO_SEED0 + args.extra_clips))
+        # a read stage with no writer replay trains on text alone: only its writer probe reads (held-out) clips
+        text_only = name == "read" and not args.write_replay
+        seeds = [] if text_only else VIDEO_SEEDS + list(range(EXTRA_VIDEO_SEED0, EXTRA_VIDEO_SEED0 + args.extra_clips))
         video = [clip(s) for s in seeds]
         held = [clip(s) for s in HELDOUT_SEEDS[:4]]
         variants = [caption_variants(s) for s in seeds] if name != "vision" else None
@@ -2096,31 +2099,14 @@ def export_reader(args) -> dict:
     GGUF) saved next to the evals and, in a shipped folder, recorded under the manifest's `reader` (`judge`)."""
     import tempfile
 
-    import torch
-
     from edge_agent.export import export_hf
-    from edge_agent.vlm.llama_cpp import LlamaCppBackend
 
     src = Path(args.from_dir or stage_dir("read") / "hf")
     target = JUDGE_FILE if args.as_ == "judge" else READER_FILE
     with tempfile.TemporaryDirectory(dir=WORK) as tmp:
         model_path, _ = export_hf(src, Path(tmp), args.outtype, name=f"edge-agent-default-{args.as_}-s{args.seed}")
         shutil.copy2(model_path, args.out / target)
-    torch.set_num_threads(1)
-    tok, penc = tokenizer()
-    tw = text_world(HELDOUT_SEEDS[0], 4.0)
-    q = tw["questions"][0]
-    mems, _ = show(tw, q, random.Random(0), evidence(tw, q)[0], remove=False, n_shown=8)
-    msgs = build_messages(q["question"], [], mems, q["asked_at"])
-    e = penc.encode(msgs, None)
-    model = load_model(src, "cpu").eval()
-    with torch.no_grad():
-        ref = model(input_ids=torch.tensor([e.ids])).logits[0, -1].numpy()
-    with LlamaCppBackend(args.out / target, None, n_threads=1, n_ctx=4096) as be:
-        same = be.prompt_tokens(msgs) == list(e.ids)
-        got = be.logits(msgs)
-    res = {"from": str(src), "tokens": len(e.ids), "token_sequences_equal": same,
-           "max_abs_logit_diff": float(np.abs(got[: ref.shape[0]] - ref).max()), "logit_scale": float(np.abs(ref).max())}
+    res = answer_parity(src, args.out / target)
     print(f"{args.as_} parity", json.dumps(res), flush=True)
     (WORK / f"{args.as_}-parity.json").write_text(json.dumps(res))
     man_path = args.out / "manifest.json"
@@ -2131,6 +2117,72 @@ def export_reader(args) -> dict:
         man[args.as_] = {**man.get(args.as_, {}), "recipe": args.recipe, "outtype": args.outtype, "parity": res,
                          "stage": json.loads(done.read_text()) if done.is_file() else None}
         man_path.write_text(json.dumps(man, indent=1) + "\n")
+    return res
+
+
+def answer_parity(hf_dir: Path, gguf_path: Path) -> dict:
+    """Last-token logits of one held-out answer prompt (8 memories): transformers f32 (`hf_dir`) vs llama.cpp (a
+    text GGUF), and whether the two tokenize it alike."""
+    import torch
+
+    from edge_agent.vlm.llama_cpp import LlamaCppBackend
+
+    torch.set_num_threads(1)
+    tok, penc = tokenizer()
+    tw = text_world(HELDOUT_SEEDS[0], 4.0)
+    q = tw["questions"][0]
+    mems, _ = show(tw, q, random.Random(0), evidence(tw, q)[0], remove=False, n_shown=8)
+    msgs = build_messages(q["question"], [], mems, q["asked_at"])
+    e = penc.encode(msgs, None)
+    model = load_model(hf_dir, "cpu").eval()
+    with torch.no_grad():
+        ref = model(input_ids=torch.tensor([e.ids])).logits[0, -1].numpy()
+    with LlamaCppBackend(gguf_path, None, n_threads=1, n_ctx=4096) as be:
+        same = be.prompt_tokens(msgs) == list(e.ids)
+        got = be.logits(msgs)
+    return {"from": str(hf_dir), "tokens": len(e.ids), "token_sequences_equal": same,
+            "max_abs_logit_diff": float(np.abs(got[: ref.shape[0]] - ref).max()), "logit_scale": float(np.abs(ref).max())}
+
+
+def hf_from_gguf(args) -> dict:
+    """`hf-from-gguf`: a shipped text GGUF (`--from-gguf`, e.g. models/default/reader.gguf) back to an hf folder
+    (`--to-dir`) that a stage can continue from (`--from-dir`): the language model's tensors dequantized from the
+    GGUF, the vision tower, config and tokenizer from the hf folder `--from-dir` (default models/default/hf: the
+    reader and judge are copies of the writer's architecture). The hf folders a training run leaves in its work dir do not outlive the machine; the
+    shipped GGUF does. Q8_0 keeps each weight to within half a step of its block's scale / 127, so the folder is the
+    shipped model to within the parity printed (transformers on the folder vs llama.cpp on the GGUF)."""
+    import gguf
+    from safetensors.numpy import load_file, save_file
+
+    from edge_agent.export.gguf_export import _split_name
+
+    src, dst, template = Path(args.from_gguf), Path(args.to_dir), Path(args.from_dir or OUT / "hf")
+    weights = load_file(template / "model.safetensors")
+    n_layers = json.loads((template / "config.json").read_text())["text_config"]["num_hidden_layers"]
+    names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.QWEN3VL, n_layers)
+    tensors = {t.name: t for t in gguf.GGUFReader(src).tensors}
+    replaced = 0
+    for hf_name, w in weights.items():
+        split = _split_name(hf_name)
+        if split is None or split[0] != "text":
+            continue
+        t = tensors.get(names.get_name(split[1], try_suffixes=(".weight", ".bias")))
+        if t is None:
+            raise SystemExit(f"hf-from-gguf: {src} has no tensor for {hf_name}")
+        data = gguf.quants.dequantize(t.data, t.tensor_type).astype(np.float32)
+        if data.size != w.size:
+            raise SystemExit(f"hf-from-gguf: {src}'s {t.name} holds {data.size} values, {hf_name} needs {w.size} "
+                             "(not the architecture of models/default/hf)")
+        weights[hf_name] = data.reshape(w.shape)
+        replaced += 1
+    tmp = dst.with_name(dst.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(template, tmp)
+    save_file(weights, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+    shutil.rmtree(dst, ignore_errors=True)
+    tmp.rename(dst)
+    res = {"tensors_from_gguf": replaced, **answer_parity(dst, src)}
+    print("hf-from-gguf", json.dumps(res), flush=True)
     return res
 
 
@@ -2195,7 +2247,7 @@ def main() -> None:
     global FRAME_SIZE
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("what", choices=["run", "stage", "data", "finalize", "reader", "manifest", "eval", "parity",
-                                     "pixels", "judge", "own", "widen", "read-dev"])
+                                     "pixels", "judge", "own", "widen", "read-dev", "hf-from-gguf"])
     ap.add_argument("name", nargs="?", choices=STAGES + EXTRA_STAGES, help="the stage (for `stage`)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--steps", type=int, default=None, help="planned steps of the stage (cosine schedule)")
@@ -2245,7 +2297,8 @@ def main() -> None:
     ap.add_argument("--own-clips", type=int, default=400, help="own: fresh clips (seeds 30000..) the writer writes")
     ap.add_argument("--heads", type=int, default=6, help="widen: attention heads of the widened model")
     ap.add_argument("--kv-heads", type=int, default=6, help="widen: key/value heads of the widened model")
-    ap.add_argument("--to-dir", default=None, help="widen: the new hf folder")
+    ap.add_argument("--to-dir", default=None, help="widen, hf-from-gguf: the new hf folder")
+    ap.add_argument("--from-gguf", default=str(OUT / READER_FILE), help="hf-from-gguf: the text GGUF to read back")
     ap.add_argument("--new-heads-only", type=int, nargs=2, metavar=("HEADS", "KV_HEADS"), default=None,
                     help="read: train only the heads `widen` added to a model that had HEADS / KV_HEADS")
     ap.add_argument("--save-minutes", type=float, default=4.0)
@@ -2254,7 +2307,8 @@ def main() -> None:
     ap.add_argument("--device", default="cpu", help="cpu or cuda")
     ap.add_argument("--outtype", default="q8_0",
                     help="GGUF type of model.gguf and mmproj.gguf (q8_0, as shipped and as a device runs it | f16 | f32)")
-    ap.add_argument("--from-dir", default=None, help="finalize: this hf folder instead of the last stage's")
+    ap.add_argument("--from-dir", default=None, help="finalize: this hf folder instead of the last stage's; "
+                    "hf-from-gguf: the folder giving the rest (default models/default/hf)")
     ap.add_argument("--dev", action="store_true", help="judge: on the dev seeds (8000-8007), not recorded")
     ap.add_argument("--as", dest="as_", choices=["reader", "judge"], default="reader",
                     help="reader: export the text-only stage as reader.gguf (answers) or judge.gguf (judges "
@@ -2307,6 +2361,8 @@ def main() -> None:
         widen(args)
     elif args.what == "read-dev":
         read_dev(args)
+    elif args.what == "hf-from-gguf":
+        hf_from_gguf(args)
 
 
 if __name__ == "__main__":

@@ -4,7 +4,8 @@ Where a thing is now is told by the latest memory that names it, not by the memo
 with the question: every time the wearer picked the keys up or put them down shares those words. So such a
 question can be shown the latest memories naming the thing (`qa.latest_k`, `qa.retrieve`). Read forms: "where did
 I leave / put / last put / last see / last have X", "where is / are my X" (only "my": "where is the kitchen" asks
-where a place is, not where something was left).
+where a place is, not where something was left). A place or time after the thing ("my keys in the kitchen",
+"my phone this morning") is not part of it: no memory names "keys in the kitchen" as a phrase.
 """
 
 from __future__ import annotations
@@ -13,10 +14,13 @@ import re
 
 _LEFT = re.compile(r"\bwhere\s+(?:did\s+i\s+(?:last\s+)?(?:leave|put|see|have)\s+(?:the\s+|my\s+)?|(?:is|are)\s+my\s+)"
                    r"(.+?)\s*(?:\?|$)", re.I)
+# where the thing ends: a place or a time said after it
+_AFTER_THING = re.compile(r"\s+(?:in|on|at|by|after|before|when|while|during|this|today|tonight|yesterday|earlier|"
+                          r"last)\b.*$", re.I)
 
 
 def left_thing(question: str) -> str | None:
     """The thing a question asks where it was left, lower-cased ("blue keys"), or None for any other question."""
     m = _LEFT.search(question.strip())
-    thing = m.group(1).strip().lower() if m else ""
+    thing = _AFTER_THING.sub("", m.group(1).strip().lower()) if m else ""
     return thing or None
