@@ -30,8 +30,11 @@ def _module(name: str) -> Callable[[], str]:
 def _llama() -> str:
     import llama_cpp
 
+    from edge_agent.vlm.llama_cpp import cpu_has_amx
+
     gpu = bool(llama_cpp.llama_supports_gpu_offload())
-    return f"{llama_cpp.__version__}, GPU offload {'available' if gpu else 'not built (CPU only)'}"
+    amx = ", AMX CPU: repacked weight buffers off (llama.cpp's AMX matmul crashed)" if cpu_has_amx() else ""
+    return f"{llama_cpp.__version__}, GPU offload {'available' if gpu else 'not built (CPU only)'}{amx}"
 
 
 def _model(cfg: Config) -> Callable[[], str]:

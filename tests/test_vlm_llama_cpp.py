@@ -258,3 +258,26 @@ def test_an_enum_holding_quotes_and_backslashes_is_a_valid_grammar(backend):
               "required": ["answer"], "additionalProperties": False}
     gen = backend.generate(window([]), Sampling(temperature=0.0, max_tokens=64), json_schema=schema)
     assert json.loads(gen.text) == {"answer": value}
+
+
+def test_without_extra_buffers_a_q8_0_model_gives_the_f32_models_logits(tiny_model, tmp_path):
+    """`extra_buffers=False` loads the weights without llama.cpp's repacked / AMX buffers (on by default unless the
+    CPU has AMX, whose matmul segfaulted on Q8_0 models here): the Q8_0 export then answers as the f32 one does, to
+    within quantization, and llama.cpp's default model parameters are its own again after the load."""
+    import llama_cpp.llama_cpp as lc
+
+    from edge_agent.export import export_hf
+    from edge_agent.vlm import llama_cpp as backend_module
+
+    q8, _ = export_hf(tiny_model / "hf", tmp_path, "q8_0")
+    msgs = [Message("user", ["Where did I leave the red cup? " * 20])]
+    with LlamaCppBackend(tiny_model / "model.gguf", None, n_threads=1, n_ctx=1024) as be:
+        want = be.logits(msgs)
+    with LlamaCppBackend(q8, None, n_threads=1, n_ctx=1024, extra_buffers=False) as be:
+        got = be.logits(msgs)
+    assert np.abs(got - want).max() < 0.05 * max(1.0, np.abs(want).max())
+    assert lc.llama_model_default_params().use_extra_bufts
+    with backend_module._extra_buffers(False):
+        assert not lc.llama_model_default_params().use_extra_bufts
+    assert lc.llama_model_default_params().use_extra_bufts
+    assert isinstance(backend_module.cpu_has_amx(), bool)

@@ -34,7 +34,7 @@ import random
 import threading
 import time
 from collections import OrderedDict
-from contextlib import ExitStack
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -158,13 +158,55 @@ def default_threads() -> int:
     return max(1, cores - 1)
 
 
+def cpu_has_amx() -> bool:
+    """Whether the CPU reports Intel AMX (the Linux flag amx_int8; Sapphire Rapids and later Xeons)."""
+    try:
+        return "amx_int8" in Path("/proc/cpuinfo").read_text().split()
+    except OSError:
+        return False
+
+
+_PARAMS_LOCK = threading.Lock()
+
+
+@contextmanager
+def _extra_buffers(enabled: bool):
+    """Models loaded inside load their weights with llama.cpp's extra CPU buffer types (weight repacking, AMX) or
+    without. llama-cpp-python's Llama() has no argument for `use_extra_bufts`: it takes the model parameters from
+    llama_model_default_params() while it loads, so that function is swapped for the load."""
+    import llama_cpp.llama_cpp as lc
+
+    if enabled:
+        yield
+        return
+    with _PARAMS_LOCK:
+        default = lc.llama_model_default_params
+
+        def without_extra_buffers():
+            params = default()
+            params.use_extra_bufts = False
+            return params
+
+        lc.llama_model_default_params = without_extra_buffers
+        try:
+            yield
+        finally:
+            lc.llama_model_default_params = default
+
+
 class LlamaCppBackend:
     """Qwen3-VL on llama.cpp. Implements edge_agent.vlm.base.Backend; use as a context manager or call close()."""
 
     def __init__(self, model_path: str | Path, mmproj_path: str | Path | None, *, n_threads: int = 0,
                  n_ctx: int = 8192, n_gpu_layers: int = 0, image_cache_size: int = 64, seed: int = 0,
-                 name: str | None = None, model_hash: str | None = None, verbose: bool = False) -> None:
+                 name: str | None = None, model_hash: str | None = None, verbose: bool = False,
+                 extra_buffers: bool | None = None) -> None:
         """`mmproj_path=None` loads the text model only (the answerer): prompts with images then raise ModelError.
+
+        `extra_buffers`: llama.cpp's repacked / AMX weight buffers; None = on unless the CPU has AMX. On a Xeon with
+        AMX (the 2-core development machine, 2026-12-05) llama-cpp-python 0.3.36's AMX matrix multiply segfaulted
+        on the first decode of every Q8_0 model tried (hidden 64, 96 and 1024), the shipped default included; with
+        the extra buffers off the same files ran. The cost there: no repacked weights (slower quantized matmuls).
 
         `name` is the display name (default: the GGUF's general.name); `model_hash` the base-model hash declared
         by the catalog, used when the GGUF carries none.
@@ -187,9 +229,10 @@ class LlamaCppBackend:
         _install_log_callback(verbose)
         try:
             try:
-                self._llm = llama_cpp.Llama(str(self.model_path), n_ctx=n_ctx, n_threads=threads,
-                                            n_threads_batch=threads, n_gpu_layers=n_gpu_layers, seed=seed,
-                                            logits_all=False, verbose=verbose)
+                with _extra_buffers(not cpu_has_amx() if extra_buffers is None else extra_buffers):
+                    self._llm = llama_cpp.Llama(str(self.model_path), n_ctx=n_ctx, n_threads=threads,
+                                                n_threads_batch=threads, n_gpu_layers=n_gpu_layers, seed=seed,
+                                                logits_all=False, verbose=verbose)
             except ValueError as e:
                 raise ModelError(f"model {str(self.model_path)!r}: llama.cpp cannot load it ({e})") from None
             self._stack.callback(self._llm.close)
