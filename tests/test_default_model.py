@@ -352,6 +352,33 @@ def test_rank_step_scores_options_by_the_products_rule_and_lifts_the_right_one(t
     assert sum(not torch.equal(a, b) for a, b in zip(before, model.parameters())) > len(before) // 2
 
 
+def test_packed_steps_give_the_unpacked_loss_and_gradient(tiny_model):
+    """`--pack` (one padded forward per step, for a GPU) changes how rows are batched, not what is learnt: the read
+    rows' loss and the ranked questions' loss, and their gradients, equal the unpacked steps'."""
+    import torch
+
+    rec = _recipe()
+    tok, penc = rec.tokenizer_from(tiny_model / "hf")
+    ids = rec.special_ids(tok)
+    model = rec.load_model(tiny_model / "hf", "cpu")
+    world, rng = rec.text_world(20005, 2.0), random.Random(1)
+    cases = [r for r in (rec.rank_case(world, q, rng, 4) for q in world["questions"]) if r][:3]
+    rows = [r for r in (rec.read_row(world, q, rng, 3, remove=False) for q in world["questions"]) if r][:4]
+    assert len(cases) == 3 and len(rows) == 4
+
+    def run(packed: bool):
+        model.zero_grad()
+        lm, _ = rec.lm_step(model, tok, penc, rows, ids, "cpu", w_key=4.0, packed=packed)
+        rank = rec.rank_step(model, tok, penc, cases, ids, "cpu", scale=4.0, weight=1.0, packed=packed)
+        return lm, rank, torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
+
+    lm0, rank0, g0 = run(False)
+    lm1, rank1, g1 = run(True)
+    assert lm0 > 0 and rank0 > 0
+    assert abs(lm1 - lm0) < 1e-4 * lm0 and abs(rank1 - rank0) < 1e-4 * rank0
+    assert g0.norm() > 0 and (g1 - g0).norm() < 1e-3 * g0.norm()
+
+
 def test_read_dev_grades_every_told_multiple_choice_question_by_the_runtimes_rule(tmp_path, tiny_model, monkeypatch):
     """`train_default.py read-dev`: each multiple-choice question of the dev worlds whose memories tell the answer,
     graded right when the likeliest option (or E) is the answer, saved with each grade for paired comparisons."""
