@@ -28,12 +28,12 @@ test_image.__test__ = False  # a helper, not a test
 
 
 def open_llama(model_path: Path, *, f32_cache: bool = False, logits_all: bool = False, n_ctx: int = 512):
-    from llama_cpp import Llama
+    from edge_agent.vlm.llama_cpp import load_llama  # without the extra weight buffers on an AMX CPU, as the product
 
     kw = dict(type_k=0, type_v=0) if f32_cache else {}  # GGML_TYPE_F32 KV cache (default is F16)
     # One thread: on a shared 2-core machine two ggml threads spin-wait on each other and can stall for seconds.
-    return Llama(str(model_path), n_ctx=n_ctx, n_threads=1, n_threads_batch=1, verbose=False, logits_all=logits_all,
-                 seed=0, **kw)
+    return load_llama(model_path, n_ctx=n_ctx, n_threads=1, n_threads_batch=1, verbose=False, logits_all=logits_all,
+                      seed=0, **kw)
 
 
 def llama_logits(model_path: Path, ids: list[int], *, f32_cache: bool = False) -> np.ndarray:

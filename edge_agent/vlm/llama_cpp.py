@@ -194,6 +194,15 @@ def _extra_buffers(enabled: bool):
             lc.llama_model_default_params = default
 
 
+def load_llama(model_path: str | Path, *, extra_buffers: bool | None = None, **kwargs):
+    """llama_cpp.Llama(model_path, **kwargs), with llama.cpp's extra weight buffers on or off (`extra_buffers`; None:
+    on unless the CPU has AMX, see LlamaCppBackend)."""
+    import llama_cpp
+
+    with _extra_buffers(not cpu_has_amx() if extra_buffers is None else extra_buffers):
+        return llama_cpp.Llama(str(model_path), **kwargs)
+
+
 class LlamaCppBackend:
     """Qwen3-VL on llama.cpp. Implements edge_agent.vlm.base.Backend; use as a context manager or call close()."""
 
@@ -229,10 +238,9 @@ class LlamaCppBackend:
         _install_log_callback(verbose)
         try:
             try:
-                with _extra_buffers(not cpu_has_amx() if extra_buffers is None else extra_buffers):
-                    self._llm = llama_cpp.Llama(str(self.model_path), n_ctx=n_ctx, n_threads=threads,
-                                                n_threads_batch=threads, n_gpu_layers=n_gpu_layers, seed=seed,
-                                                logits_all=False, verbose=verbose)
+                self._llm = load_llama(self.model_path, extra_buffers=extra_buffers, n_ctx=n_ctx, n_threads=threads,
+                                       n_threads_batch=threads, n_gpu_layers=n_gpu_layers, seed=seed,
+                                       logits_all=False, verbose=verbose)
             except ValueError as e:
                 raise ModelError(f"model {str(self.model_path)!r}: llama.cpp cannot load it ({e})") from None
             self._stack.callback(self._llm.close)
