@@ -2180,7 +2180,7 @@ def hf_from_gguf(args) -> dict:
     import gguf
     from safetensors.numpy import load_file, save_file
 
-    from edge_agent.export.gguf_export import _split_name
+    from edge_agent.export.gguf_export import split_name
 
     src, dst, template = Path(args.from_gguf), Path(args.to_dir), Path(args.from_dir or OUT / "hf")
     weights = load_file(template / "model.safetensors")
@@ -2189,7 +2189,7 @@ def hf_from_gguf(args) -> dict:
     tensors = {t.name: t for t in gguf.GGUFReader(src).tensors}
     replaced = 0
     for hf_name, w in weights.items():
-        split = _split_name(hf_name)
+        split = split_name(hf_name)
         if split is None or split[0] != "text":
             continue
         t = tensors.get(names.get_name(split[1], try_suffixes=(".weight", ".bias")))

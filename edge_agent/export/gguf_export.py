@@ -105,7 +105,7 @@ def _encode(data: np.ndarray, qtype) -> np.ndarray:
 
 # --- text model ------------------------------------------------------------------------------------------------
 
-def _split_name(hf_name: str) -> tuple[str, str] | None:
+def split_name(hf_name: str) -> tuple[str, str] | None:
     """('text'|'vision', canonical name) for a checkpoint tensor; None for tensors the GGUF files do not carry.
 
     transformers >= 4.57 saves `model.language_model.*` / `model.visual.*`; older saves use `model.*` / `visual.*`.
@@ -159,7 +159,7 @@ def _plan_text(refs: dict[str, TensorRef], hp: dict[str, Any], wanted, hf_dir: P
     tmap = g.get_tensor_name_map(g.MODEL_ARCH.QWEN3VL, hp["n_layers"])
     planned = []
     for hf_name, ref in refs.items():
-        split = _split_name(hf_name)
+        split = split_name(hf_name)
         if split is None or split[0] == "vision":
             continue
         if split[0] == "unknown":
@@ -269,7 +269,7 @@ def _plan_vision(refs: dict[str, TensorRef], vp: dict[str, Any], wanted, hf_dir:
         planned.append(_Planned(name, load, tuple(shape), qtype))
 
     for hf_name, ref in refs.items():
-        split = _split_name(hf_name)
+        split = split_name(hf_name)
         if split is None or split[0] != "vision":
             continue
         name = split[1]  # "visual.…"

@@ -106,7 +106,7 @@ def _plan_moe_text(refs: dict[str, TensorRef], hp: dict[str, Any], wanted, hf_di
         planned.append(dense._Planned(name, load, tuple(shape), qtype))
 
     for hf_name, ref in refs.items():
-        split = dense._split_name(hf_name)
+        split = dense.split_name(hf_name)
         if split is None or split[0] == "vision":
             continue
         if split[0] == "unknown":
