@@ -13,7 +13,7 @@
     .venv/bin/python tools/train_default.py eval                # held-out metrics through llama.cpp
     .venv/bin/python tools/train_default.py read-dev --from-dir D   # dev multiple choice over ground-truth memories
     .venv/bin/python tools/train_default.py pixels              # which caption words the writer takes from the frames
-    .venv/bin/python tools/train_default.py hf-from-gguf --to-dir D # the shipped reader.gguf -> an hf folder to train on
+    .venv/bin/python tools/train_default.py hf-from-gguf --to-dir D # shipped reader.gguf -> an hf folder to train
 
 Stages (each checkpoints weights, optimizer, RNG and data position to /tmp/edge_agent_default/<stage>.pt every
 --save-minutes and resumes from there; each prints its own held-out probe while it trains):
@@ -2167,15 +2167,16 @@ def answer_parity(hf_dir: Path, gguf_path: Path) -> dict:
         same = be.prompt_tokens(msgs) == list(e.ids)
         got = be.logits(msgs)
     return {"from": str(hf_dir), "tokens": len(e.ids), "token_sequences_equal": same,
-            "max_abs_logit_diff": float(np.abs(got[: ref.shape[0]] - ref).max()), "logit_scale": float(np.abs(ref).max())}
+            "max_abs_logit_diff": float(np.abs(got[: ref.shape[0]] - ref).max()),
+            "logit_scale": float(np.abs(ref).max())}
 
 
 def hf_from_gguf(args) -> dict:
     """`hf-from-gguf`: a shipped text GGUF (`--from-gguf`, e.g. models/default/reader.gguf) back to an hf folder
     (`--to-dir`) that a stage can continue from (`--from-dir`): the language model's tensors dequantized from the
     GGUF, the vision tower, config and tokenizer from the hf folder `--from-dir` (default models/default/hf: the
-    reader and judge are copies of the writer's architecture). The hf folders a training run leaves in its work dir do not outlive the machine; the
-    shipped GGUF does. Q8_0 keeps each weight to within half a step of its block's scale / 127, so the folder is the
+    reader and judge are copies of the writer's architecture). The hf folders a training run leaves in its work dir
+    do not outlive the machine; the shipped GGUF does. Q8_0 keeps each weight to within half a step of its block's scale / 127, so the folder is the
     shipped model to within the parity printed (transformers on the folder vs llama.cpp on the GGUF)."""
     import gguf
     from safetensors.numpy import load_file, save_file
