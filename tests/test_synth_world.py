@@ -69,7 +69,7 @@ def test_video_is_readable_at_the_documented_size_and_rate(clip):
 
 def test_events_json_format(clip):
     data = load(clip.events)
-    assert data["version"] == 1 and data["seed"] == 21 and data["duration"] == 60.0
+    assert data["version"] == 2 and data["seed"] == 21 and data["duration"] == 60.0
     assert data["fps"] == 5.0 and data["frames"] == 300 and (data["width"], data["height"]) == (256, 192)
     world = data["world"]
     assert set(world["rooms"]) == {"kitchen", "office", "living room", "bedroom"}

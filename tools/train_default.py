@@ -82,6 +82,7 @@ from edge_agent.models import JUDGE_FILE, READER_FILE  # noqa: E402
 from edge_agent.config import QAConfig  # noqa: E402
 from edge_agent.qa.answer import (  # noqa: E402
     ANSWER_PREFIX, LETTERS, MEMORIES_CLOSE, MEMORIES_OPEN, NOT_IN_MEMORY, build_messages, reply_from_memories)
+from edge_agent.synth import FORMAT_VERSION  # noqa: E402
 from edge_agent.synth.truth import things  # noqa: E402
 from edge_agent.synth.world import (  # noqa: E402
     ACTIVITIES, COLOURS, OBJECT_KINDS, PLACE_KINDS, ROOM_LAYOUTS, doing, note_text, where)
@@ -108,7 +109,7 @@ FRAME_SIZE = 128
 STAGES = ("answer", "vision", "write", "lookup", "read")  # `run`'s order
 # after the chain, from a model that has been through it (`--from-dir`): lookup, read and write rows in every step
 EXTRA_STAGES = ("joint",)
-GENERATOR_VERSION = "edge_agent.synth FORMAT_VERSION 1 (world.py/questions.py as of this recipe)"
+GENERATOR_VERSION = "edge_agent.synth FORMAT_VERSION 2 (world.py/questions.py as of this recipe)"
 
 # ---------------------------------------------------------------------------------------------------- worlds
 
@@ -135,7 +136,7 @@ def clip(seed: int, minutes: float = MINUTES) -> dict:
     from edge_agent.capture import open_source, segment_stream
     from edge_agent.synth import generate
 
-    cache = WORK / "data" / f"v2-s{seed}-{minutes:g}-f{FRAME_SIZE}.pkl"
+    cache = WORK / "data" / f"v2-s{seed}-{minutes:g}-f{FRAME_SIZE}-synth{FORMAT_VERSION}.pkl"
     if cache.is_file():
         return pickle.loads(cache.read_bytes())
     d = WORK / "synth" / f"s{seed}"
@@ -649,7 +650,9 @@ def swapped_case(c: dict, rng: random.Random) -> tuple[list[TaskQuestion], str, 
         return None
     good = rng.choice(holds)
     bad = swap_fact(good, q["open_answer"], rng)
-    if bad is None or bad == good or want <= content(bad):
+    # a swap that lands on another true memory (the keys went from the counter to the sink once, to the table later)
+    # is no worse memory
+    if bad is None or bad == good or want <= content(bad) or bad in {s["caption"] for s in c["segments"]}:
         return None
     others = [o for o in c["questions"] if o is not q]
     listed = [TaskQuestion(f"{q['question']} Answer: {q['open_answer']}", 1.0)]

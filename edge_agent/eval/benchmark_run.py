@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from functools import partial
 from pathlib import Path
@@ -18,13 +19,20 @@ from edge_agent.eval.target import replay_with_runtime
 
 
 def synthetic_data(cfg: Config, seed: int, minutes: float) -> Path:
-    """The synthetic clip for a seed, rendered once into the data folder and reused."""
-    from edge_agent.synth import generate
+    """The synthetic clip for a seed, rendered once into the data folder and reused while its format is current."""
+    from edge_agent.synth import FORMAT_VERSION, generate
 
     out = cfg.home / "eval" / "data" / f"synthetic-seed{seed}-{minutes:g}min"
-    if not (out / "questions.json").is_file() or not (out / "video.mp4").is_file():
+    if not (out / "video.mp4").is_file() or _format_version(out / "questions.json") != FORMAT_VERSION:
         generate(seed=seed, minutes=minutes, out_dir=out)
     return out
+
+
+def _format_version(questions: Path) -> int | None:
+    try:
+        return json.loads(questions.read_text(encoding="utf-8")).get("version")
+    except (OSError, ValueError, AttributeError):
+        return None
 
 
 def make_judge(cache_file: Path, judge_url: str | None, judge_model: str | None, judge_key_env: str | None,

@@ -23,7 +23,8 @@ import numpy as np
 
 from edge_agent.errors import ConfigError
 
-FORMAT_VERSION = 1
+# 2: people numbered in the order the wearer first meets them (world.number_people_by_first_meeting)
+FORMAT_VERSION = 2
 MIN_MINUTES, MAX_MINUTES = 0.25, 60.0  # the CLI offers 1..60; shorter clips are for tests
 
 

@@ -436,7 +436,28 @@ def build_script(world: World, duration: float, rng: np.random.Generator) -> Scr
     d.run()
     for i, e in enumerate(d.events):
         e["id"] = i
+    number_people_by_first_meeting(world, d.shots, d.events)
     return Script(duration, d.shots, d.events, d.moves, d.notes)
+
+
+def number_people_by_first_meeting(world: World, shots: list[Shot], events: list[dict[str, Any]]) -> None:
+    """Renumber `<face_N>` in the order the wearer first meets each person (the unmet ones after, in their old
+    order). A device can only know people that way: its face registry numbers them as they appear. Numbered in
+    creation order, the tags were arbitrary labels no writer could get right from the frames. Only the labels
+    change: the people, their looks and every frame stay as they were drawn."""
+    met = list(dict.fromkeys(e["person"] for e in events if e["type"] == "meet"))
+    order = met + [p.tag for p in world.people if p.tag not in met]
+    new_tag = {old: f"<face_{i + 1}>" for i, old in enumerate(order)}
+    for p in world.people:
+        p.tag = new_tag[p.tag]
+    world.people.sort(key=lambda p: int(p.tag[6:-1]))
+    for s in shots:
+        if s.person:
+            s.person = new_tag[s.person]
+    for e in events:
+        if "person" in e:
+            e["description"] = e["description"].replace(e["person"], new_tag[e["person"]])
+            e["person"] = new_tag[e["person"]]
 
 
 def segment_captions(world: World, script: Script, segment_seconds: float) -> list[dict[str, Any]]:
