@@ -325,7 +325,8 @@ def forget(since: Annotated[Optional[str], typer.Option(help="From this time.")]
            until: Annotated[Optional[str], typer.Option(help="Up to this time.")] = None,
            all_: Annotated[bool, typer.Option("--all", help=(
                "Forget everything: memories, kept frames, candidates, every question, answer and feedback "
-               "(with its history) and training pair. What stays: " + WHAT_ALL_KEEPS + "."))] = False,
+               "(with its history), training pair and the face registry's people. What stays: "
+               + WHAT_ALL_KEEPS + "."))] = False,
            home: Home = None, json_out: Json = False) -> None:
     """Delete memories (and what was derived from them) in a time range, then scrub them from the file."""
     from edge_agent.store import Store

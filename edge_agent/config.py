@@ -133,9 +133,10 @@ class QAConfig(Section):
     moment_k: int = setting(0, 'A question that names a time ("what was I doing at 3 pm?") is shown only this many '
                             "memories, the nearest that time; 0: those nearest it fill half of top_k, the text ranks "
                             "the rest.", between(0, 256), "must be in [0, 256]")
-    latest_k: int = setting(0, 'A question that asks where something was left ("where did I leave my keys?") is shown '
-                            "only this many memories, the latest that name it (as retrieved otherwise when none "
-                            "does); 0: retrieved as any question.", between(0, 256), "must be in [0, 256]")
+    latest_k: int = setting(0, 'A question that asks where something was left ("where did I leave my keys?") or whom '
+                            'the wearer met in a place ("who did I meet in the kitchen?") is shown only this many '
+                            "memories, the latest that name it (a person and the place; as retrieved otherwise when "
+                            "none does); 0: retrieved as any question.", between(0, 256), "must be in [0, 256]")
     rrf_k: int = setting(60, "Reciprocal-rank-fusion constant for the FTS5 and embedding ranks.", between(1, 10000),
                          "must be in [1, 10000]")
     use_embeddings: bool = setting(True, "MiniLM sentence embeddings (onnxruntime) beside FTS5.")
@@ -255,6 +256,22 @@ class AdaptConfig(Section):
 
 
 @dataclass
+class FacesConfig(Section):
+    """The face registry (edge_agent/memory/faces.py): people numbered as the wearer meets them, their tags in memories."""
+
+    section = "faces"
+    enabled: str = setting("auto", '"auto": on when the model folder ships a face network (faces.npz), "on" (an error '
+                           'when there is none), or "off": memories keep the writer\'s own <face_N> tags.',
+                           one_of("auto", "on", "off"), "must be auto, on or off")
+    model: str = setting("", "A face network (.npz, tools/train_faces.py) other than the model folder's faces.npz.")
+    present_probability: float = setting(0.5, "A keyframe shows a person when the network says so with at least "
+                                         "this probability.", between(0, 1), "must be in [0, 1]")
+    match_similarity: float = setting(0.7, "A person seen is one met before when their identity vectors lie at "
+                                      "least this close (cosine); two people who differ in 2 of the 5 looks the "
+                                      "default network tells lie at 0.6.", between(0, 1), "must be in [0, 1]")
+
+
+@dataclass
 class StorageConfig(Section):
     """What the data folder may hold (edge_agent/device/budget.py): checked between segments, oldest first."""
 
@@ -308,6 +325,7 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     writer: WriterConfig = field(default_factory=WriterConfig)
     qa: QAConfig = field(default_factory=QAConfig)
+    faces: FacesConfig = field(default_factory=FacesConfig)
     adapt: AdaptConfig = field(default_factory=AdaptConfig)
     storage: StorageConfig = field(default_factory=StorageConfig)
     keepup: KeepUpConfig = field(default_factory=KeepUpConfig)
@@ -336,8 +354,8 @@ class Config:
 
 
 SECTIONS: dict[str, type[Section]] = {"capture": CaptureConfig, "model": ModelConfig, "writer": WriterConfig,
-                                      "qa": QAConfig, "adapt": AdaptConfig, "storage": StorageConfig,
-                                      "keepup": KeepUpConfig, "service": ServiceConfig}
+                                      "qa": QAConfig, "faces": FacesConfig, "adapt": AdaptConfig,
+                                      "storage": StorageConfig, "keepup": KeepUpConfig, "service": ServiceConfig}
 
 
 def _section_fields(cls: type[Section]) -> dict[str, dataclasses.Field]:

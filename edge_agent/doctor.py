@@ -73,6 +73,19 @@ def _embedder() -> str:
     return "all-MiniLM-L6-v2 weights found"
 
 
+def _faces(cfg: Config) -> str:
+    """Whether memories get the face registry's tags, and from which network (a broken one fails here, as it
+    would fail `run`)."""
+    from edge_agent.memory.faces import FaceModel, face_network_path
+    from edge_agent.runtime import model_folder
+
+    path = face_network_path(cfg, model_folder(cfg))
+    if path is None:
+        return "off: memories keep the writer's own <face_N> tags"
+    model = FaceModel.load(path)
+    return f"on: {path.name}, {len(model.groups)} looks ({', '.join(model.groups)})"
+
+
 def _disk(cfg: Config) -> str:
     probe = cfg.home if cfg.home.exists() else cfg.home.parent
     free = shutil.disk_usage(probe).free / 2**30
@@ -100,6 +113,7 @@ def run_checks(cfg: Config) -> list[dict]:
         _check("onnxruntime", _module("onnxruntime")),
         _check("model", _model(cfg)),
         _check("store", lambda: _store(cfg)),
+        _check("face registry", lambda: _faces(cfg), required=False),
         _check("embedder", _embedder, required=False),
         _check("torch (Phase Two)", _module("torch"), required=False),
         _check("disk", lambda: _disk(cfg)),

@@ -16,6 +16,7 @@ from edge_agent.device.budget import BudgetKeeper
 from edge_agent.device.keepup import KeepUp
 from edge_agent.errors import AdapterError, EdgeAgentError
 from edge_agent.memory import MemoryWriter, WindowEntry
+from edge_agent.memory.faces import open_face_registry, retag
 from edge_agent.memory.keep import keep_for_phase_two
 from edge_agent.store import Store
 from edge_agent.types import Segment, SteeringVector
@@ -96,6 +97,8 @@ class Ingestor:
         # Embedding each memory as it is written (~35 ms beside a 10 s segment) keeps the first `ask` after a
         # long day from embedding thousands of memories.
         self.embedder = embedder
+        # Who the keyframes show, numbered as the wearer met them: the memory's <face_N> tags are set to theirs.
+        self.faces = open_face_registry(store, cfg, model_folder(cfg))
         self._window: deque[WindowEntry] = deque(maxlen=max(cfg.writer.window_segments - 1, 1))
         # (segment id, memory id or None) of each window entry: `forget` in another process must reach the window
         self._window_keys: deque[tuple[int | None, int | None]] = deque(maxlen=self._window.maxlen)
@@ -212,6 +215,10 @@ class Ingestor:
         self._drop_forgotten()
         seg, window = self.keepup.before(seg, list(self._window), self._thread.stats())
         result = self.writer.write(window, seg)
+        if self.faces is not None:
+            people = self.faces.people_in(seg, self.origin)  # registered even when the memory failed
+            if result.text is not None and people:
+                result.text = retag(result.text, people)
         segment_id, memory_id = self.store.commit_segment(  # stream seconds; the store adds the origin for memories
             self.stream_id, seg, memory=result.text, failure=result.failure,
             writer_model=self.backend.model_name, adapter_id=self._adapter_id,
@@ -271,6 +278,16 @@ class Ingestor:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def model_folder(cfg: Config) -> Path | None:
+    """The configured model's folder (where a face network would ship), None when it does not resolve."""
+    from edge_agent.models import resolve
+
+    try:
+        return resolve(cfg.model.name, cfg.home).model_path.parent
+    except EdgeAgentError:
+        return None
 
 
 def ingest(source_spec: str, store: Store, backend: Backend, cfg: Config, *, until: float | None = None,

@@ -9,6 +9,7 @@ import threading
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from edge_agent.errors import StoreError
@@ -142,12 +143,14 @@ def test_export_gives_the_wearer_everything(store, tmp_path):
     qid = store.add_question("Where is the blue door?", ["A. left"], ORIGIN + 100)
     aid = store.add_answer(qid, choice="A", text="left", abstained=False, cited=[ids[1]], model="m", adapter_id=None)
     store.add_feedback(aid, True)
+    store.match_face(np.ones(4, np.float32), 0.7, 3, ORIGIN + 5)
     dump = export_all(store)
     assert [m["text"] for m in dump["memories"]] == [f"{SECRET} number {i}." for i in range(2)]
     assert dump["questions"][0]["text"] == "Where is the blue door?"
     assert dump["questions"][0]["answers"][0]["citations"] == [ids[1]]
     assert dump["questions"][0]["answers"][0]["feedback"][0]["correct"] is True
     assert dump["adapters"] == [] and dump["streams"][0]["source"] == "cam"
+    assert dump["faces"] == [{"tag": "<face_1>", "n_frames": 3, "first_seen": ORIGIN + 5, "last_seen": ORIGIN + 5}]
     json.dumps(dump)  # plain JSON all the way down
 
 

@@ -64,6 +64,8 @@ EXPECTED_SCHEMA = [
      "CREATE TABLE candidates ( id INTEGER PRIMARY KEY, segment_id INTEGER NOT NULL REFERENCES segments(id) ON DELETE CASCADE, text TEXT NOT NULL, valid INTEGER NOT NULL CHECK (valid IN (0, 1)), failure TEXT, sampling TEXT NOT NULL DEFAULT '{}', source TEXT NOT NULL, created_at REAL NOT NULL )"),
     ('table', 'device_events',
      "CREATE TABLE device_events ( id INTEGER PRIMARY KEY, kind TEXT NOT NULL CHECK (kind IN ('degraded', 'recovered', 'dropped', 'budget')), stream_id INTEGER REFERENCES streams(id) ON DELETE CASCADE, segment_id INTEGER REFERENCES segments(id) ON DELETE SET NULL, segment_index INTEGER, level INTEGER NOT NULL DEFAULT 0, detail TEXT NOT NULL DEFAULT '{}', created_at REAL NOT NULL )"),
+    ('table', 'faces',
+     'CREATE TABLE faces ( id INTEGER PRIMARY KEY, number INTEGER NOT NULL UNIQUE, tag TEXT NOT NULL UNIQUE, vector BLOB NOT NULL, n_frames INTEGER NOT NULL, first_seen REAL NOT NULL, last_seen REAL NOT NULL, created_at REAL NOT NULL )'),
     ('table', 'feedback',
      'CREATE TABLE feedback ( id INTEGER PRIMARY KEY, answer_id INTEGER NOT NULL REFERENCES answers(id) ON DELETE CASCADE, correct INTEGER NOT NULL CHECK (correct IN (0, 1)), corrected TEXT, created_at REAL NOT NULL )'),
     ('table', 'feedback_history',

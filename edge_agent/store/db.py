@@ -24,6 +24,7 @@ from edge_agent.store import migrations
 from edge_agent.store.adapters import AdapterQueries
 from edge_agent.store.answers import AnswerQueries
 from edge_agent.store.candidates import CandidateQueries
+from edge_agent.store.faces import FaceQueries
 from edge_agent.store.forget import ForgetQueries
 from edge_agent.store.memories import MemoryQueries
 from edge_agent.store.queries import BUSY_TIMEOUT_S
@@ -89,7 +90,7 @@ def private_home(home: str | os.PathLike, *, create: bool = False) -> Path:
 
 
 class Store(StreamQueries, MemoryQueries, VectorQueries, AnswerQueries, CandidateQueries, AdapterQueries,
-            ForgetQueries):
+            FaceQueries, ForgetQueries):
     """Open with `Store.open(path)`; use as a context manager or call `close()`."""
 
     def __init__(self, path: Path, conn: sqlite3.Connection):

@@ -1,5 +1,6 @@
 """`edge-agent export`: everything the wearer owns, as plain JSON to keep: memories, questions with their
-answers, citations and feedback (and the feedback they later replaced), streams, and adapters."""
+answers, citations and feedback (and the feedback they later replaced), streams, adapters, and the people the face
+registry numbered."""
 
 from __future__ import annotations
 
@@ -49,4 +50,6 @@ def export_all(store: Queries) -> dict[str, Any]:
         "questions": questions,
         "adapters": adapters,
         "kept_frames": kept,
+        # who `<face_N>` is: when first and last seen (identity vectors are numbers no one can read; not exported)
+        "faces": store._rows("SELECT tag, n_frames, first_seen, last_seen FROM faces ORDER BY number"),
     }

@@ -54,7 +54,7 @@ class ForgetQueries(Queries):
         'forgotten' with no failure text, so re-running the source does not write them again.
         Questions and answers stay (they are the wearer's own words); their citations of forgotten
         memories disappear. `everything=True` (`forget --all`) also deletes every question, answer,
-        feedback (and its history) and pair; what stays then is `WHAT_ALL_KEEPS`.
+        feedback (and its history), pair and registered face; what stays then is `WHAT_ALL_KEEPS`.
 
         Then the file is scrubbed (`scrub`): old page images are folded out of the WAL and the file is
         vacuumed. Another process holding a read snapshot keeps those pages alive; forget waits for it up to
@@ -119,13 +119,15 @@ class ForgetQueries(Queries):
                 counts["feedback"] = count("SELECT COUNT(*) FROM feedback")
                 counts["pairs"] += count("SELECT COUNT(*) FROM pairs WHERE id NOT IN "
                                          "(SELECT id FROM temp._forget_pair)")
+                counts["faces"] = count("SELECT COUNT(*) FROM faces")  # who the wearer met: not kept either
+                conn.execute("DELETE FROM faces")
                 conn.execute("DELETE FROM pairs")
                 conn.execute("DELETE FROM questions")  # answers, citations, feedback, its history: cascade
             # Files last inside the transaction: if one cannot be removed, nothing is forgotten and the
             # error says which file (better than rows gone and pictures left behind).
             counts["frame_files"] = unlink_all(paths)
         counts["frame_folders"] = _remove_empty_dirs(paths)
-        if any(counts.get(k) for k in ("memories", "kept_frames", "questions", "candidates")):
+        if any(counts.get(k) for k in ("memories", "kept_frames", "questions", "candidates", "faces")):
             counts["scrub_pending"] = 0 if self.scrub(wait_s=scrub_wait_s, on_wait=on_wait) else 1
         return counts
 

@@ -401,9 +401,25 @@ def m007_home_relative_paths(conn: sqlite3.Connection) -> None:
                      (relative(path, "adapters", 3), relative(gguf, "adapters", 3), aid))
 
 
+def m008_faces(conn: sqlite3.Connection) -> None:
+    """The face registry (edge_agent/memory/faces.py): one row per person met, `<face_N>` by `number`, in the
+    order first seen; `vector` is the mean identity vector (float32) of the frames matched to them, `first_seen`
+    and `last_seen` absolute seconds. `forget --all` empties it."""
+    conn.execute("""CREATE TABLE faces (
+        id INTEGER PRIMARY KEY,
+        number INTEGER NOT NULL UNIQUE,
+        tag TEXT NOT NULL UNIQUE,
+        vector BLOB NOT NULL,
+        n_frames INTEGER NOT NULL,
+        first_seen REAL NOT NULL,
+        last_seen REAL NOT NULL,
+        created_at REAL NOT NULL
+    )""")
+
+
 MIGRATIONS: list[Migration] = [m001_initial, m002_vector_index_issue14, m003_device_events_issue15,
                                m004_feedback_history_issue13, m005_adapter_failed_issue10,
-                               m006_vector_partitions_issue14, m007_home_relative_paths]
+                               m006_vector_partitions_issue14, m007_home_relative_paths, m008_faces]
 
 
 def _ensure_table(conn: sqlite3.Connection) -> None:
