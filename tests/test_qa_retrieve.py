@@ -204,3 +204,26 @@ def test_latest_k_shows_where_a_thing_was_left_by_the_latest_memories_that_name_
         retrieve(s, "Where did I leave the green cup?", QAConfig(top_k=8, use_embeddings=False), until=100.0))
     assert len(retrieve(s, "What did I put on the bed?", cfg, until=100.0)) > 1
     s.close()
+
+
+def test_latest_k_shows_who_was_met_in_a_room_by_the_latest_memories_naming_a_person_there(tmp_path):
+    """qa.latest_k: "who did I meet most recently in the kitchen?" is shown the latest memory that names a person
+    (<face_N>) and the kitchen, not the kitchen's other memories nor a meeting elsewhere or after `until`."""
+    s = Store.open(tmp_path / "t.db")
+    sid = s.get_or_create_stream("clip", "fp-who", 0.0, "synthetic")
+    texts = ["I met <face_1> in the kitchen.", "I was washing dishes at the sink in the kitchen.",
+             "I met <face_2> in the kitchen.", "I put the red cup on the table in the kitchen.",
+             "I met <face_3> in the office.", "I met <face_1> in the kitchen."]
+    for i, text in enumerate(texts):
+        s.commit_segment(sid, Segment(i, 10.0 * i, 10.0 * i + 10), memory=text, failure=None, writer_model="m",
+                         adapter_id=None, n_tokens=8, latency_s=0.0)
+    cfg = QAConfig(top_k=8, latest_k=1, use_embeddings=False)
+    q = "Who did I meet most recently in the kitchen?"
+    assert [r["text"] for r in retrieve(s, q, cfg, until=55.0)] == [texts[2]]  # the later one is after `until`
+    assert [r["text"] for r in retrieve(s, q, cfg, until=100.0)] == [texts[5]]
+    assert [r["text"] for r in retrieve(s, "Who did I meet in the office?", cfg, until=100.0)] == [texts[4]]
+    # nobody met in the bedroom: retrieved as any question; latest_k 0: the text ranks decide
+    assert len(retrieve(s, "Who did I meet in the bedroom?", cfg, until=100.0)) == len(
+        retrieve(s, "Who did I meet in the bedroom?", QAConfig(top_k=8, use_embeddings=False), until=100.0))
+    assert len(retrieve(s, q, QAConfig(top_k=8, use_embeddings=False), until=100.0)) > 1
+    s.close()

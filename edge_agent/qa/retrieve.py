@@ -20,6 +20,7 @@ import numpy as np
 from edge_agent.config import QAConfig
 from edge_agent.qa.when import clock_time, offset_into_recording, time_ago
 from edge_agent.qa.where import left_thing
+from edge_agent.qa.who import met_place
 from edge_agent.store import Store
 from edge_agent.store.text import clean_text
 
@@ -119,7 +120,8 @@ def retrieve(store: Store, question: str, cfg: QAConfig, since: float | None = N
     a time (`qa.when`, read against `asked_at`, else `until`, else now), the half of top_k nearest it come first
     and the text ranks fill the rest: a question about a moment shares no words with the memory of it. With
     cfg.moment_k set, such a question is shown only the moment_k memories nearest that time; with cfg.latest_k
-    set, a question where something was left (`qa.where`) only the latest_k memories that name it, if any does.
+    set, a question where something was left (`qa.where`) only the latest_k memories that name it, if any does,
+    and "who did I meet in R?" (`qa.who`) only the latest_k that name a person and R.
     """
     question = clean_text(question)
     reference = next((t for t in (asked_at, until) if t is not None and math.isfinite(t)), time.time())
@@ -129,11 +131,10 @@ def retrieve(store: Store, question: str, cfg: QAConfig, since: float | None = N
         # reads it off the two or three of that moment (models/default/README.md)
         near = [mid for mid, _ in store.memories_near(at, cfg.moment_k, since, until)]
         return _rows(store, fuse([near], cfg.rrf_k), since, until)
-    thing = left_thing(question) if cfg.latest_k else None
-    latest = store.latest_naming(thing, cfg.latest_k, since, until) if thing else []
+    latest = _latest(store, question, cfg.latest_k, since, until) if cfg.latest_k else []
     if latest:
-        # where a thing is now: the latest memories that name it, not every pick-up and put-down that shares the
-        # question's words (models/default/README.md)
+        # where a thing is now, or whom I met in a room: the latest memories that name it, not every pick-up and
+        # put-down, or every memory of the room, that shares the question's words (models/default/README.md)
         return _rows(store, fuse([[mid for mid, _ in latest]], cfg.rrf_k), since, until)
     depth = candidates_per_ranking(cfg)
     rankings = [[mid for mid, _ in store.fts_search(question, depth, since=since, until=until)]]
@@ -150,6 +151,17 @@ def retrieve(store: Store, question: str, cfg: QAConfig, since: float | None = N
     # the sort is stable, so each group keeps its fused order
     fused = sorted(fuse(rankings + [moment], cfg.rrf_k), key=lambda kv: kv[0] not in first)[: cfg.top_k]
     return _rows(store, fused, since, until)
+
+
+def _latest(store: Store, question: str, k: int, since: float | None,
+            until: float | None) -> list[tuple[int, float]]:
+    """The k latest memories naming what a "where did I leave X?" question asks after (`qa.where`), or a person
+    (a `<face_N>` tag) and the place a "who did I meet in R?" question names (`qa.who`); [] for other questions."""
+    thing = left_thing(question)
+    if thing:
+        return store.latest_naming(thing, k, since, until)
+    place = met_place(question)
+    return store.latest_naming(place, k, since, until, also="face") if place else []
 
 
 def _rows(store: Store, ranked: list[tuple[int, float]], since: float | None,

@@ -61,18 +61,19 @@ class MemoryQueries(Queries):
         return sorted(found.items(), key=lambda kv: (kv[1], kv[0]))[:k]
 
     def latest_naming(self, thing: str, k: int, since: float | None = None,
-                      until: float | None = None) -> list[tuple[int, float]]:
+                      until: float | None = None, also: str | None = None) -> list[tuple[int, float]]:
         """The k latest memories (by t_start) whose text holds `thing` as a phrase (FTS5: its words in that order,
-        stemmed), as (memory_id, t_start), latest first, ties by id. Any text is safe."""
-        words = " ".join(tokens(thing))
-        if not words or k <= 0:
+        stemmed), and `also` as another when given, as (memory_id, t_start), latest first, ties by id. Any text
+        is safe."""
+        wanted = [" ".join(tokens(t)) for t in (thing, also) if t is not None]
+        if not all(wanted) or k <= 0:
             return []
         tsql, params = time_filter(since, until)
         with self._lock:
             rows = self.conn.execute(
                 "SELECT m.id, m.t_start FROM memories_fts JOIN memories m ON m.id = memories_fts.rowid "
                 f"WHERE memories_fts MATCH ?{tsql} ORDER BY m.t_start DESC, m.id DESC LIMIT ?",
-                [phrases([words]), *params, int(k)]).fetchall()
+                [phrases(wanted, "AND"), *params, int(k)]).fetchall()
         return [(int(i), float(t)) for i, t in rows]
 
     def fts_search(self, query: str, k: int, since: float | None = None,

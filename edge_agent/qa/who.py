@@ -1,0 +1,22 @@
+"""The place a "who did I meet there?" question names ("Who did I meet most recently in the kitchen?" -> "kitchen").
+
+Whom the wearer met in a room is told by the latest memories that name a person (`<face_N>`) and that room, not
+by the memories that share the most words with the question: every memory of the room shares "kitchen", and a
+memory of the meeting shares no other word with it. So such a question can be shown the latest memories naming a
+person there (`qa.latest_k`, `qa.retrieve`), as "where did I leave X?" is shown the latest naming X. Read forms:
+"who did I (last) meet / see / talk to / talk with / speak to / speak with (most recently | last) in / at the R".
+"""
+
+from __future__ import annotations
+
+import re
+
+_MET_IN = re.compile(r"\bwho\s+did\s+i\s+(?:last\s+)?(?:meet|see|talk\s+(?:to|with)|speak\s+(?:to|with))\s+"
+                     r"(?:(?:most\s+recently|last|first)\s+)?(?:in|at)\s+(?:the\s+|my\s+)?([a-z][a-z ]*?)\s*"
+                     r"(?:\?|$|\s+(?:today|this|yesterday|earlier|most|last)\b)", re.I)
+
+
+def met_place(question: str) -> str | None:
+    """The room or place a "who did I meet there?" question names, lower-cased, or None for any other question."""
+    m = _MET_IN.search(question.strip())
+    return m.group(1).strip().lower() if m else None
