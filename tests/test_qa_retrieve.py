@@ -180,18 +180,24 @@ def test_moment_k_shows_a_question_about_a_moment_only_the_memories_nearest_it(t
     s.close()
 
 
+def ten_second_memories(tmp_path, texts):
+    """A store with one memory per 10-second segment of a stream starting at 0, in order."""
+    s = Store.open(tmp_path / "t.db")
+    sid = s.get_or_create_stream("clip", "fp-ten", 0.0, "synthetic")
+    for i, text in enumerate(texts):
+        s.commit_segment(sid, Segment(i, 10.0 * i, 10.0 * i + 10), memory=text, failure=None, writer_model="m",
+                         adapter_id=None, n_tokens=8, latency_s=0.0)
+    return s
+
+
 def test_latest_k_shows_where_a_thing_was_left_by_the_latest_memories_that_name_it(tmp_path):
     """qa.latest_k: "where did I leave the blue keys?" is shown the latest memory naming the blue keys (their last
     put-down), not the earlier ones that share more of its words, nor the red keys' or a later one after `until`;
     a thing no memory names, or a question of another kind, is retrieved as before."""
-    s = Store.open(tmp_path / "t.db")
-    sid = s.get_or_create_stream("clip", "fp-left", 0.0, "synthetic")
     texts = ["I picked up the blue keys from the sink. Where did I leave the blue keys, I wondered.",
              "I put the blue keys on the desk in the office.", "I looked around the office.",
              "I put the red keys on the bed.", "I moved the blue keys from the desk to the shelf."]
-    for i, text in enumerate(texts):
-        s.commit_segment(sid, Segment(i, 10.0 * i, 10.0 * i + 10), memory=text, failure=None, writer_model="m",
-                         adapter_id=None, n_tokens=8, latency_s=0.0)
+    s = ten_second_memories(tmp_path, texts)
     cfg = QAConfig(top_k=8, latest_k=1, use_embeddings=False)
     q = "Where did I leave the blue keys?"
     assert [r["text"] for r in retrieve(s, q, cfg, until=100.0)] == [texts[4]]
@@ -209,14 +215,10 @@ def test_latest_k_shows_where_a_thing_was_left_by_the_latest_memories_that_name_
 def test_latest_k_shows_who_was_met_in_a_room_by_the_latest_memories_naming_a_person_there(tmp_path):
     """qa.latest_k: "who did I meet most recently in the kitchen?" is shown the latest memory that names a person
     (<face_N>) and the kitchen, not the kitchen's other memories nor a meeting elsewhere or after `until`."""
-    s = Store.open(tmp_path / "t.db")
-    sid = s.get_or_create_stream("clip", "fp-who", 0.0, "synthetic")
     texts = ["I met <face_1> in the kitchen.", "I was washing dishes at the sink in the kitchen.",
              "I met <face_2> in the kitchen.", "I put the red cup on the table in the kitchen.",
              "I met <face_3> in the office.", "I met <face_1> in the kitchen."]
-    for i, text in enumerate(texts):
-        s.commit_segment(sid, Segment(i, 10.0 * i, 10.0 * i + 10), memory=text, failure=None, writer_model="m",
-                         adapter_id=None, n_tokens=8, latency_s=0.0)
+    s = ten_second_memories(tmp_path, texts)
     cfg = QAConfig(top_k=8, latest_k=1, use_embeddings=False)
     q = "Who did I meet most recently in the kitchen?"
     assert [r["text"] for r in retrieve(s, q, cfg, until=55.0)] == [texts[2]]  # the later one is after `until`

@@ -250,3 +250,22 @@ def test_an_object_carried_into_a_full_room_is_taken_back():
     puts = [e for e in script.events if e["type"] == "put_down"]
     picks = [e for e in script.events if e["type"] == "pick_up"]
     assert puts and len(puts) == len(picks)  # every pick-up is followed by its put-down
+
+
+def test_eval_renders_a_clip_cached_in_an_older_format_again(tmp_path):
+    """A clip cached before people were numbered by first meeting (format 1) would grade person questions against
+    the old tags: `eval` renders it again; a current one is reused."""
+    from edge_agent.config import load_config
+    from edge_agent.eval.benchmark_run import synthetic_data
+    from edge_agent.synth import FORMAT_VERSION
+
+    cfg = load_config(tmp_path / "home", environ={})
+    out = synthetic_data(cfg, 5, 0.25)
+    questions = out / "questions.json"
+    data = json.loads(questions.read_text())
+    assert data["version"] == FORMAT_VERSION == 2
+    stamp = questions.stat().st_mtime_ns
+    assert synthetic_data(cfg, 5, 0.25) == out and questions.stat().st_mtime_ns == stamp  # reused
+    questions.write_text(json.dumps(dict(data, version=1)))
+    synthetic_data(cfg, 5, 0.25)
+    assert json.loads(questions.read_text())["version"] == 2

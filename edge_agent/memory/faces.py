@@ -85,7 +85,7 @@ class FaceModel:
         return self.weights["head.weight"] @ x + self.weights["head.bias"]
 
     def __call__(self, images: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-        """(presence probabilities, n, ; identity vectors, n x sum of group sizes)."""
+        """(P(a person is in view) per frame, shape n; identity vectors, shape n x the groups' sizes summed)."""
         outs = [self.features(im) for im in images]
         present, idents = [], []
         scale = 1.0 / np.sqrt(len(self.groups))
@@ -118,10 +118,9 @@ class FaceRegistry:
     def people_in(self, segment: "Segment", t_origin: float = 0.0) -> list[str]:
         """The tags of the people the segment's keyframes show, in the order they appear; a person not met
         before is registered under the next number (committed at once: a tag, once given, is never reused)."""
-        frames = [f for f in segment.keyframes]
-        if not frames:
+        if not segment.keyframes:
             return []
-        present, idents = self.model([f.image for f in frames])
+        present, idents = self.model([f.image for f in segment.keyframes])
         # Frames of one person in a row are one look at them: average them before asking the registry.
         looks: list[list[np.ndarray]] = []
         for p, v in zip(present, idents):
