@@ -292,10 +292,11 @@ def test_the_default_models_numbers_in_the_readme_are_its_manifests():
     assert f"95 % CI {100 * e['acc_ci95'][0]:.1f}-{100 * e['acc_ci95'][1]:.1f}" in para
     assert f"Prec {100 * e['prec']:.1f} %" in para and w["answered_by"] == "reader.gguf" and "reader.gguf" in para
     assert w["mc_acc_gt_memories"] == manifest["reader"]["mc_gt_memories"]["mc_acc_gt_memories"]  # the reader's
+    off = manifest["faces"]["ablation_end_to_end_9000_9047_format_2"]["without_registry"]  # the same clips
+    assert off["seeds"] == e["seeds"] and off["n_questions"] == e["n_questions"]
+    assert f"without it {100 * off['acc']:.1f} %, CI {100 * off['acc_ci95'][0]:.1f}-{100 * off['acc_ci95'][1]:.1f}" in para
+    assert f"{100 * manifest['measured']['end_to_end_format_1']['acc']:.1f} %" in para
     r_before = manifest["measured"]["reader_before"]
-    r = r_before["end_to_end_48_clips"]  # the reader before over the same memories
-    assert r["seeds"] == e["seeds"] and r["memories"] == e["memories"]
-    assert f"the reader before {100 * r['acc']:.1f} %, CI {100 * r['acc_ci95'][0]:.1f}-{100 * r['acc_ci95'][1]:.1f}" in para
     # the readers compared on 1,069 questions of held-out text worlds (the 132 above move by +-8 points)
     mc, mc_before = manifest["measured"]["mc_gt_memories_text_worlds"], r_before["mc_gt_memories_text_worlds"]
     assert mc["worlds"] == mc_before["worlds"] and mc["right"] > mc_before["right"]
