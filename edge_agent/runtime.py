@@ -215,10 +215,9 @@ class Ingestor:
         self._drop_forgotten()
         seg, window = self.keepup.before(seg, list(self._window), self._thread.stats())
         result = self.writer.write(window, seg)
-        if self.faces is not None:
-            people = self.faces.people_in(seg, self.origin)  # registered even when the memory failed
-            if result.text is not None and people:
-                result.text = retag(result.text, people)
+        people = self.faces.people_in(seg, self.origin) if self.faces is not None else []  # even if it failed
+        if result.text is not None and people:
+            result.text = retag(result.text, people)
         segment_id, memory_id = self.store.commit_segment(  # stream seconds; the store adds the origin for memories
             self.stream_id, seg, memory=result.text, failure=result.failure,
             writer_model=self.backend.model_name, adapter_id=self._adapter_id,
@@ -227,7 +226,7 @@ class Ingestor:
             self.store.put_embeddings(self.embedder.name, [memory_id], self.embedder.encode([result.text]))
         self._drop_forgotten()  # a `forget` during the write: its candidates must not see the forgotten window
         keep_for_phase_two(self.store, self.writer, self.keepup.keep_config(), segment_id, seg, result,
-                           list(self._window), keep_frames=self.keep_frames)
+                           list(self._window), keep_frames=self.keep_frames, people=people)
         self.store.expire_kept_frames()  # between segments: kept frames never outlive writer.keep_frames_hours
         self._window.append(WindowEntry(seg, result.text))
         self._window_keys.append((segment_id, memory_id))

@@ -207,3 +207,24 @@ def test_a_segment_without_keyframes_shows_nobody(tmp_path):
     grey = Frame(0, 0.0, np.full((96, 128, 3), 128, np.uint8))
     assert registry.people_in(Segment(0, 0.0, 10.0, [grey])) == [] and store.faces() == []
     store.close()
+
+
+def test_phase_two_candidates_name_the_registrys_people_as_the_memory_does(tmp_path):
+    """Sampled alternatives are kept with the registry's tags: a pair then differs in what it keeps, not in which
+    tag the writer guessed (the written memory already carries the registry's)."""
+    if not SHIPPED.is_file():
+        pytest.skip("the default model ships no face network")
+    paths = generate(seed=9103, minutes=1.5, out_dir=tmp_path / "clip")
+    first = next(e for e in json.loads(paths.events.read_text())["events"] if e["type"] == "meet")
+    cfg = load_config(tmp_path / "home", environ={})
+    cfg = replace(replace(cfg, "writer", candidate_share=1.0, candidates_per_segment=2), "capture", sample_fps=2.0)
+    store = Store.open(cfg.db_path)
+    backend = ScriptedBackend(lambda call: json.dumps({"description": "I met <face_4> in the kitchen."}))
+    with Ingestor(str(paths.video), store, backend, cfg) as ing:
+        ing.advance()
+    rows = store.conn.execute("SELECT s.t_start, c.text, c.source FROM candidates c JOIN segments s "
+                              "ON s.id = c.segment_id").fetchall()
+    during = [(text, source) for t0, text, source in rows if first["t"] + 0.5 < t0 + 10 and t0 < first["t_end"] - 1.5]
+    assert {source for _, source in during} == {"writer", "sampled"}
+    assert all(json.loads(text)["description"] == "I met <face_1> in the kitchen." for text, _ in during), during
+    store.close()

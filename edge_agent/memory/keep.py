@@ -8,8 +8,10 @@ import json
 import os
 import time
 from pathlib import Path
+from typing import Sequence
 
 from edge_agent.config import Config
+from edge_agent.memory.faces import retag
 from edge_agent.memory.prompts import writer_messages
 from edge_agent.memory.validate import Validation
 from edge_agent.memory.writer import MemoryWriter, WindowEntry, WriteResult
@@ -157,19 +159,33 @@ def kept_window_messages(store: Store, segment_id: int, window_segments: int) ->
 
 
 def add_candidates(store: Store, segment_id: int, memory: str | None,
-                    sampled: list[tuple[str, Validation]]) -> int:
-    """One window's written (greedy) memory and its sampled alternatives, stored as Phase Two candidates."""
+                    sampled: list[tuple[str, Validation]], people: Sequence[str] = ()) -> int:
+    """One window's written (greedy) memory and its sampled alternatives, stored as Phase Two candidates. The
+    alternatives name `people` (the face registry's, as the written memory does), so that two candidates differ
+    in what they keep, not in which tag the writer guessed."""
     if memory:
         store.add_candidate(segment_id, json.dumps({"description": memory}), valid=True, failure=None,
                             sampling={"temperature": 0.0}, source="writer")
     for raw, check in sampled:
-        store.add_candidate(segment_id, raw, valid=check.ok, failure=check.failure,
+        store.add_candidate(segment_id, _retagged(raw, people), valid=check.ok, failure=check.failure,
                             sampling=CANDIDATE_SAMPLING.__dict__, source="sampled")
     return len(sampled)
 
 
+def _retagged(raw: str, people: Sequence[str]) -> str:
+    """A reply `{"description": ...}` with its `<face_N>` tags set to `people`; any other reply as it came."""
+    try:
+        reply = json.loads(raw) if people else None
+    except ValueError:
+        return raw
+    if not isinstance(reply, dict) or not isinstance(reply.get("description"), str):
+        return raw
+    return json.dumps({**reply, "description": retag(reply["description"], people)})
+
+
 def keep_for_phase_two(store: Store, writer: MemoryWriter, cfg: Config, segment_id: int, seg: Segment,
-                       result: WriteResult, window: list[WindowEntry], *, keep_frames: bool = True) -> None:
+                       result: WriteResult, window: list[WindowEntry], *, keep_frames: bool = True,
+                       people: Sequence[str] = ()) -> None:
     """Keep the segment's keyframes (bounded time) and, for a share of segments, sampled alternatives.
 
     Phase Two compares candidate memories of the same window; the frames let `adapt` rebuild the window's
@@ -194,4 +210,4 @@ def keep_for_phase_two(store: Store, writer: MemoryWriter, cfg: Config, segment_
     if not _sampled_for_candidates(writer.stream_key, seg.index, wcfg.candidate_share):
         return
     add_candidates(store, segment_id, result.text,
-                    writer.sample_candidates(window, seg, wcfg.candidates_per_segment, seed=seg.index * 1000))
+                    writer.sample_candidates(window, seg, wcfg.candidates_per_segment, seed=seg.index * 1000), people)
