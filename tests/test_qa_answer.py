@@ -7,10 +7,8 @@ import pytest
 from edge_agent.config import QAConfig
 from edge_agent.errors import QuestionError
 from edge_agent.qa.answer import ANSWER_PREFIX, answer, answer_likelihood, parse_options, parse_reply
-from edge_agent.store import Store
-from edge_agent.types import Segment
-
 from edge_agent.vlm.fake import ScriptedBackend
+from test_qa_retrieve import ten_second_memories
 
 
 CFG = QAConfig(top_k=4, use_embeddings=False)  # FTS5 alone keeps these tests fast; retrieval has its own tests
@@ -25,11 +23,7 @@ TEXTS = [
 
 @pytest.fixture
 def store(tmp_path):
-    s = Store.open(tmp_path / "m.db")
-    sid = s.get_or_create_stream("clip", "fp", 0.0, "synthetic")
-    for i, t in enumerate(TEXTS):
-        s.commit_segment(sid, Segment(i, 10.0 * i, 10.0 * i + 10), memory=t, failure=None, writer_model="m",
-                         adapter_id=None, n_tokens=8, latency_s=0.0)
+    s = ten_second_memories(tmp_path, TEXTS)
     yield s
     s.close()
 

@@ -42,13 +42,19 @@ TEXTS = [
 ]
 
 
+def ten_second_memories(tmp_path, texts):
+    """A store with one memory per 10-second segment of a stream starting at 0, in order."""
+    s = Store.open(tmp_path / "t.db")
+    sid = s.get_or_create_stream("clip", "fp-ten", 0.0, "synthetic")
+    for i, text in enumerate(texts):
+        s.commit_segment(sid, Segment(i, 10.0 * i, 10.0 * i + 10), memory=text, failure=None, writer_model="m",
+                         adapter_id=None, n_tokens=8, latency_s=0.0)
+    return s
+
+
 @pytest.fixture
 def store(tmp_path):
-    s = Store.open(tmp_path / "m.db")
-    sid = s.get_or_create_stream("clip", "fp", 0.0, "synthetic")
-    for i, t in enumerate(TEXTS):
-        s.commit_segment(sid, Segment(i, 10.0 * i, 10.0 * i + 10), memory=t, failure=None, writer_model="m",
-                         adapter_id=None, n_tokens=8, latency_s=0.0)
+    s = ten_second_memories(tmp_path, TEXTS)
     yield s
     s.close()
 
@@ -178,16 +184,6 @@ def test_moment_k_shows_a_question_about_a_moment_only_the_memories_nearest_it(t
     early = retrieve(s, "What was I doing at 7:07 into the recording?", cfg, until=300.0, asked_at=600.0)
     assert [r["t_start"] for r in early] == [290.0, 280.0, 270.0]  # nothing after `until`
     s.close()
-
-
-def ten_second_memories(tmp_path, texts):
-    """A store with one memory per 10-second segment of a stream starting at 0, in order."""
-    s = Store.open(tmp_path / "t.db")
-    sid = s.get_or_create_stream("clip", "fp-ten", 0.0, "synthetic")
-    for i, text in enumerate(texts):
-        s.commit_segment(sid, Segment(i, 10.0 * i, 10.0 * i + 10), memory=text, failure=None, writer_model="m",
-                         adapter_id=None, n_tokens=8, latency_s=0.0)
-    return s
 
 
 def test_latest_k_shows_where_a_thing_was_left_by_the_latest_memories_that_name_it(tmp_path):
