@@ -257,7 +257,7 @@ class AdaptConfig(Section):
 
 @dataclass
 class FacesConfig(Section):
-    """The face registry (edge_agent/memory/faces.py): people numbered as the wearer meets them, their tags in memories."""
+    """The face registry (edge_agent/memory/faces.py): people numbered as met, their tags set in memories."""
 
     section = "faces"
     enabled: str = setting("auto", '"auto": on when the model folder ships a face network (faces.npz), "on" (an error '

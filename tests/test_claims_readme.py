@@ -294,7 +294,8 @@ def test_the_default_models_numbers_in_the_readme_are_its_manifests():
     assert w["mc_acc_gt_memories"] == manifest["reader"]["mc_gt_memories"]["mc_acc_gt_memories"]  # the reader's
     off = manifest["faces"]["ablation_end_to_end_9000_9047_format_2"]["without_registry"]  # the same clips
     assert off["seeds"] == e["seeds"] and off["n_questions"] == e["n_questions"]
-    assert f"without it {100 * off['acc']:.1f} %, CI {100 * off['acc_ci95'][0]:.1f}-{100 * off['acc_ci95'][1]:.1f}" in para
+    lo, hi = (100 * x for x in off["acc_ci95"])
+    assert f"without it {100 * off['acc']:.1f} %, CI {lo:.1f}-{hi:.1f}" in para
     assert f"{100 * manifest['measured']['end_to_end_format_1']['acc']:.1f} %" in para
     r_before = manifest["measured"]["reader_before"]
     # the readers compared on 1,069 questions of held-out text worlds (the 132 above move by +-8 points)
@@ -304,6 +305,9 @@ def test_the_default_models_numbers_in_the_readme_are_its_manifests():
     judge = manifest["judge"]  # Phase Two's judge (judge.gguf), as adapt asks it, on held-out pairs
     assert f"same memory in both orderings for {round(100 * judge['judge']['position_consistent'])} % of held-out pairs" in para
     assert f"(the reader {round(100 * manifest['reader']['judge']['position_consistent'])} %;" in para
+    f2 = judge["judge_format_2"]  # the same judge on the pairs of format-2 worlds, drawn anew
+    lo, hi = (round(100 * x) for x in f2["position_consistent_ci"])
+    assert f"by first meeting, {round(100 * f2['position_consistent'])} %, CI {lo}-{hi})" in para
     assert f"for {round(100 * judge['judge_same_moment']['position_consistent'])} % of pairs of two true memories" in para
     assert f"it is consistent for {round(100 * judge['judge_swapped']['position_consistent'])} %;" in para
     loop = judge["judge_on_writer_candidates"]["judge.gguf"]
