@@ -174,8 +174,10 @@ def add_candidates(store: Store, segment_id: int, memory: str | None,
 
 def _retagged(raw: str, people: Sequence[str]) -> str:
     """A reply `{"description": ...}` with its `<face_N>` tags set to `people`; any other reply as it came."""
+    if not people:
+        return raw
     try:
-        reply = json.loads(raw) if people else None
+        reply = json.loads(raw)
     except ValueError:
         return raw
     if not isinstance(reply, dict) or not isinstance(reply.get("description"), str):
