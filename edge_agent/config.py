@@ -137,6 +137,10 @@ class QAConfig(Section):
                             'the wearer met in a place ("who did I meet in the kitchen?") is shown only this many '
                             "memories, the latest that name it (a person and the place; as retrieved otherwise when "
                             "none does); 0: retrieved as any question.", between(0, 256), "must be in [0, 256]")
+    colour_k: int = setting(0, 'A question that asks what colour a thing was ("what colour was the cup I put on the '
+                            'shelf?") is shown only this many memories, the latest that name the thing (as retrieved '
+                            "otherwise when none does); 0: retrieved as any question.", between(0, 256),
+                            "must be in [0, 256]")
     rrf_k: int = setting(60, "Reciprocal-rank-fusion constant for the FTS5 and embedding ranks.", between(1, 10000),
                          "must be in [1, 10000]")
     use_embeddings: bool = setting(True, "MiniLM sentence embeddings (onnxruntime) beside FTS5.")
@@ -443,6 +447,7 @@ PROFILE_KEYS = {"frame_size": "capture.frame_size", "keyframes_per_segment": "ca
                 "n_gpu_layers": "model.n_gpu_layers", "image_cache_size": "model.image_cache_size",
                 "window_segments": "writer.window_segments", "answer_choice": "qa.choice",
                 "moment_memories": "qa.moment_k", "latest_memories": "qa.latest_k",
+                "colour_memories": "qa.colour_k",
                 # Phase Two's recipe where a model's own was measured (the embedded default: README, Phase Two)
                 "candidate_share": "writer.candidate_share", "adapt_learning_rate": "adapt.learning_rate",
                 "adapt_steps": "adapt.steps", "adapt_sft_weight": "adapt.sft_weight"}

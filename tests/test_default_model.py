@@ -398,6 +398,26 @@ def test_read_dev_grades_every_told_multiple_choice_question_by_the_runtimes_rul
                for g in saved["graded"])
 
 
+def test_read_gt_answers_ground_truth_memories_retrieved_as_ask_retrieves_them(tmp_path, monkeypatch):
+    """`train_default.py read-gt`: every told multiple-choice question of a world, over its ground-truth memories in
+    a store, retrieved under the shipped profile (qa.moment_k, latest_k, colour_k) and answered by the shipped
+    reader through llama.cpp: graded by the world's answer, far above chance (25 %) on dev worlds."""
+    import argparse
+
+    rec = _recipe()
+    monkeypatch.setattr(rec, "WORK", tmp_path)
+    monkeypatch.setenv("EDGE_AGENT_MODEL__N_THREADS", "1")
+    res = rec.read_gt(argparse.Namespace(out=rec.OUT, dev_worlds="8000-8001", choice="score"))
+    told = sum(bool(q["options"]) and rec.evidence(rec.text_world(s, 4.0), q)[1]
+               for s in (8000, 8001) for q in rec.text_world(s, 4.0)["questions"])
+    saved = json.loads(next(tmp_path.glob("read-gt-8000-8001-*.json")).read_text())
+    assert res["n"] == told == len(saved["graded"]) > 10
+    assert res["qa"] == {"choice": "score", "top_k": 8, "moment_k": 3, "latest_k": 1, "colour_k": 3}  # the profile
+    assert all(g["right"] == (g["pred"] == rec.text_world(g["seed"], 4.0)["questions"][g["question"]]["answer"])
+               for g in saved["graded"])
+    assert res["acc"] == round(sum(g["right"] for g in saved["graded"]) / res["n"], 3) >= 0.5
+
+
 def test_widen_adds_attention_heads_and_keeps_the_function_through_llama_cpp(tmp_path, tiny_model):
     """`train_default.py widen`: more query and key/value heads, the same logits in transformers, and the
     exporter writes the wider attention so llama.cpp gives the narrow model's logits too; `--new-heads-only`

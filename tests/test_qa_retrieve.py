@@ -225,3 +225,30 @@ def test_latest_k_shows_who_was_met_in_a_room_by_the_latest_memories_naming_a_pe
         retrieve(s, "Who did I meet in the bedroom?", QAConfig(top_k=8, use_embeddings=False), until=100.0))
     assert len(retrieve(s, q, QAConfig(top_k=8, use_embeddings=False), until=100.0)) > 1
     s.close()
+
+
+def test_colour_k_shows_what_colour_a_thing_was_by_the_latest_memories_that_name_it(tmp_path):
+    """qa.colour_k: "what colour was the cup I put on the shelf?" is shown the latest memories naming a cup, not
+    the memories of the shelf that share more of its words and name other things' colours, nor one after `until`;
+    a thing no memory names (a shirt), or colour_k 0, is retrieved as before."""
+    texts = ["I put the green bowl on the shelf in the kitchen.", "I put the red cup on the shelf in the kitchen.",
+             "I put the blue book on the shelf in the kitchen.", "I looked around the kitchen.",
+             "I picked up the red cup from the shelf in the kitchen.", "I put the yellow cup on the shelf."]
+    s = ten_second_memories(tmp_path, texts)
+    q = "What colour was the cup I put on the shelf in the kitchen?"
+    plain = QAConfig(top_k=8, use_embeddings=False)
+    two = retrieve(s, q, QAConfig(top_k=8, colour_k=2, use_embeddings=False), until=55.0)
+    assert [r["text"] for r in two] == [texts[4], texts[1]]  # the yellow cup came after `until`
+    assert two[0]["score"] > two[1]["score"]
+    assert [r["text"] for r in retrieve(s, q, QAConfig(top_k=8, colour_k=1, use_embeddings=False),
+                                        until=100.0)] == [texts[5]]
+    assert len(retrieve(s, q, plain, until=55.0)) == 5  # colour_k 0: every shelf memory shares the words
+    shirt = "What colour was the shirt of <face_1> I met in the kitchen?"
+    assert ([r["id"] for r in retrieve(s, shirt, QAConfig(top_k=8, colour_k=2, use_embeddings=False), until=100.0)]
+            == [r["id"] for r in retrieve(s, shirt, plain, until=100.0)])
+    # latest_k alone does not touch colour questions, nor colour_k "where did I leave X?"
+    assert len(retrieve(s, q, QAConfig(top_k=8, latest_k=1, use_embeddings=False), until=55.0)) == 5
+    where = "Where did I leave the red cup?"
+    assert ([r["id"] for r in retrieve(s, where, QAConfig(top_k=8, colour_k=1, use_embeddings=False), until=100.0)]
+            == [r["id"] for r in retrieve(s, where, plain, until=100.0)])
+    s.close()

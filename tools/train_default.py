@@ -12,6 +12,7 @@
     .venv/bin/python tools/train_default.py parity              # transformers vs llama.cpp logits, one prompt
     .venv/bin/python tools/train_default.py eval                # held-out metrics through llama.cpp
     .venv/bin/python tools/train_default.py read-dev --from-dir D   # dev multiple choice over ground-truth memories
+    .venv/bin/python tools/train_default.py read-gt --dev-worlds 9000-9011   # ... retrieved as `ask` retrieves them
     .venv/bin/python tools/train_default.py pixels              # which caption words the writer takes from the frames
     .venv/bin/python tools/train_default.py hf-from-gguf --to-dir D # shipped reader.gguf -> an hf folder to train
 
@@ -58,6 +59,7 @@ models/default/README.md and models/default/manifest.json.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import hashlib
 import json
 import math
@@ -726,7 +728,6 @@ VARIANT_DROP = ({}, {"pick_up", "put_down"}, {"meet", "read_sign"}, {"activity",
 def captions_without(c: dict, drop: set[str]) -> dict[int, str]:
     """Segment index -> the caption of world `c` when its script has no event of the types in `drop` (the same
     cap filled with other true facts first)."""
-    import dataclasses
 
     from edge_agent.synth.world import segment_captions
 
@@ -1829,8 +1830,9 @@ def manifest(args) -> None:
            # what it was trained at (read by edge_agent.models; the same as the catalog's entry)
            "profile": {"frame_size": FRAME_SIZE, "keyframes_per_segment": 4, "answer_choice": "score",
                        # a question naming a time reads the 3 memories of that moment, one asking where a thing was
-                       # left the latest memory naming it (README, "The moment alone", "The latest memory")
-                       "moment_memories": 3, "latest_memories": 1,
+                       # left the latest memory naming it, one asking what colour a thing was the 3 latest naming it
+                       # (README, "The moment alone", "The latest memory", "The colour of a thing")
+                       "moment_memories": 3, "latest_memories": 1, "colour_memories": 3,
                        # Phase Two's product recipe, measured on this model (configs/phase_two/product.toml)
                        "candidate_share": 0.3, "adapt_learning_rate": 1e-2, "adapt_steps": 50, "adapt_sft_weight": 1.0,
                        "ram_gb": 0.5, "disk_gb": 0.1},
@@ -1954,6 +1956,57 @@ def evaluate(args) -> dict:
     print(json.dumps(summary, indent=1), flush=True)
     (WORK / f"eval-{args.out.name}.json").write_text(json.dumps(summary, indent=1))
     return summary
+
+
+def read_gt(args) -> dict:
+    """`read-gt`: multiple choice over text worlds' ground-truth memories (`--dev-worlds`, 4 minutes each; one
+    memory a segment, as a writer that never erred would write them) put in a store and retrieved as `ask`
+    retrieves them, under the folder's profile (qa.moment_k, latest_k, colour_k) and MiniLM beside FTS5, then
+    answered by the folder's reader through llama.cpp: what the product answers when its memories are true. `eval`'s
+    MC shows the evidence among 7 memories drawn at random instead, so it measures the reader apart from retrieval.
+    Only questions whose memories tell the answer count, as there; E is wrong. Saved to
+    <work>/read-gt-<worlds>-<folder>.json with each question's grade."""
+    import tempfile
+
+    from edge_agent.config import load_config
+    from edge_agent.qa.embed import default_embedder, minilm_available
+    from edge_agent.qa.retrieve import retrieve
+    from edge_agent.store import Store
+
+    os.environ.setdefault("EDGE_AGENT_MODEL__NAME", str(args.out.resolve()))
+    qcfg = dataclasses.replace(load_config().qa, choice=args.choice)
+    embedder = default_embedder() if qcfg.use_embeddings and minilm_available() else None
+    first, last = (int(x) for x in args.dev_worlds.split("-"))
+    graded = []
+    with open_answerer(args.out, None) as reader, tempfile.TemporaryDirectory() as tmp:
+        for seed in range(first, last + 1):
+            tw = text_world(seed, 4.0)
+            store = Store.open(Path(tmp) / f"w{seed}.db")
+            sid = store.get_or_create_stream(f"world {seed}", f"gt-{seed}", 0.0, "synthetic")
+            for s in tw["segments"]:
+                store.commit_segment(sid, Segment(s["index"], s["t_start"], s["t_end"]), memory=s["caption"],
+                                     failure=None, writer_model="ground truth", adapter_id=None, n_tokens=0,
+                                     latency_s=0.0)
+            for i, q in enumerate(tw["questions"]):
+                if not q["options"] or not evidence(tw, q)[1]:
+                    continue
+                mems = retrieve(store, q["question"], qcfg, until=q["asked_at"], embedder=embedder,
+                                asked_at=q["asked_at"])
+                p = reply_from_memories(reader, q["question"], q["options"], mems, q["asked_at"], qcfg)
+                graded.append({"seed": seed, "question": i, "category": q["category"], "pred": p["choice"],
+                               "right": p["choice"] == q["answer"]})
+            store.close()
+    by_cat = {c: [sum(g["right"] for g in graded if g["category"] == c),
+                  sum(g["category"] == c for g in graded)] for c in sorted({g["category"] for g in graded})}
+    right = sum(g["right"] for g in graded)
+    res = {"worlds": args.dev_worlds, "n": len(graded), "acc": round(right / max(1, len(graded)), 3),
+           "acc_ci": wilson(right, len(graded)), "by_category": by_cat,
+           "qa": {k: getattr(qcfg, k) for k in ("choice", "top_k", "moment_k", "latest_k", "colour_k")},
+           "graded": graded}
+    print("read-gt", json.dumps({k: v for k, v in res.items() if k != "graded"}), flush=True)
+    WORK.mkdir(parents=True, exist_ok=True)
+    (WORK / f"read-gt-{args.dev_worlds}-{args.out.name}.json").write_text(json.dumps(res, indent=1))
+    return res
 
 
 def read_dev(args) -> dict:
@@ -2277,7 +2330,7 @@ def main() -> None:
     global FRAME_SIZE
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("what", choices=["run", "stage", "data", "finalize", "reader", "manifest", "eval", "parity",
-                                     "pixels", "judge", "own", "widen", "read-dev", "hf-from-gguf"])
+                                     "pixels", "judge", "own", "widen", "read-dev", "read-gt", "hf-from-gguf"])
     ap.add_argument("name", nargs="?", choices=STAGES + EXTRA_STAGES, help="the stage (for `stage`)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--steps", type=int, default=None, help="planned steps of the stage (cosine schedule)")
@@ -2323,7 +2376,7 @@ def main() -> None:
     ap.add_argument("--rank-scale", type=float, default=4.0,
                     help="read: the options' mean log-probabilities are multiplied by this before the softmax")
     ap.add_argument("--rank-weight", type=float, default=1.0, help="read: weight of the ranking loss")
-    ap.add_argument("--dev-worlds", default="8000-8095", help="read-dev: the dev text worlds, FIRST-LAST")
+    ap.add_argument("--dev-worlds", default="8000-8095", help="read-dev, read-gt: the text worlds, FIRST-LAST")
     ap.add_argument("--own-clips", type=int, default=400, help="own: fresh clips (seeds 30000..) the writer writes")
     ap.add_argument("--heads", type=int, default=6, help="widen: attention heads of the widened model")
     ap.add_argument("--kv-heads", type=int, default=6, help="widen: key/value heads of the widened model")
@@ -2394,6 +2447,8 @@ def main() -> None:
         write_own(args)
     elif args.what == "widen":
         widen(args)
+    elif args.what == "read-gt":
+        read_gt(args)
     elif args.what == "read-dev":
         read_dev(args)
     elif args.what == "hf-from-gguf":

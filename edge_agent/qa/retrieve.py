@@ -1,7 +1,8 @@
 """Retrieval of memories for a question: FTS5 BM25 ranks and MiniLM cosine ranks fused by reciprocal rank, after
 the memories nearest the time the question names, if it names one ("what was I doing at 3 pm?"). Where a question
-points at its own answer, settings can show that alone: the moment it names (`qa.moment_k`), or the latest memories
-naming what it asks where was left (`qa.latest_k`).
+points at its own answer, settings can show that alone: the moment it names (`qa.moment_k`), the latest memories
+naming what it asks where was left (`qa.latest_k`), or the latest naming the thing it asks the colour of
+(`qa.colour_k`).
 
 RRF (Cormack et al. 2009): score(m) = sum over rankings r of 1 / (k + rank_r(m)), ranks from 1; a memory
 missing from a ranking contributes nothing there. It needs no score calibration between BM25 and cosine.
@@ -18,6 +19,7 @@ from typing import Any, Protocol, Sequence
 import numpy as np
 
 from edge_agent.config import QAConfig
+from edge_agent.qa.colour import coloured_thing
 from edge_agent.qa.when import clock_time, offset_into_recording, time_ago
 from edge_agent.qa.where import left_thing
 from edge_agent.qa.who import met_place
@@ -121,7 +123,8 @@ def retrieve(store: Store, question: str, cfg: QAConfig, since: float | None = N
     and the text ranks fill the rest: a question about a moment shares no words with the memory of it. With
     cfg.moment_k set, such a question is shown only the moment_k memories nearest that time; with cfg.latest_k
     set, a question where something was left (`qa.where`) only the latest_k memories that name it, if any does,
-    and "who did I meet in R?" (`qa.who`) only the latest_k that name a person and R.
+    and "who did I meet in R?" (`qa.who`) only the latest_k that name a person and R; with cfg.colour_k set, "what
+    colour was the X?" (`qa.colour`) only the colour_k latest that name X.
     """
     question = clean_text(question)
     reference = next((t for t in (asked_at, until) if t is not None and math.isfinite(t)), time.time())
@@ -131,10 +134,11 @@ def retrieve(store: Store, question: str, cfg: QAConfig, since: float | None = N
         # reads it off the two or three of that moment (models/default/README.md)
         near = [mid for mid, _ in store.memories_near(at, cfg.moment_k, since, until)]
         return _rows(store, fuse([near], cfg.rrf_k), since, until)
-    latest = _latest(store, question, cfg.latest_k, since, until) if cfg.latest_k else []
+    latest = _latest(store, question, cfg, since, until)
     if latest:
-        # where a thing is now, or whom I met in a room: the latest memories that name it, not every pick-up and
-        # put-down, or every memory of the room, that shares the question's words (models/default/README.md)
+        # where a thing is now, whom I met in a room, or what colour a thing was: the latest memories that name it,
+        # not every pick-up and put-down, every memory of the room, or every other thing put in the same place,
+        # that shares the question's words (models/default/README.md)
         return _rows(store, fuse([[mid for mid, _ in latest]], cfg.rrf_k), since, until)
     depth = candidates_per_ranking(cfg)
     rankings = [[mid for mid, _ in store.fts_search(question, depth, since=since, until=until)]]
@@ -153,15 +157,21 @@ def retrieve(store: Store, question: str, cfg: QAConfig, since: float | None = N
     return _rows(store, fused, since, until)
 
 
-def _latest(store: Store, question: str, k: int, since: float | None,
+def _latest(store: Store, question: str, cfg: QAConfig, since: float | None,
             until: float | None) -> list[tuple[int, float]]:
-    """The k latest memories naming what a "where did I leave X?" question asks after (`qa.where`), or a person
-    (a `<face_N>` tag) and the place a "who did I meet in R?" question names (`qa.who`); [] for other questions."""
-    thing = left_thing(question)
-    if thing:
-        return store.latest_naming(thing, k, since, until)
-    place = met_place(question)
-    return store.latest_naming(place, k, since, until, also="face") if place else []
+    """The cfg.latest_k latest memories naming what a "where did I leave X?" question asks after (`qa.where`), or a
+    person (a `<face_N>` tag) and the place a "who did I meet in R?" question names (`qa.who`); the cfg.colour_k
+    latest naming what a "what colour was the X?" question asks about (`qa.colour`); [] for other questions, or
+    when the setting is 0."""
+    if cfg.latest_k:
+        thing = left_thing(question)
+        if thing:
+            return store.latest_naming(thing, cfg.latest_k, since, until)
+        place = met_place(question)
+        if place:
+            return store.latest_naming(place, cfg.latest_k, since, until, also="face")
+    thing = coloured_thing(question) if cfg.colour_k else None
+    return store.latest_naming(thing, cfg.colour_k, since, until) if thing else []
 
 
 def _rows(store: Store, ranked: list[tuple[int, float]], since: float | None,
