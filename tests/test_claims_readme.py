@@ -307,7 +307,10 @@ def test_the_default_models_numbers_in_the_readme_are_its_manifests():
     assert f"(the reader {round(100 * manifest['reader']['judge']['position_consistent'])} %;" in para
     f2 = judge["judge_format_2"]  # the same judge on the pairs of format-2 worlds, drawn anew
     lo, hi = (round(100 * x) for x in f2["position_consistent_ci"])
-    assert f"by first meeting, {round(100 * f2['position_consistent'])} %, CI {lo}-{hi})" in para
+    assert f"by first meeting, {round(100 * f2['position_consistent'])} %, CI {lo}-{hi};" in para
+    big = judge["judge_format_2_472_pairs"]  # a larger draw of those pairs, to narrow the interval
+    lo, hi = (100 * x for x in big["position_consistent_ci"])
+    assert f"{big['pairs']} such pairs {100 * big['position_consistent']:.1f} %, CI {lo:.1f}-{hi:.1f}" in para
     assert f"for {round(100 * judge['judge_same_moment']['position_consistent'])} % of pairs of two true memories" in para
     assert f"it is consistent for {round(100 * judge['judge_swapped']['position_consistent'])} %;" in para
     loop = judge["judge_on_writer_candidates"]["judge.gguf"]

@@ -2004,7 +2004,6 @@ def read_gt(args) -> dict:
            "qa": {k: getattr(qcfg, k) for k in ("choice", "top_k", "moment_k", "latest_k", "colour_k")},
            "graded": graded}
     print("read-gt", json.dumps({k: v for k, v in res.items() if k != "graded"}), flush=True)
-    WORK.mkdir(parents=True, exist_ok=True)
     (WORK / f"read-gt-{args.dev_worlds}-{args.out.name}.json").write_text(json.dumps(res, indent=1))
     return res
 
@@ -2415,6 +2414,7 @@ def main() -> None:
                     help="keyframe longest side (capture.frame_size) the model is trained and profiled at")
     ap.add_argument("--out", type=Path, default=OUT, help="model folder (hf/, model.gguf, mmproj.gguf)")
     args = ap.parse_args()
+    WORK.mkdir(parents=True, exist_ok=True)  # every command may save its results there
     FRAME_SIZE = args.frame_size
     if args.recall_colour:
         RECALL_KINDS.extend(["colour", "colour"])
