@@ -221,7 +221,7 @@ class Ingestor:
         segment_id, memory_id = self.store.commit_segment(  # stream seconds; the store adds the origin for memories
             self.stream_id, seg, memory=result.text, failure=result.failure,
             writer_model=self.backend.model_name, adapter_id=self._adapter_id,
-            n_tokens=result.n_tokens, latency_s=result.seconds)
+            n_tokens=result.n_tokens, latency_s=result.seconds, people=people)
         if memory_id is not None and self.embedder is not None:
             self.store.put_embeddings(self.embedder.name, [memory_id], self.embedder.encode([result.text]))
         self._drop_forgotten()  # a `forget` during the write: its candidates must not see the forgotten window

@@ -228,3 +228,39 @@ def test_phase_two_candidates_name_the_registrys_people_as_the_memory_does(tmp_p
     assert {source for _, source in during} == {"writer", "sampled"}
     assert all(json.loads(text)["description"] == "I met <face_1> in the kitchen." for text, _ in during), during
     store.close()
+
+
+def test_candidates_adapt_samples_later_name_the_people_stored_with_their_segment(tmp_path):
+    """`adapt` samples candidates later, from kept frames, for the segments the wearer asked about: they name the
+    people the registry saw in that segment (stored with it, `segments.people`), as the written memory does, and a
+    segment with nobody in view keeps the writer's words. `forget` clears a segment's people with it."""
+    from edge_agent.adapt.job import fill_candidates
+
+    if not SHIPPED.is_file():
+        pytest.skip("the default model ships no face network")
+    paths = generate(seed=9103, minutes=1.5, out_dir=tmp_path / "clip")
+    first = next(e for e in json.loads(paths.events.read_text())["events"] if e["type"] == "meet")
+    cfg = load_config(tmp_path / "home", environ={})
+    cfg = replace(replace(cfg, "writer", candidate_share=0.0, candidates_per_segment=2), "capture", sample_fps=2.0)
+    store = Store.open(cfg.db_path)
+    backend = ScriptedBackend(lambda call: json.dumps({"description": "I met <face_4> in the kitchen."}))
+    with Ingestor(str(paths.video), store, backend, cfg) as ing:
+        ing.advance()
+    segments = store.conn.execute("SELECT id, t_start, people FROM segments ORDER BY idx").fetchall()
+    during = {sid for sid, t0, _ in segments if first["t"] + 0.5 < t0 + 10 and t0 < first["t_end"] - 1.5}
+    assert during and all(people == "<face_1>" for sid, _, people in segments if sid in during)
+    assert sum(people is None for _, _, people in segments) >= len(segments) // 2  # nobody in view
+    assert store.conn.execute("SELECT COUNT(*) FROM candidates").fetchone()[0] == 0  # none kept while writing
+    assert fill_candidates(store, backend, cfg, [sid for sid, _, _ in segments]) == 2 * len(segments)
+    sampled = store.conn.execute("SELECT segment_id, text FROM candidates WHERE source = 'sampled'").fetchall()
+    people = {sid: tags for sid, _, tags in segments}
+    for sid, text in sampled:
+        named = json.loads(text)["description"]
+        if sid in during:
+            assert named == "I met <face_1> in the kitchen.", (sid, named)
+        elif people[sid] is None:
+            assert named == "I met <face_4> in the kitchen.", (sid, named)
+    assert {sid for sid, _ in sampled} >= during
+    store.forget(everything=True)
+    assert store.conn.execute("SELECT COUNT(*) FROM segments WHERE people IS NOT NULL").fetchone()[0] == 0
+    store.close()

@@ -87,7 +87,7 @@ EXPECTED_SCHEMA = [
     ('table', 'questions',
      "CREATE TABLE questions ( id INTEGER PRIMARY KEY, text TEXT NOT NULL, options TEXT NOT NULL DEFAULT '[]', asked_at REAL NOT NULL, created_at REAL NOT NULL )"),
     ('table', 'segments',
-     "CREATE TABLE segments ( id INTEGER PRIMARY KEY, stream_id INTEGER NOT NULL REFERENCES streams(id) ON DELETE CASCADE, idx INTEGER NOT NULL, t_start REAL NOT NULL, t_end REAL NOT NULL, status TEXT NOT NULL CHECK (status IN ('written', 'failed', 'forgotten')), failure TEXT, n_keyframes INTEGER NOT NULL DEFAULT 0, frames_seen INTEGER NOT NULL DEFAULT 0, frames_merged INTEGER NOT NULL DEFAULT 0, frames_dropped INTEGER NOT NULL DEFAULT 0, writer_model TEXT, adapter_id TEXT, n_tokens INTEGER NOT NULL DEFAULT 0, latency_s REAL NOT NULL DEFAULT 0, created_at REAL NOT NULL, UNIQUE (stream_id, idx) )"),
+     "CREATE TABLE segments ( id INTEGER PRIMARY KEY, stream_id INTEGER NOT NULL REFERENCES streams(id) ON DELETE CASCADE, idx INTEGER NOT NULL, t_start REAL NOT NULL, t_end REAL NOT NULL, status TEXT NOT NULL CHECK (status IN ('written', 'failed', 'forgotten')), failure TEXT, n_keyframes INTEGER NOT NULL DEFAULT 0, frames_seen INTEGER NOT NULL DEFAULT 0, frames_merged INTEGER NOT NULL DEFAULT 0, frames_dropped INTEGER NOT NULL DEFAULT 0, writer_model TEXT, adapter_id TEXT, n_tokens INTEGER NOT NULL DEFAULT 0, latency_s REAL NOT NULL DEFAULT 0, created_at REAL NOT NULL, people TEXT, UNIQUE (stream_id, idx) )"),
     ('table', 'streams',
      'CREATE TABLE streams ( id INTEGER PRIMARY KEY, source TEXT NOT NULL, fingerprint TEXT NOT NULL UNIQUE, origin REAL NOT NULL, kind TEXT NOT NULL, created_at REAL NOT NULL )'),
     ('table', 'vector_index_state',

@@ -21,7 +21,8 @@ def asked_segment_ids(store: Store) -> list[int]:
 
 
 def fill_candidates(store: Store, backend: Backend, cfg: Config, segment_ids: list[int]) -> int:
-    """Sample candidate memories for segments the wearer asked about that have none yet (frames still kept)."""
+    """Sample candidate memories for segments the wearer asked about that have none yet (frames still kept), named
+    with the people the face registry saw there, as the written memory is."""
     writer = MemoryWriter(backend, cfg.writer)
     added = 0
     for sid in segment_ids:
@@ -33,8 +34,9 @@ def fill_candidates(store: Store, backend: Backend, cfg: Config, segment_ids: li
         seg = store.get_segment(sid)
         memory = next((m["text"] for m in store.recent_memories(seg["stream_id"], seg["idx"] + 1, 1)
                        if m["segment_id"] == sid), None)
+        people = (seg.get("people") or "").split()  # the registry's, stored when the segment was written
         added += add_candidates(store, sid, memory, writer.sample_messages(
-            messages, cfg.writer.candidates_per_segment, seed=sid * 1000))
+            messages, cfg.writer.candidates_per_segment, seed=sid * 1000), people)
     return added
 
 

@@ -111,7 +111,7 @@ class ForgetQueries(Queries):
             conn.execute("DELETE FROM candidates WHERE segment_id IN (SELECT id FROM temp._forget_seg)")
             conn.execute("DELETE FROM kept_frames WHERE segment_id IN (SELECT id FROM temp._forget_seg)")
             conn.execute("DELETE FROM memories WHERE id IN (SELECT id FROM temp._forget_mem)")
-            conn.execute("UPDATE segments SET status = 'forgotten', failure = NULL "
+            conn.execute("UPDATE segments SET status = 'forgotten', failure = NULL, people = NULL "
                          "WHERE id IN (SELECT id FROM temp._forget_seg)")
             if everything:
                 counts["questions"] = count("SELECT COUNT(*) FROM questions")

@@ -417,9 +417,17 @@ def m008_faces(conn: sqlite3.Connection) -> None:
     )""")
 
 
+def m009_segment_people(conn: sqlite3.Connection) -> None:
+    """The people the face registry saw in each segment (`<face_N>` tags, space-separated, in the order they came
+    into view; NULL when no registry ran or nobody was in view): what `adapt` retags the candidates it samples later
+    with, as the written memory was retagged when the segment was written. `forget` clears it with the segment."""
+    conn.execute("ALTER TABLE segments ADD COLUMN people TEXT")
+
+
 MIGRATIONS: list[Migration] = [m001_initial, m002_vector_index_issue14, m003_device_events_issue15,
                                m004_feedback_history_issue13, m005_adapter_failed_issue10,
-                               m006_vector_partitions_issue14, m007_home_relative_paths, m008_faces]
+                               m006_vector_partitions_issue14, m007_home_relative_paths, m008_faces,
+                               m009_segment_people]
 
 
 def _ensure_table(conn: sqlite3.Connection) -> None:

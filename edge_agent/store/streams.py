@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sqlite3
 import time
-from typing import Any
+from typing import Any, Sequence
 
 from edge_agent.errors import StoreError
 from edge_agent.store.queries import (
@@ -52,10 +52,10 @@ class StreamQueries(Queries):
 
     def commit_segment(self, stream_id: int, segment: Segment, *, memory: str | None, failure: str | None,
                        writer_model: str, adapter_id: str | None, n_tokens: int,
-                       latency_s: float) -> tuple[int, int | None]:
+                       latency_s: float, people: Sequence[str] = ()) -> tuple[int, int | None]:
         """Record a segment and its memory (or why none was written) in ONE transaction.
 
-        Exactly one of `memory` / `failure` is given. Idempotent: if (stream, segment.index) is already
+        Exactly one of `memory` / `failure` is given; `people` are the face registry's tags of who was in view. Idempotent: if (stream, segment.index) is already
         committed, its existing ids are returned and nothing changes (a resumed run may redo a segment).
         """
         if (memory is None) == (failure is None):
@@ -63,7 +63,7 @@ class StreamQueries(Queries):
         try:
             return self._commit_segment(stream_id, segment, memory=memory, failure=failure,
                                         writer_model=writer_model, adapter_id=adapter_id, n_tokens=n_tokens,
-                                        latency_s=latency_s)
+                                        latency_s=latency_s, people=people)
         except sqlite3.OperationalError as e:
             if "full" in str(e):  # SQLITE_FULL: the transaction rolled back whole; earlier segments are intact
                 raise StoreError(f"store {str(self.path)!r}: disk full ({e}) at segment {segment.index}; "
@@ -72,7 +72,7 @@ class StreamQueries(Queries):
 
     def _commit_segment(self, stream_id: int, segment: Segment, *, memory: str | None, failure: str | None,
                         writer_model: str, adapter_id: str | None, n_tokens: int,
-                        latency_s: float) -> tuple[int, int | None]:
+                        latency_s: float, people: Sequence[str]) -> tuple[int, int | None]:
         with self._tx():
             seg = self._one("SELECT id FROM segments WHERE stream_id = ? AND idx = ?", (int(stream_id), segment.index))
             if seg is not None:
@@ -90,7 +90,7 @@ class StreamQueries(Queries):
                 "n_keyframes": len(segment.keyframes), "frames_seen": segment.frames_seen,
                 "frames_merged": segment.frames_merged, "frames_dropped": segment.frames_dropped,
                 "writer_model": writer_model, "adapter_id": adapter_id, "n_tokens": int(n_tokens),
-                "latency_s": float(latency_s), "created_at": now,
+                "latency_s": float(latency_s), "created_at": now, "people": " ".join(people) or None,
             })
             mem_id = None
             if memory is not None:
