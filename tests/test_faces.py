@@ -209,19 +209,27 @@ def test_a_segment_without_keyframes_shows_nobody(tmp_path):
     store.close()
 
 
-def test_phase_two_candidates_name_the_registrys_people_as_the_memory_does(tmp_path):
-    """Sampled alternatives are kept with the registry's tags: a pair then differs in what it keeps, not in which
-    tag the writer guessed (the written memory already carries the registry's)."""
+def _ingest_a_meeting(tmp_path, candidate_share: float):
+    """A 90-second held-out clip whose first meeting is <face_1>'s, ingested with the shipped face network by a
+    writer that always names <face_4>, 2 candidates a sampled segment: (store, cfg, backend, the first meeting)."""
     if not SHIPPED.is_file():
         pytest.skip("the default model ships no face network")
     paths = generate(seed=9103, minutes=1.5, out_dir=tmp_path / "clip")
     first = next(e for e in json.loads(paths.events.read_text())["events"] if e["type"] == "meet")
     cfg = load_config(tmp_path / "home", environ={})
-    cfg = replace(replace(cfg, "writer", candidate_share=1.0, candidates_per_segment=2), "capture", sample_fps=2.0)
+    cfg = replace(replace(cfg, "writer", candidate_share=candidate_share, candidates_per_segment=2), "capture",
+                  sample_fps=2.0)
     store = Store.open(cfg.db_path)
     backend = ScriptedBackend(lambda call: json.dumps({"description": "I met <face_4> in the kitchen."}))
     with Ingestor(str(paths.video), store, backend, cfg) as ing:
         ing.advance()
+    return store, cfg, backend, first
+
+
+def test_phase_two_candidates_name_the_registrys_people_as_the_memory_does(tmp_path):
+    """Sampled alternatives are kept with the registry's tags: a pair then differs in what it keeps, not in which
+    tag the writer guessed (the written memory already carries the registry's)."""
+    store, _, _, first = _ingest_a_meeting(tmp_path, candidate_share=1.0)
     rows = store.conn.execute("SELECT s.t_start, c.text, c.source FROM candidates c JOIN segments s "
                               "ON s.id = c.segment_id").fetchall()
     during = [(text, source) for t0, text, source in rows if first["t"] + 0.5 < t0 + 10 and t0 < first["t_end"] - 1.5]
@@ -236,16 +244,7 @@ def test_candidates_adapt_samples_later_name_the_people_stored_with_their_segmen
     segment with nobody in view keeps the writer's words. `forget` clears a segment's people with it."""
     from edge_agent.adapt.job import fill_candidates
 
-    if not SHIPPED.is_file():
-        pytest.skip("the default model ships no face network")
-    paths = generate(seed=9103, minutes=1.5, out_dir=tmp_path / "clip")
-    first = next(e for e in json.loads(paths.events.read_text())["events"] if e["type"] == "meet")
-    cfg = load_config(tmp_path / "home", environ={})
-    cfg = replace(replace(cfg, "writer", candidate_share=0.0, candidates_per_segment=2), "capture", sample_fps=2.0)
-    store = Store.open(cfg.db_path)
-    backend = ScriptedBackend(lambda call: json.dumps({"description": "I met <face_4> in the kitchen."}))
-    with Ingestor(str(paths.video), store, backend, cfg) as ing:
-        ing.advance()
+    store, cfg, backend, first = _ingest_a_meeting(tmp_path, candidate_share=0.0)
     segments = store.conn.execute("SELECT id, t_start, people FROM segments ORDER BY idx").fetchall()
     during = {sid for sid, t0, _ in segments if first["t"] + 0.5 < t0 + 10 and t0 < first["t_end"] - 1.5}
     assert during and all(people == "<face_1>" for sid, _, people in segments if sid in during)

@@ -15,6 +15,8 @@ def test_a_place_or_time_after_the_thing_is_not_part_of_it():
     assert left_thing("Where did I put the red cup this morning?") == "red cup"
     assert left_thing("where did i last see my phone yesterday") == "phone"
     assert left_thing("Where did I leave the bottle of water at lunch?") == "bottle of water"
+    assert left_thing("Where did I leave the cup I used?") == "cup"
+    assert left_thing("Where did I put the letter from the bank that I opened") == "letter"
 
 
 def test_other_questions_ask_after_no_thing():

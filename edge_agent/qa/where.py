@@ -4,8 +4,9 @@ Where a thing is now is told by the latest memory that names it, not by the memo
 with the question: every time the wearer picked the keys up or put them down shares those words. So such a
 question can be shown the latest memories naming the thing (`qa.latest_k`, `qa.retrieve`). Read forms: "where did
 I leave / put / last put / last see / last have X", "where is / are my X" (only "my": "where is the kitchen" asks
-where a place is, not where something was left). A place or time after the thing ("my keys in the kitchen",
-"my phone this morning") is not part of it: no memory names "keys in the kitchen" as a phrase.
+where a place is, not where something was left). A place, a time or a clause after the thing ("my keys in the
+kitchen", "my phone this morning", "the cup I used") is not part of it: no memory names "keys in the kitchen" as a
+phrase.
 """
 
 from __future__ import annotations
@@ -14,13 +15,18 @@ import re
 
 _LEFT = re.compile(r"\bwhere\s+(?:did\s+i\s+(?:last\s+)?(?:leave|put|see|have)\s+(?:the\s+|my\s+)?|(?:is|are)\s+my\s+)"
                    r"(.+?)\s*(?:\?|$)", re.I)
-# where the thing ends: a place or a time said after it
-_AFTER_THING = re.compile(r"\s+(?:in|on|at|by|after|before|when|while|during|this|today|tonight|yesterday|earlier|"
-                          r"last)\b.*$", re.I)
+# where the thing ends: who acted on it, a relative clause, a place or a time said after it
+_AFTER_THING = re.compile(r"\s+(?:i|that|which|you|we|in|on|at|by|from|under|near|after|before|when|while|during|this|"
+                          r"today|tonight|yesterday|earlier|last)\b.*$", re.I)
+
+
+def thing_named(words: str) -> str | None:
+    """The thing at the start of `words`, lower-cased, cut before what is said after it ("keys I left in the car" ->
+    "keys"); None when nothing is left. Shared by the questions that ask about one thing (`qa.colour`)."""
+    return _AFTER_THING.sub("", words.strip().lower()) or None
 
 
 def left_thing(question: str) -> str | None:
     """The thing a question asks where it was left, lower-cased ("blue keys"), or None for any other question."""
     m = _LEFT.search(question.strip())
-    thing = _AFTER_THING.sub("", m.group(1).strip().lower()) if m else ""
-    return thing or None
+    return thing_named(m.group(1)) if m else None
