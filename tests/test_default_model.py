@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import random
 import re
 import shutil
@@ -407,7 +408,9 @@ def test_read_gt_answers_ground_truth_memories_retrieved_as_ask_retrieves_them(t
     rec = _recipe()
     monkeypatch.setattr(rec, "WORK", tmp_path)
     monkeypatch.setenv("EDGE_AGENT_MODEL__N_THREADS", "1")
+    monkeypatch.delenv("EDGE_AGENT_MODEL__NAME", raising=False)
     res = rec.read_gt(argparse.Namespace(out=rec.OUT, dev_worlds="8000-8001", choice="score"))
+    assert "EDGE_AGENT_MODEL__NAME" not in os.environ  # the folder is named to the config, not to the process
     told = sum(bool(q["options"]) and rec.evidence(rec.text_world(s, 4.0), q)[1]
                for s in (8000, 8001) for q in rec.text_world(s, 4.0)["questions"])
     saved = json.loads(next(tmp_path.glob("read-gt-8000-8001-*.json")).read_text())

@@ -1973,8 +1973,9 @@ def read_gt(args) -> dict:
     from edge_agent.qa.retrieve import retrieve
     from edge_agent.store import Store
 
-    os.environ.setdefault("EDGE_AGENT_MODEL__NAME", str(args.out.resolve()))
-    qcfg = dataclasses.replace(load_config().qa, choice=args.choice)
+    # the folder's own profile (unless the environment names another model), without changing this process's
+    environ = {"EDGE_AGENT_MODEL__NAME": str(args.out.resolve()), **os.environ}
+    qcfg = dataclasses.replace(load_config(environ=environ).qa, choice=args.choice)
     embedder = default_embedder() if qcfg.use_embeddings and minilm_available() else None
     first, last = (int(x) for x in args.dev_worlds.split("-"))
     graded = []
