@@ -48,9 +48,10 @@ def bench(tiny_model, tmp_path_factory):
     home = tmp_path_factory.mktemp("bench-home")
     # pure DPO (the embedded default's profile adds an SFT term): the zero vector's loss is then log 2, known
     # without the bench; and every question retrieved by text, so FTS is timed on each (the profile shows a question
-    # that names a time, or asks where a thing was left, only those memories, found without FTS ranking)
+    # that names a time, or asks where a thing was left, only those memories, found without FTS ranking); and the
+    # paper's window of 5 segments, so the sliding windows share frames for the cache to save (the profile's is 1)
     cfg = load_config(home, environ={"EDGE_AGENT_ADAPT__SFT_WEIGHT": "0", "EDGE_AGENT_QA__MOMENT_K": "0",
-                                     "EDGE_AGENT_QA__LATEST_K": "0"})
+                                     "EDGE_AGENT_QA__LATEST_K": "0", "EDGE_AGENT_WRITER__WINDOW_SEGMENTS": "5"})
     # One thread: on two shared cores llama.cpp's two threads wait on each other (see the bench's report).
     cfg = replace(cfg, "model", name=str(tiny_model), n_threads=1, n_ctx=2048)
     stages = []

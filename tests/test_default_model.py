@@ -235,6 +235,24 @@ def test_writer_targets_say_each_sentence_once():
     assert twice not in str(msgs)  # the earlier segment's memory, when shown, says it once too
 
 
+@pytest.mark.parametrize("window, earlier", [(1, 0), (3, 2)])
+def test_eval_writes_with_the_windows_earlier_segments_as_the_runtime_does(window, earlier):
+    """`eval` and `own` write a clip as the runtime does under the folder's profile: the new segment and the
+    window - 1 segments before it (the embedded default's window is 1: the new segment alone)."""
+    from edge_agent.config import WriterConfig
+    from edge_agent.vlm.fake import ScriptedBackend
+
+    rec = _recipe()
+    frame = np.zeros((96, 128, 3), np.uint8)
+    segments = [{"index": i, "t_start": 10.0 * i, "t_end": 10.0 * i + 10, "caption": "", "frame_idx": [5 * i],
+                 "frame_t": [10.0 * i], "frames": [frame]} for i in range(4)]
+    backend = ScriptedBackend(lambda call: json.dumps({"description": "I was in the kitchen."}))
+    written = list(rec.written(backend, {"seed": 1, "segments": segments}, WriterConfig(window_segments=window)))
+    assert [r.text for _, r in written] == ["I was in the kitchen."] * 4
+    assert [c.prompt.count("Earlier segment") for c in backend.calls] == [min(i, earlier) for i in range(4)]
+    assert rec.folder_config(DEFAULT).writer.window_segments == 1  # the shipped profile
+
+
 def test_w_end_weights_the_full_stops_where_a_memory_ends_or_goes_on():
     """`--w-end`: in a memory, the token of each sentence's closing full stop (". I" goes on, '."}' ends) gets the
     weight; nothing else changes, and without it the weights are the shipped recipe's."""
@@ -653,12 +671,14 @@ def test_greedy_writer_probe_decodes_memories_that_name_the_room(pixel_probe, he
 
 @pytest.mark.slow
 def test_writes_valid_memories_naming_the_room(backend, heldout):
-    """The runtime's MemoryWriter (window of 5, grammar, validation) on 8 held-out segments."""
-    from edge_agent.config import WriterConfig
+    """The runtime's MemoryWriter (the shipped profile's window, grammar, validation) on 8 held-out segments."""
+    import dataclasses
+
     from edge_agent.memory.writer import MemoryWriter, WindowEntry
 
     segs, captions, _ = heldout
-    writer = MemoryWriter(backend, WriterConfig(max_retries=0), stream_key="heldout")
+    cfg = dataclasses.replace(_recipe().folder_config(DEFAULT).writer, max_retries=0)
+    writer = MemoryWriter(backend, cfg, stream_key="heldout")
     window: list[WindowEntry] = []
     valid = room_right = 0
     failures = []
@@ -668,7 +688,7 @@ def test_writes_valid_memories_naming_the_room(backend, heldout):
         valid += r.text is not None
         failures += [r.failure] if r.failure else []
         room_right += bool(r.text) and _room(r.text) == _room(captions[seg.index])
-        window = (window + [WindowEntry(seg, r.text)])[-4:]
+        window = (window + [WindowEntry(seg, r.text)])[-4:]  # the writer keeps the profile's window of these
     assert valid >= VALID_MIN, failures  # memories that pass the runtime's format rules without a retry
     assert room_right >= ROOM_MIN, f"room right in {room_right}/{n}"
 

@@ -48,7 +48,8 @@ def _cfg(tmp_path, **over):
     settings = {"capture.segment_seconds": 0.5, "capture.sample_fps": 8, "capture.keyframes_per_segment": 4,
                 "capture.frame_size": 256, "capture.queue_segments": 6, "writer.candidate_share": 0.0,
                 "writer.keep_frames_hours": 0, "keepup.max_queue_age_seconds": 1.0,
-                "keepup.recover_after_segments": 2, "keepup.min_frame_size": 64, **over}
+                "keepup.recover_after_segments": 2, "keepup.min_frame_size": 64,
+                "writer.window_segments": 5, **over}  # the paper's window (the embedded default's profile: 1)
     return load_config(tmp_path / "home", environ={}, overrides=settings)
 
 

@@ -33,6 +33,19 @@ def test_writes_a_valid_memory_greedily_with_the_window_in_the_prompt():
     assert "New segment 00:00:40-00:00:50" in call.prompt
 
 
+def test_a_window_of_one_shows_the_new_segment_alone():
+    # the embedded default's profile: earlier frames and memories in the prompt made it name the wrong object
+    backend = ScriptedBackend(['{"description": "I put the red cup on the shelf."}'])
+    writer = MemoryWriter(backend, WriterConfig(window_segments=1), stream_key="s")
+    result = writer.write([WindowEntry(segment(i), f"memory {i}.") for i in range(4)], segment(4))
+
+    assert result.text == "I put the red cup on the shelf."
+    call = backend.calls[0]
+    assert [p.key for p in images(call)] == ["s/4/400", "s/4/401"]
+    assert "Earlier segment" not in call.prompt and not any(f"memory {i}." in call.prompt for i in range(4))
+    assert "New segment 00:00:40-00:00:50" in call.prompt
+
+
 def test_invalid_replies_are_retried_with_sampling_then_recorded_as_a_failure():
     backend = ScriptedBackend(["not json", '{"description": "A. B. C."}', '{"description": "I met Bob <bob>."}'])
     writer = MemoryWriter(backend, WriterConfig(max_retries=2))

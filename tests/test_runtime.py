@@ -16,6 +16,7 @@ import pytest
 from edge_agent.config import load_config, replace
 from edge_agent.runtime import Ingestor, ingest
 from edge_agent.store import Store
+from edge_agent.types import ImagePart
 from edge_agent.vlm.fake import ScriptedBackend
 
 
@@ -40,7 +41,8 @@ def numbered_memories(call):
 @pytest.fixture
 def cfg(tmp_path):
     c = load_config(tmp_path / "home", environ={})
-    c = replace(c, "writer", candidate_share=0.0)  # every backend call below is a segment's memory
+    # every backend call below is a segment's memory; the paper's window (k=5), so the tests see earlier segments
+    c = replace(c, "writer", candidate_share=0.0, window_segments=5)
     return replace(c, "capture", sample_fps=2.0)
 
 
@@ -57,6 +59,20 @@ def test_ingest_writes_one_memory_per_segment_with_stream_times(tmp_path, cfg):
     assert rows[0]["writer_model"] == "scripted"
     # the third segment's prompt shows the two earlier memories (window k=5)
     assert "00:00:00." in backend.calls[2].prompt and "00:00:10." in backend.calls[2].prompt
+
+
+def test_the_embedded_defaults_profile_writes_each_segment_from_its_own_frames_alone(tmp_path):
+    cfg = replace(load_config(tmp_path / "home", environ={}), "capture", sample_fps=2.0)
+    assert cfg.writer.window_segments == 1 and cfg.sources["writer.window_segments"].endswith("manifest.json")
+    clip = write_clip(tmp_path / "clip.mp4", 35)
+    backend = ScriptedBackend(numbered_memories)
+    report = ingest(str(clip), Store.open(cfg.db_path), backend, replace(cfg, "writer", candidate_share=0.0))
+
+    assert report.segments_written == 4 and len(backend.calls) == 4
+    for i, call in enumerate(backend.calls):
+        keys = [p.key for m in call.messages for p in m.parts if isinstance(p, ImagePart)]
+        assert keys and {k.split("/")[-2] for k in keys} == {str(i)}  # <stream>/<segment index>/<frame index>
+        assert "Earlier segment" not in call.prompt and "I was in the kitchen" not in call.prompt
 
 
 def test_advance_stops_at_the_requested_stream_time_and_continues(tmp_path, cfg):

@@ -348,25 +348,33 @@ def own_row(c: dict, q: dict, rng: random.Random, n_shown: int,
 
 def written(be, c: dict, cfg, n_segments: int | None = None):
     """(segment, WriteResult) for the first `n_segments` of a clip, written as the runtime writes them: the
-    runtime's MemoryWriter with the 4 segments before each and their memories as its window."""
+    runtime's MemoryWriter with the cfg.window_segments - 1 segments before each and their memories as its window."""
     from edge_agent.memory.writer import MemoryWriter, WindowEntry
 
     writer = MemoryWriter(be, cfg, stream_key=f"s{c['seed']}")
+    earlier = cfg.window_segments - 1
     window: list = []
     for s in c["segments"][:n_segments]:
         seg = as_segment(s)
         r = writer.write(window, seg)
         yield s, r
-        window = (window + [WindowEntry(seg, r.text)])[-4:]
+        window = (window + [WindowEntry(seg, r.text)])[-earlier:] if earlier else []
+
+
+def folder_config(out: Path):
+    """The runtime's config for the model folder `out`: its manifest's profile over the built-in defaults (an
+    EDGE_AGENT_* variable still wins, as in the runtime), without changing this process's environment."""
+    from edge_agent.config import load_config
+
+    return load_config(environ={"EDGE_AGENT_MODEL__NAME": str(out.resolve()), **os.environ})
 
 
 def write_own(args) -> None:
     """`own`: the writer of the model folder (`--out`) writes its own memories of `--own-clips` fresh clips
-    (seeds OWN_SEED0..), as the runtime does (window of 4, retries), -> WORK/own/s<seed>.json: each segment's
-    true caption and memory (null where no valid one came), and the clip's questions. Resumes by file."""
+    (seeds OWN_SEED0..), as the runtime does (the folder profile's window, retries), -> WORK/own/s<seed>.json:
+    each segment's true caption and memory (null where no valid one came), and the clip's questions. Resumes by
+    file."""
     from rich.progress import Progress
-
-    from edge_agent.config import WriterConfig
 
     out = WORK / "own"
     out.mkdir(parents=True, exist_ok=True)
@@ -377,7 +385,7 @@ def write_own(args) -> None:
             if not f.is_file():
                 c = clip(seed)
                 segs = [{k: s[k] for k in ("index", "t_start", "t_end", "caption")} | {"memory": r.text}
-                        for s, r in written(be, c, WriterConfig())]
+                        for s, r in written(be, c, folder_config(args.out).writer)]
                 tmp = f.with_suffix(".tmp")
                 tmp.write_text(json.dumps({"seed": seed, "segments": segs, "questions": c["questions"]}))
                 tmp.replace(f)
@@ -1833,6 +1841,9 @@ def manifest(args) -> None:
                        # left the latest memory naming it, one asking what colour a thing was the 3 latest naming it
                        # (README, "The moment alone", "The latest memory", "The colour of a thing")
                        "moment_memories": 3, "latest_memories": 1, "colour_memories": 3,
+                       # the writer sees the new segment alone: earlier segments' frames and memories in its window
+                       # made it name the wrong object (README, "The writer's window")
+                       "window_segments": 1,
                        # Phase Two's product recipe, measured on this model (configs/phase_two/product.toml)
                        "candidate_share": 0.3, "adapt_learning_rate": 1e-2, "adapt_steps": 50, "adapt_sft_weight": 1.0,
                        "ram_gb": 0.5, "disk_gb": 0.1},
@@ -1882,11 +1893,11 @@ def wilson(k: int, n: int) -> list[float]:
 
 
 def evaluate(args) -> dict:
-    """Held-out seeds through llama.cpp: the runtime's MemoryWriter (window 5, grammar) on the first segments
-    of each clip, and questions over ground-truth memories (8 shown, as `ask` retrieves; each multiple choice also
-    with its evidence removed, which must give E; the open question over the same memories)."""
-    from edge_agent.config import WriterConfig
-
+    """Held-out seeds through llama.cpp: the runtime's MemoryWriter (the folder profile's window, grammar, no
+    retries) on the first segments of each clip, and questions over ground-truth memories (8 shown, as `ask`
+    retrieves; each multiple choice also with its evidence removed, which must give E; the open question over the
+    same memories)."""
+    wcfg = dataclasses.replace(folder_config(args.out).writer, max_retries=0)
     qcfg = QAConfig(choice=args.choice)
     w = {"n": 0, "valid": 0, "repeat": 0, "exact": 0, **{k: [0, 0] for k in FIELD_WORDS}}
     qa = {"n": 0, "correct": 0, "e_with_evidence": 0, "abstain_n": 0, "abstain_correct": 0, "hist": {},
@@ -1896,7 +1907,7 @@ def evaluate(args) -> dict:
     with open_default(args.out) as be, open_answerer(args.out, be) as reader:
         for seed in seeds:
             c = clip(seed)
-            for s, r in written(be, c, WriterConfig(max_retries=0), args.eval_segments):
+            for s, r in written(be, c, wcfg, args.eval_segments):
                 w["n"] += 1
                 w["valid"] += r.text is not None
                 text = r.text or ""
@@ -1968,14 +1979,11 @@ def read_gt(args) -> dict:
     <work>/read-gt-<worlds>-<folder>.json with each question's grade."""
     import tempfile
 
-    from edge_agent.config import load_config
     from edge_agent.qa.embed import default_embedder, minilm_available
     from edge_agent.qa.retrieve import retrieve
     from edge_agent.store import Store
 
-    # the folder's own profile (unless the environment names another model), without changing this process's
-    environ = {"EDGE_AGENT_MODEL__NAME": str(args.out.resolve()), **os.environ}
-    qcfg = dataclasses.replace(load_config(environ=environ).qa, choice=args.choice)
+    qcfg = dataclasses.replace(folder_config(args.out).qa, choice=args.choice)
     embedder = default_embedder() if qcfg.use_embeddings and minilm_available() else None
     first, last = (int(x) for x in args.dev_worlds.split("-"))
     graded = []
