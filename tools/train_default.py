@@ -348,17 +348,16 @@ def own_row(c: dict, q: dict, rng: random.Random, n_shown: int,
 
 def written(be, c: dict, cfg, n_segments: int | None = None):
     """(segment, WriteResult) for the first `n_segments` of a clip, written as the runtime writes them: the
-    runtime's MemoryWriter with the cfg.window_segments - 1 segments before each and their memories as its window."""
+    runtime's MemoryWriter, which shows the cfg.window_segments - 1 segments before each and their memories."""
     from edge_agent.memory.writer import MemoryWriter, WindowEntry
 
     writer = MemoryWriter(be, cfg, stream_key=f"s{c['seed']}")
-    earlier = cfg.window_segments - 1
-    window: list = []
+    window: list = []  # every segment so far: the writer keeps its window's share of them
     for s in c["segments"][:n_segments]:
         seg = as_segment(s)
         r = writer.write(window, seg)
         yield s, r
-        window = (window + [WindowEntry(seg, r.text)])[-earlier:] if earlier else []
+        window.append(WindowEntry(seg, r.text))
 
 
 def folder_config(out: Path):
@@ -378,6 +377,7 @@ def write_own(args) -> None:
 
     out = WORK / "own"
     out.mkdir(parents=True, exist_ok=True)
+    wcfg = folder_config(args.out).writer
     with open_default(args.out) as be, Progress() as bar:
         task = bar.add_task("own memories", total=args.own_clips)
         for seed in range(OWN_SEED0, OWN_SEED0 + args.own_clips):
@@ -385,7 +385,7 @@ def write_own(args) -> None:
             if not f.is_file():
                 c = clip(seed)
                 segs = [{k: s[k] for k in ("index", "t_start", "t_end", "caption")} | {"memory": r.text}
-                        for s, r in written(be, c, folder_config(args.out).writer)]
+                        for s, r in written(be, c, wcfg)]
                 tmp = f.with_suffix(".tmp")
                 tmp.write_text(json.dumps({"seed": seed, "segments": segs, "questions": c["questions"]}))
                 tmp.replace(f)

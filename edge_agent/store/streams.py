@@ -55,8 +55,9 @@ class StreamQueries(Queries):
                        latency_s: float, people: Sequence[str] = ()) -> tuple[int, int | None]:
         """Record a segment and its memory (or why none was written) in ONE transaction.
 
-        Exactly one of `memory` / `failure` is given; `people` are the face registry's tags of who was in view. Idempotent: if (stream, segment.index) is already
-        committed, its existing ids are returned and nothing changes (a resumed run may redo a segment).
+        Exactly one of `memory` / `failure` is given; `people` are the face registry's tags of who was in view.
+        Idempotent: if (stream, segment.index) is already committed, its existing ids are returned and nothing
+        changes (a resumed run may redo a segment).
         """
         if (memory is None) == (failure is None):
             raise ValueError("commit_segment: give exactly one of memory= and failure=")
