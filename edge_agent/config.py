@@ -141,6 +141,14 @@ class QAConfig(Section):
                             'shelf?") is shown only this many memories, the latest that name the thing (as retrieved '
                             "otherwise when none does); 0: retrieved as any question.", between(0, 256),
                             "must be in [0, 256]")
+    order_by_time: bool = setting(False, 'A multiple-choice question asking which of its options the wearer did first or '
+                                  'last ("which of these did I do first?") is answered by the times of the memories '
+                                  "most like each option (MiniLM, else FTS5), not by the model; off: retrieved and "
+                                  "answered as any question.")
+    match_options: bool = setting(False, "Multiple choice about a moment (qa.moment_k) or a thing's colour "
+                                  "(qa.colour_k) is answered by the option most like a sentence of the memories that "
+                                  "route found (MiniLM: the moment's nearest memory, the thing's colour_k latest), not "
+                                  "by the model; without MiniLM, or off, the model answers.")
     rrf_k: int = setting(60, "Reciprocal-rank-fusion constant for the FTS5 and embedding ranks.", between(1, 10000),
                          "must be in [1, 10000]")
     use_embeddings: bool = setting(True, "MiniLM sentence embeddings (onnxruntime) beside FTS5.")
@@ -447,7 +455,8 @@ PROFILE_KEYS = {"frame_size": "capture.frame_size", "keyframes_per_segment": "ca
                 "n_gpu_layers": "model.n_gpu_layers", "image_cache_size": "model.image_cache_size",
                 "window_segments": "writer.window_segments", "answer_choice": "qa.choice",
                 "moment_memories": "qa.moment_k", "latest_memories": "qa.latest_k",
-                "colour_memories": "qa.colour_k",
+                "colour_memories": "qa.colour_k", "order_by_time": "qa.order_by_time",
+                "match_options": "qa.match_options",
                 # Phase Two's recipe where a model's own was measured (the embedded default: README, Phase Two)
                 "candidate_share": "writer.candidate_share", "adapt_learning_rate": "adapt.learning_rate",
                 "adapt_steps": "adapt.steps", "adapt_sft_weight": "adapt.sft_weight"}

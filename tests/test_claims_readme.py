@@ -297,8 +297,17 @@ def test_the_default_models_numbers_in_the_readme_are_its_manifests():
     w5 = manifest["measured"]["writer_and_mc_gt_memories_window_5"]
     low5, high5 = sorted(round(100 * w5[k]) for k in ("object_acc", "colour_acc"))
     assert f"more often ({low5}-{high5} %)" in para
+    unmatched = manifest["measured"]["end_to_end_before_match_options"]  # the same clips, before qa.match_options
+    assert manifest["profile"]["match_options"] is True and "`qa.match_options`)" in para
+    assert unmatched["seeds"] == e["seeds"] and f"{100 * unmatched['acc']:.1f} % before a moment's" in para
+    before = manifest["measured"]["end_to_end_before_order_by_time"]  # and before qa.order_by_time
+    assert manifest["profile"]["order_by_time"] is True and "(`qa.order_by_time`)" in para
+    assert before["seeds"] == e["seeds"] and f"{100 * before['acc']:.1f} % before \"which of these did I do" in para
     e5 = manifest["measured"]["end_to_end_window_5"]
-    assert e5["seeds"] == e["seeds"] and f"{100 * e5['acc']:.1f} % with the window of 5" in para
+    assert e5["seeds"] == e["seeds"] and f"{100 * e5['acc']:.1f} % before that with the window of 5" in para
+    gt = manifest["measured"]["mc_gt_memories_retrieved"]["order_by_time_and_match_options"]  # the shipped profile
+    assert gt["qa"]["order_by_time"] and gt["qa"]["match_options"]
+    assert f"answers {100 * gt['acc']:.1f} % of the {gt['n']} held-out questions" in para
     off = manifest["faces"]["ablation_end_to_end_9000_9047_format_2"]["without_registry"]  # the same clips
     assert off["seeds"] == e["seeds"] and off["n_questions"] == e["n_questions"]
     lo, hi = (100 * x for x in off["acc_ci95"])

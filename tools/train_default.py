@@ -1627,7 +1627,7 @@ def run_stage(name: str, args) -> None:
             j = rng.randrange(len(video))
             c = video[j]
             i = rng.randrange(len(c["segments"]))
-            rows.append(writer_example(c, i, min(i, rng.choice([0, 1, 2, 3, 4])), rng, variants[j]))
+            rows.append(writer_example(c, i, min(i, rng.choice(args.write_windows)), rng, variants[j]))
         return rows
 
     def see_rows(n: int) -> list:
@@ -1844,6 +1844,12 @@ def manifest(args) -> None:
                        # the writer sees the new segment alone: earlier segments' frames and memories in its window
                        # made it name the wrong object (README, "The writer's window")
                        "window_segments": 1,
+                       # "which of these did I do first / last?" is answered by the times of the memories like each
+                       # option: this reader chose about at chance (README, "Which came first")
+                       "order_by_time": True,
+                       # a moment's or a colour's options matched to the memories those routes find (MiniLM): this
+                       # reader ranked them worse (README, "Options matched to the memory")
+                       "match_options": True,
                        # Phase Two's product recipe, measured on this model (configs/phase_two/product.toml)
                        "candidate_share": 0.3, "adapt_learning_rate": 1e-2, "adapt_steps": 50, "adapt_sft_weight": 1.0,
                        "ram_gb": 0.5, "disk_gb": 0.1},
@@ -1971,16 +1977,16 @@ def evaluate(args) -> dict:
 
 def read_gt(args) -> dict:
     """`read-gt`: multiple choice over text worlds' ground-truth memories (`--dev-worlds`, 4 minutes each; one
-    memory a segment, as a writer that never erred would write them) put in a store and retrieved as `ask`
-    retrieves them, under the folder's profile (qa.moment_k, latest_k, colour_k) and MiniLM beside FTS5, then
-    answered by the folder's reader through llama.cpp: what the product answers when its memories are true. `eval`'s
-    MC shows the evidence among 7 memories drawn at random instead, so it measures the reader apart from retrieval.
-    Only questions whose memories tell the answer count, as there; E is wrong. Saved to
+    memory a segment, as a writer that never erred would write them) put in a store, then retrieved and answered as
+    `ask` does under the folder's profile (qa.moment_k, latest_k, colour_k, order_by_time, match_options; MiniLM; the
+    folder's reader through llama.cpp): what the product answers when its memories are true. `eval`'s MC shows the
+    evidence among 7 memories drawn at random instead, so it measures the reader apart from retrieval. Only
+    questions whose memories tell the answer count, as there; E is wrong. Saved to
     <work>/read-gt-<worlds>-<folder>.json with each question's grade."""
     import tempfile
 
+    from edge_agent.qa.answer import memories_and_reply
     from edge_agent.qa.embed import default_embedder, minilm_available
-    from edge_agent.qa.retrieve import retrieve
     from edge_agent.store import Store
 
     qcfg = dataclasses.replace(folder_config(args.out).qa, choice=args.choice)
@@ -1999,9 +2005,8 @@ def read_gt(args) -> dict:
             for i, q in enumerate(tw["questions"]):
                 if not q["options"] or not evidence(tw, q)[1]:
                     continue
-                mems = retrieve(store, q["question"], qcfg, until=q["asked_at"], embedder=embedder,
-                                asked_at=q["asked_at"])
-                p = reply_from_memories(reader, q["question"], q["options"], mems, q["asked_at"], qcfg)
+                _, p = memories_and_reply(store, reader, q["question"], q["options"], q["asked_at"], qcfg,
+                                          until=q["asked_at"], embedder=embedder)
                 graded.append({"seed": seed, "question": i, "category": q["category"], "pred": p["choice"],
                                "right": p["choice"] == q["answer"]})
             store.close()
@@ -2010,7 +2015,8 @@ def read_gt(args) -> dict:
     right = sum(g["right"] for g in graded)
     res = {"worlds": args.dev_worlds, "n": len(graded), "acc": round(right / max(1, len(graded)), 3),
            "acc_ci": wilson(right, len(graded)), "by_category": by_cat,
-           "qa": {k: getattr(qcfg, k) for k in ("choice", "top_k", "moment_k", "latest_k", "colour_k")},
+           "qa": {k: getattr(qcfg, k) for k in ("choice", "top_k", "moment_k", "latest_k", "colour_k",
+                                                 "order_by_time", "match_options")},
            "graded": graded}
     print("read-gt", json.dumps({k: v for k, v in res.items() if k != "graded"}), flush=True)
     (WORK / f"read-gt-{args.dev_worlds}-{args.out.name}.json").write_text(json.dumps(res, indent=1))
@@ -2356,6 +2362,9 @@ def main() -> None:
                     help="recall rows also ask the colour of an object named with where it was put or picked up")
     ap.add_argument("--recall-share", type=float, default=0.0,
                     help="read: share of each batch drawn from recall_row (facts at random: only reading answers them)")
+    ap.add_argument("--write-windows", type=lambda v: [int(k) for k in v.split(",")], default=[0, 1, 2, 3, 4],
+                    help="write: how many earlier segments a writer row shows, drawn evenly from these (comma "
+                         "separated; 0 alone trains the window of 1 the default's profile writes with)")
     ap.add_argument("--see-rows", type=int, default=0,
                     help="write/joint: rows per step of a segment's keyframes alone -> the object picked, put or carried "
                          "(train_default.see_row)")

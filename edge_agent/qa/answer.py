@@ -25,7 +25,9 @@ from typing import Any, Sequence
 
 from edge_agent.config import QAConfig
 from edge_agent.errors import QuestionError
-from edge_agent.qa.retrieve import Embedder, retrieve
+from edge_agent.qa.match import likeliest_option, matched_memories
+from edge_agent.qa.order import option_matches, order_asked, ordered_choice
+from edge_agent.qa.retrieve import Embedder, question_embedder, retrieve
 from edge_agent.store import Store
 from edge_agent.store.text import clean_text
 from edge_agent.types import Message, Sampling
@@ -36,6 +38,9 @@ ABSTAIN_LETTER = "E"
 NOT_IN_MEMORY = "not in memory"
 MAX_OPTIONS = 4
 MAX_QUESTION_CHARS = 1000
+# an answer's reason when no model chose it (stored beside the answer, whose model stays the configured answerer)
+BY_TIME = "chosen by the times of the memories most like each option (qa.order_by_time), not by the model"
+BY_LIKENESS = "chosen by the option's likeness to the memories found (qa.match_options), not by the model"
 MC_MAX_TOKENS = 96  # a letter and up to top_k ids
 OPEN_MAX_TOKENS = 200
 
@@ -272,6 +277,37 @@ def reply_from_memories(backend: Backend, question: str, opts: list[str], memori
     return parse_reply(gen.text, opts, shown)
 
 
+def memories_and_reply(store: Store, backend: Backend | None, question: str, opts: list[str], asked_at: float,
+                       cfg: QAConfig, since: float | None = None, until: float | None = None,
+                       embedder: Embedder | None = None) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """(the memories shown for `question`, the parsed reply): the options' memories and the one whose memory comes
+    first or last when cfg.order_by_time reads the question as asking that (`qa.order`); else the memories
+    `retrieve` finds, then the option most like them when cfg.match_options and their route allow (`qa.match`), or
+    the model's reply over them; an abstention without a model call when none is found."""
+    word = order_asked(question) if opts and cfg.order_by_time else None
+    if word:
+        found = option_matches(store, opts, question_embedder(cfg, embedder), since, until)
+        i = ordered_choice(word, found)
+        if i is not None:
+            shown = list({m.memory["id"]: m.memory for m in found if m is not None}.values())
+            return shown, {"choice": LETTERS[i], "text": opts[i], "abstained": False,
+                           "cited": [found[i].memory["id"]], "reason": BY_TIME}
+    memories = retrieve(store, question, cfg, since=since, until=until, embedder=embedder, asked_at=asked_at)
+    if not memories:
+        return [], {"choice": ABSTAIN_LETTER if opts else None, "text": NOT_IN_MEMORY, "abstained": True,
+                    "cited": [], "reason": "no memories match the question"}
+    matched = matched_memories(memories) if opts and cfg.match_options else []
+    likeness = question_embedder(cfg, embedder) if matched else None
+    picked = likeliest_option(likeness, opts, matched) if likeness is not None else None
+    if picked is not None:
+        i, memory = picked
+        return memories, {"choice": LETTERS[i], "text": opts[i], "abstained": False, "cited": [memory["id"]],
+                          "reason": BY_LIKENESS}
+    if backend is None:
+        raise ValueError("answer: a backend is needed when there are memories to read")
+    return memories, reply_from_memories(backend, question, opts, memories, asked_at, cfg)
+
+
 def answer(store: Store, backend: Backend | None, question: str, options: Sequence[str] | None, *,
            asked_at: float | None = None, cfg: QAConfig | None = None, since: float | None = None,
            until: float | None = None, embedder: Embedder | None = None,
@@ -290,15 +326,8 @@ def answer(store: Store, backend: Backend | None, question: str, options: Sequen
     question_id = store.add_question(q, opts, asked_at)
     model = getattr(backend, "model_name", None) or "none"
 
-    memories = retrieve(store, q, cfg, since=since, until=until, embedder=embedder, asked_at=asked_at)
+    memories, result = memories_and_reply(store, backend, q, opts, asked_at, cfg, since, until, embedder)
     shown = [m["id"] for m in memories]
-    if not memories:
-        result = {"choice": ABSTAIN_LETTER if opts else None, "text": NOT_IN_MEMORY, "abstained": True,
-                  "cited": [], "reason": "no memories match the question"}
-    else:
-        if backend is None:
-            raise ValueError("answer: a backend is needed when there are memories to read")
-        result = reply_from_memories(backend, q, opts, memories, asked_at, cfg)
 
     answer_id = store.add_answer(question_id, choice=result["choice"], text=result["text"],
                                  abstained=result["abstained"], cited=result["cited"], model=model,

@@ -101,6 +101,18 @@ def fuse(rankings: list[list[int]], rrf_k: int) -> list[tuple[int, float]]:
     return sorted(scores.items(), key=lambda kv: (-kv[1], kv[0]))
 
 
+def question_embedder(cfg: QAConfig, embedder: Embedder | None) -> Embedder | None:
+    """The embedder retrieval ranks with: `embedder` if given, else MiniLM when cfg.use_embeddings is on and its
+    weights are installed; None (FTS5 alone; the runtime warns about it once) otherwise."""
+    if not cfg.use_embeddings:
+        return None
+    if embedder is None:
+        from edge_agent.qa.embed import default_embedder, minilm_available
+
+        embedder = default_embedder() if minilm_available() else None
+    return embedder
+
+
 def named_time(store: Store, question: str, asked_at: float) -> float | None:
     """The timestamp a question names (`qa.when`): an offset into the newest recording begun by `asked_at`, a time
     ago, or a clock time; None when it names none."""
@@ -114,7 +126,8 @@ def named_time(store: Store, question: str, asked_at: float) -> float | None:
 
 def retrieve(store: Store, question: str, cfg: QAConfig, since: float | None = None, until: float | None = None,
              embedder: Embedder | None = None, asked_at: float | None = None) -> list[dict[str, Any]]:
-    """The cfg.top_k memories most relevant to `question`, best first; each row has an extra "score" (RRF).
+    """The cfg.top_k memories most relevant to `question`, best first; each row has an extra "score" (RRF) and
+    "route" (which of the settings below found it, or None).
 
     Only memories with t_end <= until (and t_end > since) are considered: in evaluation `until` is the
     time a question is asked, so the answerer never sees the future. `embedder` defaults to MiniLM when
@@ -133,21 +146,17 @@ def retrieve(store: Store, question: str, cfg: QAConfig, since: float | None = N
         # the moment alone: a small reader finds the time it is asked about among 8 memories less often than it
         # reads it off the two or three of that moment (models/default/README.md)
         near = [mid for mid, _ in store.memories_near(at, cfg.moment_k, since, until)]
-        return _rows(store, fuse([near], cfg.rrf_k), since, until)
-    latest = _latest(store, question, cfg, since, until)
+        return _rows(store, fuse([near], cfg.rrf_k), since, until, route="moment")
+    route, latest = _latest(store, question, cfg, since, until)
     if latest:
         # where a thing is now, whom I met in a room, or what colour a thing was: the latest memories that name it,
         # not every pick-up and put-down, every memory of the room, or every other thing put in the same place,
         # that shares the question's words (models/default/README.md)
-        return _rows(store, fuse([[mid for mid, _ in latest]], cfg.rrf_k), since, until)
+        return _rows(store, fuse([[mid for mid, _ in latest]], cfg.rrf_k), since, until, route=route)
     depth = candidates_per_ranking(cfg)
     rankings = [[mid for mid, _ in store.fts_search(question, depth, since=since, until=until)]]
-    if cfg.use_embeddings and embedder is None:
-        from edge_agent.qa.embed import default_embedder, minilm_available
-
-        # Without the weights package retrieval is FTS5 alone (the runtime warns about it once).
-        embedder = default_embedder() if minilm_available() else None
-    if cfg.use_embeddings and embedder is not None:
+    embedder = question_embedder(cfg, embedder)
+    if embedder is not None:
         rankings.append([mid for mid, _ in embedding_ranking(store, question, embedder, depth, since, until)])
     moment = [] if at is None else [mid for mid, _ in store.memories_near(at, (cfg.top_k + 1) // 2, since, until)]
     first = set(moment)
@@ -158,29 +167,30 @@ def retrieve(store: Store, question: str, cfg: QAConfig, since: float | None = N
 
 
 def _latest(store: Store, question: str, cfg: QAConfig, since: float | None,
-            until: float | None) -> list[tuple[int, float]]:
-    """The cfg.latest_k latest memories naming what a "where did I leave X?" question asks after (`qa.where`), or a
-    person (a `<face_N>` tag) and the place a "who did I meet in R?" question names (`qa.who`); the cfg.colour_k
-    latest naming what a "what colour was the X?" question asks about (`qa.colour`); [] for other questions, or
-    when the setting is 0."""
+            until: float | None) -> tuple[str | None, list[tuple[int, float]]]:
+    """(route, memories): "where", the cfg.latest_k latest memories naming what a "where did I leave X?" question
+    asks after (`qa.where`); "who", those naming a person (a `<face_N>` tag) and the place a "who did I meet in R?"
+    question names (`qa.who`); "colour", the cfg.colour_k latest naming what a "what colour was the X?" question
+    asks about (`qa.colour`); (None, []) for other questions, or when the setting is 0."""
     if cfg.latest_k:
         thing = left_thing(question)
         if thing:
-            return store.latest_naming(thing, cfg.latest_k, since, until)
+            return "where", store.latest_naming(thing, cfg.latest_k, since, until)
         place = met_place(question)
         if place:
-            return store.latest_naming(place, cfg.latest_k, since, until, also="face")
+            return "who", store.latest_naming(place, cfg.latest_k, since, until, also="face")
     thing = coloured_thing(question) if cfg.colour_k else None
-    return store.latest_naming(thing, cfg.colour_k, since, until) if thing else []
+    return ("colour", store.latest_naming(thing, cfg.colour_k, since, until)) if thing else (None, [])
 
 
 def _rows(store: Store, ranked: list[tuple[int, float]], since: float | None,
-          until: float | None) -> list[dict[str, Any]]:
-    """The memories of (id, score) pairs in that order, each with its "score"."""
+          until: float | None, route: str | None = None) -> list[dict[str, Any]]:
+    """The memories of (id, score) pairs in that order, each with its "score" and the "route" that found it
+    ("moment", "where", "who", "colour"; None: the text ranks)."""
     score = dict(ranked)
     rows = store.get_memories([mid for mid, _ in ranked])
     # The store already filters by time; checked again here because this is the no-future guarantee.
     rows = [r for r in rows if (until is None or r["t_end"] <= until) and (since is None or r["t_end"] > since)]
     for r in rows:
-        r["score"] = score[r["id"]]
+        r["score"], r["route"] = score[r["id"]], route
     return rows
