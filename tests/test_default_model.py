@@ -878,3 +878,15 @@ def test_ask_feedback_adapt_from_the_cli_keeps_pairs_and_registers_an_adapter(tm
     assert report["adapter_id"], report  # trained and registered (the gate decides whether it becomes active)
     listed = json.loads(cli("adapter", "list", "--json"))
     assert report["adapter_id"] in [r["id"] for r in listed]
+
+
+def test_write_windows_names_the_earlier_segments_a_writer_row_shows():
+    """`stage write --write-windows 0` trains only the window the default's profile writes with (the new segment
+    alone); a count the writer prompt cannot show is refused in one line, naming the value."""
+    import argparse
+
+    rec = _recipe()
+    assert rec.earlier_segment_counts("0") == [0] and rec.earlier_segment_counts("0,2,4") == [0, 2, 4]
+    for bad in ("5", "0,x", "", "-1"):
+        with pytest.raises(argparse.ArgumentTypeError, match="expected counts 0-4"):
+            rec.earlier_segment_counts(bad)

@@ -2340,6 +2340,17 @@ def judge_eval(args) -> dict:
     return res
 
 
+def earlier_segment_counts(text: str) -> list[int]:
+    """`--write-windows`: comma-separated counts of earlier segments, each 0-4 ("0" or "0,1,2")."""
+    try:
+        counts = [int(k) for k in text.split(",")]
+    except ValueError:
+        counts = []
+    if not counts or not all(0 <= k <= 4 for k in counts):
+        raise argparse.ArgumentTypeError(f"{text!r}: expected counts 0-4 separated by commas, e.g. 0 or 0,1,2")
+    return counts
+
+
 def main() -> None:
     global FRAME_SIZE
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -2362,7 +2373,7 @@ def main() -> None:
                     help="recall rows also ask the colour of an object named with where it was put or picked up")
     ap.add_argument("--recall-share", type=float, default=0.0,
                     help="read: share of each batch drawn from recall_row (facts at random: only reading answers them)")
-    ap.add_argument("--write-windows", type=lambda v: [int(k) for k in v.split(",")], default=[0, 1, 2, 3, 4],
+    ap.add_argument("--write-windows", type=earlier_segment_counts, default=[0, 1, 2, 3, 4],
                     help="write: how many earlier segments a writer row shows, drawn evenly from these (comma "
                          "separated; 0 alone trains the window of 1 the default's profile writes with)")
     ap.add_argument("--see-rows", type=int, default=0,
