@@ -1986,11 +1986,11 @@ def read_gt(args) -> dict:
     import tempfile
 
     from edge_agent.qa.answer import memories_and_reply
-    from edge_agent.qa.embed import default_embedder, minilm_available
+    from edge_agent.qa.retrieve import question_embedder
     from edge_agent.store import Store
 
     qcfg = dataclasses.replace(folder_config(args.out).qa, choice=args.choice)
-    embedder = default_embedder() if qcfg.use_embeddings and minilm_available() else None
+    embedder = question_embedder(qcfg, None)
     first, last = (int(x) for x in args.dev_worlds.split("-"))
     graded = []
     with open_answerer(args.out, None) as reader, tempfile.TemporaryDirectory() as tmp:

@@ -284,9 +284,10 @@ def memories_and_reply(store: Store, backend: Backend | None, question: str, opt
     first or last when cfg.order_by_time reads the question as asking that (`qa.order`); else the memories
     `retrieve` finds, then the option most like them when cfg.match_options and their route allow (`qa.match`), or
     the model's reply over them; an abstention without a model call when none is found."""
+    embedder = question_embedder(cfg, embedder)
     word = order_asked(question) if opts and cfg.order_by_time else None
     if word:
-        found = option_matches(store, opts, question_embedder(cfg, embedder), since, until)
+        found = option_matches(store, opts, embedder, since, until)
         i = ordered_choice(word, found)
         if i is not None:
             shown = list({m.memory["id"]: m.memory for m in found if m is not None}.values())
@@ -297,8 +298,7 @@ def memories_and_reply(store: Store, backend: Backend | None, question: str, opt
         return [], {"choice": ABSTAIN_LETTER if opts else None, "text": NOT_IN_MEMORY, "abstained": True,
                     "cited": [], "reason": "no memories match the question"}
     matched = matched_memories(memories) if opts and cfg.match_options else []
-    likeness = question_embedder(cfg, embedder) if matched else None
-    picked = likeliest_option(likeness, opts, matched) if likeness is not None else None
+    picked = likeliest_option(embedder, opts, matched) if matched and embedder is not None else None
     if picked is not None:
         i, memory = picked
         return memories, {"choice": LETTERS[i], "text": opts[i], "abstained": False, "cited": [memory["id"]],
