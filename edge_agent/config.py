@@ -149,6 +149,10 @@ class QAConfig(Section):
                                   "(qa.colour_k) is answered by the option most like a sentence of the memories that "
                                   "route found (MiniLM: the moment's nearest memory, the thing's colour_k latest), not "
                                   "by the model; without MiniLM, or off, the model answers.")
+    quoted_text: bool = setting(False, 'Multiple choice asking for the words something said ("what did the note at '
+                                'the fridge say?") is answered by the one option a shown memory quotes (its words '
+                                'whole and in order), "not in memory" when none does, and by the model when several '
+                                "do; off: answered as any question.")
     rrf_k: int = setting(60, "Reciprocal-rank-fusion constant for the FTS5 and embedding ranks.", between(1, 10000),
                          "must be in [1, 10000]")
     use_embeddings: bool = setting(True, "MiniLM sentence embeddings (onnxruntime) beside FTS5.")
@@ -456,7 +460,7 @@ PROFILE_KEYS = {"frame_size": "capture.frame_size", "keyframes_per_segment": "ca
                 "window_segments": "writer.window_segments", "answer_choice": "qa.choice",
                 "moment_memories": "qa.moment_k", "latest_memories": "qa.latest_k",
                 "colour_memories": "qa.colour_k", "order_by_time": "qa.order_by_time",
-                "match_options": "qa.match_options",
+                "match_options": "qa.match_options", "quoted_text": "qa.quoted_text",
                 # Phase Two's recipe where a model's own was measured (the embedded default: README, Phase Two)
                 "candidate_share": "writer.candidate_share", "adapt_learning_rate": "adapt.learning_rate",
                 "adapt_steps": "adapt.steps", "adapt_sft_weight": "adapt.sft_weight"}

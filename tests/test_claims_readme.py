@@ -286,7 +286,7 @@ def test_the_default_models_numbers_in_the_readme_are_its_manifests():
     assert f"room right in {round(100 * w['room_acc'])} %" in para
     assert e["cited_when_answered"] == 1.0 and "every answer citing a memory" in para
     low, high = sorted(round(100 * w[k]) for k in ("object_acc", "colour_acc"))
-    assert f"({low}-{high} %)" in para
+    assert (f"({low} %)" if low == high else f"({low}-{high} %)") in para
     assert f"multiple choice over ground-truth memories {100 * w['mc_acc_gt_memories']:.1f} %" in para
     assert f"{100 * e['acc']:.1f} % on {e['n_questions']:,} questions" in para
     assert f"95 % CI {100 * e['acc_ci95'][0]:.1f}-{100 * e['acc_ci95'][1]:.1f}" in para
@@ -297,7 +297,13 @@ def test_the_default_models_numbers_in_the_readme_are_its_manifests():
     w5 = manifest["measured"]["writer_and_mc_gt_memories_window_5"]
     low5, high5 = sorted(round(100 * w5[k]) for k in ("object_acc", "colour_acc"))
     assert f"more often ({low5}-{high5} %)" in para
-    unmatched = manifest["measured"]["end_to_end_before_match_options"]  # the same clips, before qa.match_options
+    # the same clips: the writer before its window-1 write stage, then that writer before qa.quoted_text
+    prior_writer = manifest["measured"]["end_to_end_writer_before_window_1_stage"]
+    assert prior_writer["seeds"] == e["seeds"] and f"last write stage {100 * prior_writer['acc']:.1f} %" in para
+    unquoted = manifest["measured"]["end_to_end_before_quoted_text"]
+    assert manifest["profile"]["quoted_text"] is True and "(`qa.quoted_text`)" in para
+    assert unquoted["seeds"] == e["seeds"] and f"{100 * unquoted['acc']:.1f} % before a note's words" in para
+    unmatched = manifest["measured"]["end_to_end_before_match_options"]  # and before qa.match_options
     assert manifest["profile"]["match_options"] is True and "`qa.match_options`)" in para
     assert unmatched["seeds"] == e["seeds"] and f"{100 * unmatched['acc']:.1f} % before a moment's" in para
     before = manifest["measured"]["end_to_end_before_order_by_time"]  # and before qa.order_by_time
@@ -305,8 +311,8 @@ def test_the_default_models_numbers_in_the_readme_are_its_manifests():
     assert before["seeds"] == e["seeds"] and f"{100 * before['acc']:.1f} % before \"which of these did I do" in para
     e5 = manifest["measured"]["end_to_end_window_5"]
     assert e5["seeds"] == e["seeds"] and f"{100 * e5['acc']:.1f} % before that with the window of 5" in para
-    gt = manifest["measured"]["mc_gt_memories_retrieved"]["order_by_time_and_match_options"]  # the shipped profile
-    assert gt["qa"]["order_by_time"] and gt["qa"]["match_options"]
+    gt = manifest["measured"]["mc_gt_memories_retrieved"]["order_by_time_match_options_and_quoted_text"]  # the profile
+    assert gt["qa"]["order_by_time"] and gt["qa"]["match_options"] and gt["qa"]["quoted_text"]
     assert f"answers {100 * gt['acc']:.1f} % of the {gt['n']} held-out questions" in para
     off = manifest["faces"]["ablation_end_to_end_9000_9047_format_2"]["without_registry"]  # the same clips
     assert off["seeds"] == e["seeds"] and off["n_questions"] == e["n_questions"]

@@ -1850,6 +1850,9 @@ def manifest(args) -> None:
                        # a moment's or a colour's options matched to the memories those routes find (MiniLM): this
                        # reader ranked them worse (README, "Options matched to the memory")
                        "match_options": True,
+                       # "what did the note say?" answered only by an option a memory quotes, else "not in memory":
+                       # this writer cannot make out a note's words (README, "Words no memory quotes")
+                       "quoted_text": True,
                        # Phase Two's product recipe, measured on this model (configs/phase_two/product.toml)
                        "candidate_share": 0.3, "adapt_learning_rate": 1e-2, "adapt_steps": 50, "adapt_sft_weight": 1.0,
                        "ram_gb": 0.5, "disk_gb": 0.1},
@@ -2016,7 +2019,7 @@ def read_gt(args) -> dict:
     res = {"worlds": args.dev_worlds, "n": len(graded), "acc": round(right / max(1, len(graded)), 3),
            "acc_ci": wilson(right, len(graded)), "by_category": by_cat,
            "qa": {k: getattr(qcfg, k) for k in ("choice", "top_k", "moment_k", "latest_k", "colour_k",
-                                                 "order_by_time", "match_options")},
+                                                 "order_by_time", "match_options", "quoted_text")},
            "graded": graded}
     print("read-gt", json.dumps({k: v for k, v in res.items() if k != "graded"}), flush=True)
     (WORK / f"read-gt-{args.dev_worlds}-{args.out.name}.json").write_text(json.dumps(res, indent=1))

@@ -27,6 +27,7 @@ from edge_agent.config import QAConfig
 from edge_agent.errors import QuestionError
 from edge_agent.qa.match import likeliest_option, matched_memories
 from edge_agent.qa.order import option_matches, order_asked, ordered_choice
+from edge_agent.qa.quote import quoted_options, words_asked
 from edge_agent.qa.retrieve import Embedder, question_embedder, retrieve
 from edge_agent.store import Store
 from edge_agent.store.text import clean_text
@@ -41,6 +42,8 @@ MAX_QUESTION_CHARS = 1000
 # an answer's reason when no model chose it (stored beside the answer, whose model stays the configured answerer)
 BY_TIME = "chosen by the times of the memories most like each option (qa.order_by_time), not by the model"
 BY_LIKENESS = "chosen by the option's likeness to the memories found (qa.match_options), not by the model"
+BY_QUOTE = "the one option a memory found quotes (qa.quoted_text), not chosen by the model"
+NOT_QUOTED = "no memory found quotes any option's words (qa.quoted_text)"
 MC_MAX_TOKENS = 96  # a letter and up to top_k ids
 OPEN_MAX_TOKENS = 200
 
@@ -282,8 +285,10 @@ def memories_and_reply(store: Store, backend: Backend | None, question: str, opt
                        embedder: Embedder | None = None) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """(the memories shown for `question`, the parsed reply): the options' memories and the one whose memory comes
     first or last when cfg.order_by_time reads the question as asking that (`qa.order`); else the memories
-    `retrieve` finds, then the option most like them when cfg.match_options and their route allow (`qa.match`), or
-    the model's reply over them; an abstention without a model call when none is found."""
+    `retrieve` finds, then, for a question asking for the words something said, the one option they quote or
+    "not in memory" when cfg.quoted_text (`qa.quote`); the option most like them when cfg.match_options and their
+    route allow (`qa.match`); or the model's reply over them. An abstention without a model call when none is
+    found."""
     embedder = question_embedder(cfg, embedder)
     word = order_asked(question) if opts and cfg.order_by_time else None
     if word:
@@ -297,6 +302,14 @@ def memories_and_reply(store: Store, backend: Backend | None, question: str, opt
     if not memories:
         return [], {"choice": ABSTAIN_LETTER if opts else None, "text": NOT_IN_MEMORY, "abstained": True,
                     "cited": [], "reason": "no memories match the question"}
+    quoted = quoted_options(opts, memories) if opts and cfg.quoted_text and words_asked(question) else None
+    if quoted is not None and len(quoted) < 2:  # several quoted: the model tells which
+        if not quoted:
+            return memories, {"choice": ABSTAIN_LETTER, "text": NOT_IN_MEMORY, "abstained": True, "cited": [],
+                              "reason": NOT_QUOTED}
+        (i, memory), = quoted.items()
+        return memories, {"choice": LETTERS[i], "text": opts[i], "abstained": False, "cited": [memory["id"]],
+                          "reason": BY_QUOTE}
     matched = matched_memories(memories) if opts and cfg.match_options else []
     picked = likeliest_option(embedder, opts, matched) if matched and embedder is not None else None
     if picked is not None:
