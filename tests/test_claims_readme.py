@@ -339,6 +339,8 @@ def test_the_default_models_numbers_in_the_readme_are_its_manifests():
     assert every["judge_fallback"] == 0
     assert f"{every['judge_consistent']} of {every['judge_consistent'] + every['judge_disagreed']} pairs" in para
     assert loops["T7, window 1 (as shipped), rule auto"]["judge_fallback"] == 1 and "falls back to embeddings" in para
+    prior = loops["T7, window 1, the writer of 2026-12-05, rule judge"]  # the writer before its window-1 write stage
+    assert f"{prior['judge_consistent']} of {prior['judge_consistent'] + prior['judge_disagreed']} with the writer" in para
     before = loops["T5, the writer shipped before 2026-12-05 (window 5)"]
     assert f"{before['judge_consistent']} of {before['judge_consistent'] + before['judge_disagreed']} pairs" in para
     n = checkpoint_parameters(default / "hf")
