@@ -155,14 +155,24 @@ def _is_abstention(text: str) -> bool:
     return norm == "" or norm.startswith(NOT_IN_MEMORY) or norm.startswith("not in memories")
 
 
+def not_in_memory(multiple_choice: bool, reason: str | None = None) -> dict[str, Any]:
+    """An abstention as a parsed reply: E for multiple choice, no choice for an open question."""
+    return {"choice": ABSTAIN_LETTER if multiple_choice else None, "text": NOT_IN_MEMORY, "abstained": True,
+            "cited": [], "reason": reason}
+
+
+def chosen_without_model(opts: list[str], i: int, memory_id: int, reason: str) -> dict[str, Any]:
+    """Option `i` as a parsed reply, cited by the memory that decided it, where a rule chose it, not the model."""
+    return {"choice": LETTERS[i], "text": opts[i], "abstained": False, "cited": [memory_id], "reason": reason}
+
+
 def parse_reply(text: str, options: list[str], shown_ids: list[int]) -> dict[str, Any]:
     """Read the model's reply into choice / text / abstained / cited / reason. Never raises on bad output:
     anything unreadable becomes an abstention whose reason quotes the output."""
     letters = LETTERS[: len(options)]
 
     def bad(why: str) -> dict[str, Any]:
-        return {"choice": ABSTAIN_LETTER if options else None, "text": NOT_IN_MEMORY, "abstained": True,
-                "cited": [], "reason": f"{why}: {text[:120]!r}"}
+        return not_in_memory(bool(options), f"{why}: {text[:120]!r}")
 
     try:
         obj = json.loads(text)
@@ -194,13 +204,12 @@ def parse_reply(text: str, options: list[str], shown_ids: list[int]) -> dict[str
         if letter is None or (letter != ABSTAIN_LETTER and letter not in letters):
             return bad("model answer is not one of the options")
         if letter == ABSTAIN_LETTER:
-            return {"choice": ABSTAIN_LETTER, "text": NOT_IN_MEMORY, "abstained": True, "cited": [], "reason": None}
+            return not_in_memory(True)
         return {"choice": letter, "text": options[LETTERS.index(letter)], "abstained": False, "cited": cited,
                 "reason": None}
     ans = " ".join(clean_text(raw).split())
     if _is_abstention(ans):
-        return {"choice": None, "text": NOT_IN_MEMORY, "abstained": True, "cited": [],
-                "reason": None if ans else "empty answer"}
+        return not_in_memory(False, None if ans else "empty answer")
     return {"choice": None, "text": ans, "abstained": False, "cited": cited, "reason": None}
 
 
@@ -252,7 +261,7 @@ def scored_reply(backend: Any, question: str, opts: list[str], memories: list[di
     """The reply `answer` records in score mode: the likeliest option (or E), cited by the model."""
     letter, _, _ = choose_by_likelihood(backend, question, opts, memories, asked_at, abstain_probability)
     if letter == ABSTAIN_LETTER:
-        return {"choice": ABSTAIN_LETTER, "text": NOT_IN_MEMORY, "abstained": True, "cited": [], "reason": None}
+        return not_in_memory(True)
     chosen = opts[LETTERS.index(letter)]
     gen = backend.generate(build_messages(question, [], memories, asked_at),
                            Sampling(temperature=0.0, max_tokens=OPEN_MAX_TOKENS),
@@ -296,26 +305,21 @@ def memories_and_reply(store: Store, backend: Backend | None, question: str, opt
         i = ordered_choice(word, found)
         if i is not None:
             shown = list({m.memory["id"]: m.memory for m in found if m is not None}.values())
-            return shown, {"choice": LETTERS[i], "text": opts[i], "abstained": False,
-                           "cited": [found[i].memory["id"]], "reason": BY_TIME}
+            return shown, chosen_without_model(opts, i, found[i].memory["id"], BY_TIME)
     memories = retrieve(store, question, cfg, since=since, until=until, embedder=embedder, asked_at=asked_at)
     if not memories:
-        return [], {"choice": ABSTAIN_LETTER if opts else None, "text": NOT_IN_MEMORY, "abstained": True,
-                    "cited": [], "reason": "no memories match the question"}
+        return [], not_in_memory(bool(opts), "no memories match the question")
     quoted = quoted_options(opts, memories) if opts and cfg.quoted_text and words_asked(question) else None
     if quoted is not None and len(quoted) < 2:  # several quoted: the model tells which
         if not quoted:
-            return memories, {"choice": ABSTAIN_LETTER, "text": NOT_IN_MEMORY, "abstained": True, "cited": [],
-                              "reason": NOT_QUOTED}
+            return memories, not_in_memory(True, NOT_QUOTED)
         (i, memory), = quoted.items()
-        return memories, {"choice": LETTERS[i], "text": opts[i], "abstained": False, "cited": [memory["id"]],
-                          "reason": BY_QUOTE}
+        return memories, chosen_without_model(opts, i, memory["id"], BY_QUOTE)
     matched = matched_memories(memories) if opts and cfg.match_options else []
     picked = likeliest_option(embedder, opts, matched) if matched and embedder is not None else None
     if picked is not None:
         i, memory = picked
-        return memories, {"choice": LETTERS[i], "text": opts[i], "abstained": False, "cited": [memory["id"]],
-                          "reason": BY_LIKENESS}
+        return memories, chosen_without_model(opts, i, memory["id"], BY_LIKENESS)
     if backend is None:
         raise ValueError("answer: a backend is needed when there are memories to read")
     return memories, reply_from_memories(backend, question, opts, memories, asked_at, cfg)
