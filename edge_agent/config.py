@@ -153,6 +153,11 @@ class QAConfig(Section):
                                 'the fridge say?") is answered by the one option a shown memory quotes (its words '
                                 'whole and in order), "not in memory" when none does, and by the model when several '
                                 "do; off: answered as any question.")
+    where_answered: bool = setting(False, 'A question asking where something was left, shown the latest memories '
+                                   "that name it (qa.latest_k), is answered, never \"not in memory\": those "
+                                   'memories are the evidence. Multiple choice (choice "score") takes the likeliest '
+                                   "option; an open question the model's answer or, where the model would abstain, "
+                                   "the sentence of the latest of them naming the thing. Off: the model may abstain.")
     rrf_k: int = setting(60, "Reciprocal-rank-fusion constant for the FTS5 and embedding ranks.", between(1, 10000),
                          "must be in [1, 10000]")
     use_embeddings: bool = setting(True, "MiniLM sentence embeddings (onnxruntime) beside FTS5.")
@@ -461,6 +466,7 @@ PROFILE_KEYS = {"frame_size": "capture.frame_size", "keyframes_per_segment": "ca
                 "moment_memories": "qa.moment_k", "latest_memories": "qa.latest_k",
                 "colour_memories": "qa.colour_k", "order_by_time": "qa.order_by_time",
                 "match_options": "qa.match_options", "quoted_text": "qa.quoted_text",
+                "where_answered": "qa.where_answered",
                 # Phase Two's recipe where a model's own was measured (the embedded default: README, Phase Two)
                 "candidate_share": "writer.candidate_share", "adapt_learning_rate": "adapt.learning_rate",
                 "adapt_steps": "adapt.steps", "adapt_sft_weight": "adapt.sft_weight"}

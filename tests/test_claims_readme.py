@@ -297,7 +297,10 @@ def test_the_default_models_numbers_in_the_readme_are_its_manifests():
     w5 = manifest["measured"]["writer_and_mc_gt_memories_window_5"]
     low5, high5 = sorted(round(100 * w5[k]) for k in ("object_acc", "colour_acc"))
     assert f"more often ({low5}-{high5} %)" in para
-    # the same clips: the writer before its window-1 write stage, then that writer before qa.quoted_text
+    # the same clips: before qa.where_answered, the writer before its window-1 write stage, then before qa.quoted_text
+    unrouted = manifest["measured"]["end_to_end_before_where_answered"]
+    assert manifest["profile"]["where_answered"] is True and "(`qa.where_answered`)" in para
+    assert unrouted["seeds"] == e["seeds"] and f"{100 * unrouted['acc']:.1f} % before \"where did I leave it?\"" in para
     prior_writer = manifest["measured"]["end_to_end_writer_before_window_1_stage"]
     assert prior_writer["seeds"] == e["seeds"] and f"last write stage {100 * prior_writer['acc']:.1f} %" in para
     unquoted = manifest["measured"]["end_to_end_before_quoted_text"]
@@ -311,8 +314,8 @@ def test_the_default_models_numbers_in_the_readme_are_its_manifests():
     assert before["seeds"] == e["seeds"] and f"{100 * before['acc']:.1f} % before \"which of these did I do" in para
     e5 = manifest["measured"]["end_to_end_window_5"]
     assert e5["seeds"] == e["seeds"] and f"{100 * e5['acc']:.1f} % before that with the window of 5" in para
-    gt = manifest["measured"]["mc_gt_memories_retrieved"]["order_by_time_match_options_and_quoted_text"]  # the profile
-    assert gt["qa"]["order_by_time"] and gt["qa"]["match_options"] and gt["qa"]["quoted_text"]
+    gt = manifest["measured"]["mc_gt_memories_retrieved"]["order_by_time_match_options_quoted_text_and_where_answered"]
+    assert all(gt["qa"][k] for k in ("order_by_time", "match_options", "quoted_text", "where_answered"))  # the profile
     assert f"answers {100 * gt['acc']:.1f} % of the {gt['n']} held-out questions" in para
     off = manifest["faces"]["ablation_end_to_end_9000_9047_format_2"]["without_registry"]  # the same clips
     assert off["seeds"] == e["seeds"] and off["n_questions"] == e["n_questions"]

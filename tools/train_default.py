@@ -1853,6 +1853,9 @@ def manifest(args) -> None:
                        # "what did the note say?" answered only by an option a memory quotes, else "not in memory":
                        # this writer cannot make out a note's words (README, "Words no memory quotes")
                        "quoted_text": True,
+                       # "where did I leave X?" shown the latest memory naming X is answered, never "not in memory":
+                       # this reader abstained on one plain memory (README, "Where a thing went")
+                       "where_answered": True,
                        # Phase Two's product recipe, measured on this model (configs/phase_two/product.toml)
                        "candidate_share": 0.3, "adapt_learning_rate": 1e-2, "adapt_steps": 50, "adapt_sft_weight": 1.0,
                        "ram_gb": 0.5, "disk_gb": 0.1},
@@ -1981,7 +1984,7 @@ def evaluate(args) -> dict:
 def read_gt(args) -> dict:
     """`read-gt`: multiple choice over text worlds' ground-truth memories (`--dev-worlds`, 4 minutes each; one
     memory a segment, as a writer that never erred would write them) put in a store, then retrieved and answered as
-    `ask` does under the folder's profile (qa.moment_k, latest_k, colour_k, order_by_time, match_options, quoted_text;
+    `ask` does under the folder's profile (qa.moment_k, latest_k, colour_k, order_by_time, match_options, quoted_text, where_answered;
     MiniLM; the folder's reader through llama.cpp): what the product answers when its memories are true. `eval`'s MC shows the
     evidence among 7 memories drawn at random instead, so it measures the reader apart from retrieval. Only
     questions whose memories tell the answer count, as there; E is wrong. Saved to
@@ -2019,7 +2022,8 @@ def read_gt(args) -> dict:
     res = {"worlds": args.dev_worlds, "n": len(graded), "acc": round(right / max(1, len(graded)), 3),
            "acc_ci": wilson(right, len(graded)), "by_category": by_cat,
            "qa": {k: getattr(qcfg, k) for k in ("choice", "top_k", "moment_k", "latest_k", "colour_k",
-                                                 "order_by_time", "match_options", "quoted_text")},
+                                                 "order_by_time", "match_options", "quoted_text",
+                                                 "where_answered")},
            "graded": graded}
     print("read-gt", json.dumps({k: v for k, v in res.items() if k != "graded"}), flush=True)
     (WORK / f"read-gt-{args.dev_worlds}-{args.out.name}.json").write_text(json.dumps(res, indent=1))

@@ -29,6 +29,7 @@ from edge_agent.qa.match import likeliest_option, matched_memories
 from edge_agent.qa.order import option_matches, order_asked, ordered_choice
 from edge_agent.qa.quote import quoted_options, words_asked
 from edge_agent.qa.retrieve import Embedder, question_embedder, retrieve
+from edge_agent.qa.where import left_thing, sentence_naming
 from edge_agent.store import Store
 from edge_agent.store.text import clean_text
 from edge_agent.types import Message, Sampling
@@ -44,6 +45,7 @@ BY_TIME = "chosen by the times of the memories most like each option (qa.order_b
 BY_LIKENESS = "chosen by the option's likeness to the memories found (qa.match_options), not by the model"
 BY_QUOTE = "the one option a memory found quotes (qa.quoted_text), not chosen by the model"
 NOT_QUOTED = "no memory found quotes any option's words (qa.quoted_text)"
+WHERE_SAID = "the model would not answer; what the latest memory naming the thing says of it (qa.where_answered)"
 MC_MAX_TOKENS = 96  # a letter and up to top_k ids
 OPEN_MAX_TOKENS = 200
 
@@ -289,6 +291,22 @@ def reply_from_memories(backend: Backend, question: str, opts: list[str], memori
     return parse_reply(gen.text, opts, shown)
 
 
+def where_reply(backend: Backend, question: str, opts: list[str], memories: list[dict[str, Any]], asked_at: float,
+                cfg: QAConfig) -> dict[str, Any]:
+    """The reply to "where did I leave X?" over the latest memories naming X (cfg.where_answered): they are the
+    evidence, so it is never "not in memory". The small reader, shown one memory that plainly says where the thing
+    went, still gave "not in memory" a probability of 0.6-0.96 (models/default/README.md, "Where a thing went")."""
+    shown = [m["id"] for m in memories]
+    if opts and cfg.choice == "score" and can_score(backend):
+        return scored_reply(backend, question, opts, memories, asked_at, shown, abstain_probability=math.inf)
+    reply = reply_from_memories(backend, question, opts, memories, asked_at, cfg)
+    if opts or not reply["abstained"]:
+        return reply
+    latest = max(memories, key=lambda m: (m["t_start"], m["id"]))
+    return {"choice": None, "text": sentence_naming(latest["text"], left_thing(question) or ""), "abstained": False,
+            "cited": [latest["id"]], "reason": WHERE_SAID}
+
+
 def memories_and_reply(store: Store, backend: Backend | None, question: str, opts: list[str], asked_at: float,
                        cfg: QAConfig, since: float | None = None, until: float | None = None,
                        embedder: Embedder | None = None) -> tuple[list[dict[str, Any]], dict[str, Any]]:
@@ -296,7 +314,8 @@ def memories_and_reply(store: Store, backend: Backend | None, question: str, opt
     first or last when cfg.order_by_time reads the question as asking that (`qa.order`); else the memories
     `retrieve` finds, then, for a question asking for the words something said, the one option they quote or
     "not in memory" when cfg.quoted_text (`qa.quote`); the option most like them when cfg.match_options and their
-    route allow (`qa.match`); or the model's reply over them. An abstention without a model call when none is
+    route allow (`qa.match`); or the model's reply over them, never an abstention when cfg.where_answered and they
+    are the latest naming what a "where" question asks after. An abstention without a model call when none is
     found."""
     embedder = question_embedder(cfg, embedder)
     word = order_asked(question) if opts and cfg.order_by_time else None
@@ -322,6 +341,8 @@ def memories_and_reply(store: Store, backend: Backend | None, question: str, opt
         return memories, chosen_without_model(opts, i, memory["id"], BY_LIKENESS)
     if backend is None:
         raise ValueError("answer: a backend is needed when there are memories to read")
+    if cfg.where_answered and memories[0]["route"] == "where":
+        return memories, where_reply(backend, question, opts, memories, asked_at, cfg)
     return memories, reply_from_memories(backend, question, opts, memories, asked_at, cfg)
 
 

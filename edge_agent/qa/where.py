@@ -30,3 +30,11 @@ def left_thing(question: str) -> str | None:
     """The thing a question asks where it was left, lower-cased ("blue keys"), or None for any other question."""
     m = _LEFT.search(question.strip())
     return thing_named(m.group(1)) if m else None
+
+
+def sentence_naming(text: str, thing: str) -> str:
+    """The last sentence of `text` that names `thing` (its words whole and in order, any case): what a memory says of
+    where the thing went ("I put the yellow bowl on the table in the kitchen."); the whole text when none does."""
+    named = re.compile(r"\b" + r"\W+".join(map(re.escape, thing.split())) + r"\b", re.I)
+    hits = [s.strip() for s in re.findall(r"[^.!?]+[.!?]*", text) if named.search(s)]
+    return hits[-1] if hits else text.strip()
