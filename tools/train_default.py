@@ -1984,9 +1984,10 @@ def evaluate(args) -> dict:
 def read_gt(args) -> dict:
     """`read-gt`: multiple choice over text worlds' ground-truth memories (`--dev-worlds`, 4 minutes each; one
     memory a segment, as a writer that never erred would write them) put in a store, then retrieved and answered as
-    `ask` does under the folder's profile (qa.moment_k, latest_k, colour_k, order_by_time, match_options, quoted_text, where_answered;
-    MiniLM; the folder's reader through llama.cpp): what the product answers when its memories are true. `eval`'s MC shows the
-    evidence among 7 memories drawn at random instead, so it measures the reader apart from retrieval. Only
+    `ask` does under the folder's profile (qa.moment_k, latest_k, colour_k, order_by_time, match_options,
+    quoted_text, where_answered; MiniLM; the folder's reader through llama.cpp): what the product answers when its
+    memories are true. `eval`'s MC shows the evidence among 7 memories drawn at random instead, so it measures the
+    reader apart from retrieval. Only
     questions whose memories tell the answer count, as there; E is wrong. Saved to
     <work>/read-gt-<worlds>-<folder>.json with each question's grade."""
     import tempfile

@@ -296,9 +296,9 @@ def where_reply(backend: Backend, question: str, opts: list[str], memories: list
     """The reply to "where did I leave X?" over the latest memories naming X (cfg.where_answered): they are the
     evidence, so it is never "not in memory". The small reader, shown one memory that plainly says where the thing
     went, still gave "not in memory" a probability of 0.6-0.96 (models/default/README.md, "Where a thing went")."""
-    shown = [m["id"] for m in memories]
     if opts and cfg.choice == "score" and can_score(backend):
-        return scored_reply(backend, question, opts, memories, asked_at, shown, abstain_probability=math.inf)
+        return scored_reply(backend, question, opts, memories, asked_at, [m["id"] for m in memories],
+                            abstain_probability=math.inf)
     reply = reply_from_memories(backend, question, opts, memories, asked_at, cfg)
     if opts or not reply["abstained"]:
         return reply
