@@ -297,12 +297,19 @@ def test_the_default_models_numbers_in_the_readme_are_its_manifests():
     w5 = manifest["measured"]["writer_and_mc_gt_memories_window_5"]
     low5, high5 = sorted(round(100 * w5[k]) for k in ("object_acc", "colour_acc"))
     assert f"more often ({low5}-{high5} %)" in para
-    # the same clips: before qa.where_answered, the writer before its window-1 write stage, then before qa.quoted_text
+    # the same clips: the writer before its writer-only write stage, that writer before qa.where_answered, the writer
+    # before its window-1 write stage, then before qa.quoted_text
+    last_writer = manifest["measured"]["end_to_end_writer_before_writer_only_stage"]
+    assert last_writer["seeds"] == e["seeds"] and f"last write stage {100 * last_writer['acc']:.1f} %" in para
+    all_segments = e["writer_fields_all_segments"]
+    assert all_segments["segments"] == 2 * 1296 and all(all_segments[k]["n"] > 1000 for k in ("room", "colour"))
+    assert (f"room {100 * all_segments['room']['acc']:.1f} %, colour {100 * all_segments['colour']['acc']:.1f} %"
+            in para)
     unrouted = manifest["measured"]["end_to_end_before_where_answered"]
     assert manifest["profile"]["where_answered"] is True and "(`qa.where_answered`)" in para
     assert unrouted["seeds"] == e["seeds"] and f"{100 * unrouted['acc']:.1f} % before \"where did I leave it?\"" in para
     prior_writer = manifest["measured"]["end_to_end_writer_before_window_1_stage"]
-    assert prior_writer["seeds"] == e["seeds"] and f"last write stage {100 * prior_writer['acc']:.1f} %" in para
+    assert prior_writer["seeds"] == e["seeds"] and f"window-1 write stage {100 * prior_writer['acc']:.1f} %" in para
     unquoted = manifest["measured"]["end_to_end_before_quoted_text"]
     assert manifest["profile"]["quoted_text"] is True and "(`qa.quoted_text`)" in para
     assert unquoted["seeds"] == e["seeds"] and f"{100 * unquoted['acc']:.1f} % before a note's words" in para
@@ -342,8 +349,13 @@ def test_the_default_models_numbers_in_the_readme_are_its_manifests():
     assert every["judge_fallback"] == 0
     assert f"{every['judge_consistent']} of {every['judge_consistent'] + every['judge_disagreed']} pairs" in para
     assert loops["T7, window 1 (as shipped), rule auto"]["judge_fallback"] == 1 and "falls back to embeddings" in para
-    prior = loops["T7, window 1, the writer of 2026-12-05, rule judge"]  # the writer before its window-1 write stage
+    prior = loops["T7, window 1, the writer of the window-1 stage (2026-12-06), rule judge"]  # before its last stage
     assert f"{prior['judge_consistent']} of {prior['judge_consistent'] + prior['judge_disagreed']} with the writer" in para
+    older = loops["T7, window 1, the writer of 2026-12-05, rule judge"]  # the writer before its window-1 write stage
+    assert f"{older['judge_consistent']} of {older['judge_consistent'] + older['judge_disagreed']} with the one" in para
+    for rule in ("judge", "auto"):  # the loop's adapters passed the gate on this writer, one run each
+        run = loops[f"T7, window 1 (as shipped), rule {rule}"]
+        assert run["status"] == "activated" and f"{run['holdout_accuracy']:.2f} of {run['holdout_pairs']}" in para
     before = loops["T5, the writer shipped before 2026-12-05 (window 5)"]
     assert f"{before['judge_consistent']} of {before['judge_consistent'] + before['judge_disagreed']} pairs" in para
     n = checkpoint_parameters(default / "hf")
