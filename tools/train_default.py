@@ -2390,7 +2390,9 @@ def main() -> None:
     ap.add_argument("--extra-clips", type=int, default=0,
                     help="data/vision/write/read/joint: this many more rendered clips (seeds 10000..) beside the "
                          "recipe's 200")
-    ap.add_argument("--read-replay", type=int, default=6, help="write: read-stage rows replayed per step")
+    ap.add_argument("--read-replay", type=int, default=6,
+                    help="write: read-stage rows replayed per step (0: every step to writing, as the shipped "
+                         "writer's last stage, since reader.gguf answers; README \"A writer-only write stage\")")
     ap.add_argument("--write-replay", type=int, default=2,
                     help="read: writer rows replayed per step (0 trains a text-only reader, shipped as reader.gguf)")
     ap.add_argument("--judge-pairs", type=int, default=0,
