@@ -1987,8 +1987,7 @@ def read_gt(args) -> dict:
     `ask` does under the folder's profile (qa.moment_k, latest_k, colour_k, order_by_time, match_options,
     quoted_text, where_answered; MiniLM; the folder's reader through llama.cpp): what the product answers when its
     memories are true. `eval`'s MC shows the evidence among 7 memories drawn at random instead, so it measures the
-    reader apart from retrieval. Only
-    questions whose memories tell the answer count, as there; E is wrong. Saved to
+    reader apart from retrieval. Only questions whose memories tell the answer count, as there; E is wrong. Saved to
     <work>/read-gt-<worlds>-<folder>.json with each question's grade."""
     import tempfile
 
