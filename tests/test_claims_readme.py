@@ -297,10 +297,14 @@ def test_the_default_models_numbers_in_the_readme_are_its_manifests():
     w5 = manifest["measured"]["writer_and_mc_gt_memories_window_5"]
     low5, high5 = sorted(round(100 * w5[k]) for k in ("object_acc", "colour_acc"))
     assert f"more often ({low5}-{high5} %)" in para
-    # the same clips: the writer before its writer-only write stage, that writer before qa.where_answered, the writer
-    # before its window-1 write stage, then before qa.quoted_text
-    last_writer = manifest["measured"]["end_to_end_writer_before_writer_only_stage"]
-    assert last_writer["seeds"] == e["seeds"] and f"last write stage {100 * last_writer['acc']:.1f} %" in para
+    # the same clips: the writer before its 8-keyframe write stage, the one before its writer-only stage, that writer
+    # before qa.where_answered, the writer before its window-1 write stage, then before qa.quoted_text
+    assert manifest["profile"]["keyframes_per_segment"] == 8 and "`capture.keyframes_per_segment` 8" in para
+    last_writer = manifest["measured"]["end_to_end_writer_before_8_keyframes"]
+    assert last_writer["seeds"] == e["seeds"]
+    assert f"last write stage, at 4 keyframes, {100 * last_writer['acc']:.1f} %" in para
+    writer_only = manifest["measured"]["end_to_end_writer_before_writer_only_stage"]
+    assert writer_only["seeds"] == e["seeds"] and f"writer-only stage {100 * writer_only['acc']:.1f} %" in para
     all_segments = e["writer_fields_all_segments"]
     assert all_segments["segments"] == 2 * 1296 and all(all_segments[k]["n"] > 1000 for k in ("room", "colour"))
     assert (f"room {100 * all_segments['room']['acc']:.1f} %, colour {100 * all_segments['colour']['acc']:.1f} %"
@@ -348,14 +352,22 @@ def test_the_default_models_numbers_in_the_readme_are_its_manifests():
     every = loops["T7, window 1 (as shipped), rule judge"]  # every pair judged: what the judge is worth there
     assert every["judge_fallback"] == 0
     assert f"{every['judge_consistent']} of {every['judge_consistent'] + every['judge_disagreed']} pairs" in para
-    assert loops["T7, window 1 (as shipped), rule auto"]["judge_fallback"] == 1 and "falls back to embeddings" in para
-    prior = loops["T7, window 1, the writer of the window-1 stage (2026-12-06), rule judge"]  # before its last stage
-    assert f"{prior['judge_consistent']} of {prior['judge_consistent'] + prior['judge_disagreed']} with the writer" in para
-    older = loops["T7, window 1, the writer of 2026-12-05, rule judge"]  # the writer before its window-1 write stage
-    assert f"{older['judge_consistent']} of {older['judge_consistent'] + older['judge_disagreed']} with the one" in para
-    for rule in ("judge", "auto"):  # the loop's adapters passed the gate on this writer, one run each
-        run = loops[f"T7, window 1 (as shipped), rule {rule}"]
-        assert run["status"] == "activated" and f"{run['holdout_accuracy']:.2f} of {run['holdout_pairs']}" in para
+    auto = loops["T7, window 1 (as shipped), rule auto"]
+    assert auto["judge_fallback"] == 1 and "falls back to embeddings" in para
+    def judged(run):
+        return f"{run['judge_consistent']} of {run['judge_consistent'] + run['judge_disagreed']}"
+    # the writers before, newest first: before the 8-keyframe stage, the window-1 stage, and of 2026-12-05
+    for name, words in (("the writer of the writer-only stage (2026-12-06)", "with the writer before its last"),
+                        ("the writer of the window-1 stage (2026-12-06)", "with the one before,"),
+                        ("the writer of 2026-12-05", "with the one before that")):
+        assert f"{judged(loops[f'T7, window 1, {name}, rule judge'])} {words}" in para
+    for rule in ("judge", "auto"):  # one run each: activated with the writer before, rejected with this one
+        before = loops[f"T7, window 1, the writer of the writer-only stage (2026-12-06), rule {rule}"]
+        assert before["status"] == "activated"
+        assert f"{before['holdout_accuracy']:.2f} of {before['holdout_pairs']}" in para
+        assert loops[f"T7, window 1 (as shipped), rule {rule}"]["status"] == "rejected"
+    assert f"leaving {every['holdout_pairs']} held-out pairs" in para
+    assert f"{auto['holdout_accuracy']:.2f} of {auto['holdout_pairs']} under the default rule" in para
     before = loops["T5, the writer shipped before 2026-12-05 (window 5)"]
     assert f"{before['judge_consistent']} of {before['judge_consistent'] + before['judge_disagreed']} pairs" in para
     n = checkpoint_parameters(default / "hf")

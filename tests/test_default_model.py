@@ -83,10 +83,11 @@ def heldout(tmp_path_factory):
     from edge_agent.synth import generate
 
     paths = generate(seed=HELDOUT_SEED, minutes=2, out_dir=tmp_path_factory.mktemp("heldout"))
+    # at the frame size and keyframe count the model was trained at (its profile), as `edge-agent run` captures for it
+    profile = json.loads((DEFAULT / "manifest.json").read_text())["profile"]
+    cut = CaptureConfig(frame_size=profile["frame_size"], keyframes_per_segment=profile["keyframes_per_segment"])
     with open_source(str(paths.video)) as src:
-        # at the frame size the model was trained at (its profile), as `edge-agent run` captures for it
-        frame_size = json.loads((DEFAULT / "manifest.json").read_text())["profile"]["frame_size"]
-        segs = list(segment_stream(src, CaptureConfig(frame_size=frame_size)))
+        segs = list(segment_stream(src, cut))
     captions = {s["index"]: s["caption"] for s in json.loads(paths.events.read_text())["segments"]}
     return segs, captions, json.loads(paths.questions.read_text())["questions"]
 
@@ -608,21 +609,41 @@ def test_see_rows_name_the_object_the_frames_hold_and_weight_only_its_words():
     assert [tok.decode([p]).strip() for p, w in zip(pieces, weights) if w > 1] == ["orange", "bottle"]
 
 
+def test_clips_are_cut_at_the_recipes_keyframe_count_and_cached_apart(tmp_path, monkeypatch):
+    """`--keyframes K` (train_default.KEYFRAMES): the runtime's capture path keeps up to K keyframes a segment, and
+    each count has its own cache file, so the 4-keyframe data is never read as 8 or overwritten."""
+    rec = _recipe()
+    monkeypatch.setattr(rec, "WORK", tmp_path)
+    counts = {}
+    for k in (4, 8):
+        monkeypatch.setattr(rec, "KEYFRAMES", k)
+        c = rec.clip(9001, minutes=0.5)
+        counts[k] = [len(s["frames"]) for s in c["segments"]]
+        assert max(counts[k]) == k and len(c["segments"]) == 3
+        assert all(len(s["labels"]) == len(s["frames"]) == len(s["frame_t"]) for s in c["segments"])
+    assert sum(counts[8]) > sum(counts[4])
+    assert sorted(f.name for f in (tmp_path / "data").iterdir()) == [
+        f"v2-s9001-0.5-f{rec.FRAME_SIZE}-k8-synth{rec.FORMAT_VERSION}.pkl",
+        f"v2-s9001-0.5-f{rec.FRAME_SIZE}-synth{rec.FORMAT_VERSION}.pkl"]
+
+
 @pytest.fixture(scope="module")
 def heldout_clips(tmp_path_factory):
     """Three held-out clips in the recipe's own form (train_default.clip: keyframes cut by the runtime's capture path
-    at the model's frame size, with their true captions), rendered here rather than read from its /tmp cache."""
+    at the profile's frame size and keyframe count, with their true captions), rendered here rather than read from
+    its /tmp cache."""
     from edge_agent.capture import open_source, segment_stream
     from edge_agent.config import CaptureConfig
     from edge_agent.synth import generate
 
-    frame_size = json.loads((DEFAULT / "manifest.json").read_text())["profile"]["frame_size"]
+    profile = json.loads((DEFAULT / "manifest.json").read_text())["profile"]
+    cut = CaptureConfig(frame_size=profile["frame_size"], keyframes_per_segment=profile["keyframes_per_segment"])
     clips = []
     for seed in (9001, 9002, 9003):
         paths = generate(seed=seed, minutes=2, out_dir=tmp_path_factory.mktemp(f"clip{seed}"))
         captions = {s["index"]: s["caption"] for s in json.loads(paths.events.read_text())["segments"]}
         with open_source(str(paths.video)) as src:
-            segs = [s for s in segment_stream(src, CaptureConfig(frame_size=frame_size))
+            segs = [s for s in segment_stream(src, cut)
                     if s.index in captions and s.keyframes]
         clips.append({"seed": seed, "segments": [
             {"index": s.index, "t_start": s.t_start, "t_end": s.t_end, "caption": captions[s.index],

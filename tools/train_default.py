@@ -48,8 +48,8 @@ Stages (each checkpoints weights, optimizer, RNG and data position to /tmp/edge_
           `--rank-questions N` adds N multiple-choice questions a step trained on the runtime's decision: the
           softmax over the options' mean log-probabilities against the right one (rank_step).
 
-`--frame-size N` trains (and profiles) at keyframes of N px (capture.frame_size; the shipped model: 128); its data
-cache is per size.
+`--frame-size N` trains (and profiles) at keyframes of N px (capture.frame_size; the shipped model: 128), and
+`--keyframes K` at K keyframes a segment (capture.keyframes_per_segment); the data cache is per size and count.
 
 Every stage starts from the previous stage's weights (`--from-dir` overrides; the shipped read stage started from
 the model shipped before it); the first from the shipped checkpoint (copied once to /tmp/edge_agent_default/base). Held-out seeds 9000-9999 are never trained or tuned on. Results and timings:
@@ -108,6 +108,10 @@ MINUTES = 2.0
 # token: the vision probe's held-object kind rose 0.24 -> 0.48, but a 300-step write stage did not carry it into
 # the memories (models/default/README.md, "Tried at 256 px"). Set by --frame-size.
 FRAME_SIZE = 128
+# Keyframes a segment is cut to for training (and profiled at; capture.keyframes_per_segment). At 4, an object
+# picked or put in 2-3 s of a 10 s segment is often in one keyframe only, and its colour is then named about half
+# the time (models/default/README.md, "A writer-only write stage on 3,200 clips"). Set by --keyframes.
+KEYFRAMES = 4
 STAGES = ("answer", "vision", "write", "lookup", "read")  # `run`'s order
 # after the chain, from a model that has been through it (`--from-dir`): lookup, read and write rows in every step
 EXTRA_STAGES = ("joint",)
@@ -138,7 +142,8 @@ def clip(seed: int, minutes: float = MINUTES) -> dict:
     from edge_agent.capture import open_source, segment_stream
     from edge_agent.synth import generate
 
-    cache = WORK / "data" / f"v2-s{seed}-{minutes:g}-f{FRAME_SIZE}-synth{FORMAT_VERSION}.pkl"
+    k = "" if KEYFRAMES == 4 else f"-k{KEYFRAMES}"  # the 4-keyframe caches keep their names
+    cache = WORK / "data" / f"v2-s{seed}-{minutes:g}-f{FRAME_SIZE}{k}-synth{FORMAT_VERSION}.pkl"
     if cache.is_file():
         return pickle.loads(cache.read_bytes())
     d = WORK / "synth" / f"s{seed}"
@@ -147,7 +152,7 @@ def clip(seed: int, minutes: float = MINUTES) -> dict:
     captions = {s["index"]: s["caption"] for s in events["segments"]}
     tw = text_world(seed, minutes)
     with open_source(str(paths.video)) as src:
-        segs = list(segment_stream(src, CaptureConfig(frame_size=FRAME_SIZE)))
+        segs = list(segment_stream(src, CaptureConfig(frame_size=FRAME_SIZE, keyframes_per_segment=KEYFRAMES)))
     out = {"seed": seed, "segments": [
         {"index": s.index, "t_start": s.t_start, "t_end": s.t_end, "caption": captions[s.index],
          "frames": [f.image for f in s.keyframes], "frame_idx": [f.index for f in s.keyframes],
@@ -1836,7 +1841,7 @@ def manifest(args) -> None:
            "text_seeds_from": TEXT_SEED0,
            "heldout_seeds": [HELDOUT_SEEDS[0], HELDOUT_SEEDS[-1]], "stages": stages, "measured": measured,
            # what it was trained at (read by edge_agent.models; the same as the catalog's entry)
-           "profile": {"frame_size": FRAME_SIZE, "keyframes_per_segment": 4, "answer_choice": "score",
+           "profile": {"frame_size": FRAME_SIZE, "keyframes_per_segment": KEYFRAMES, "answer_choice": "score",
                        # a question naming a time reads the 3 memories of that moment, one asking where a thing was
                        # left the latest memory naming it, one asking what colour a thing was the 3 latest naming it
                        # (README, "The moment alone", "The latest memory", "The colour of a thing")
@@ -2359,7 +2364,7 @@ def earlier_segment_counts(text: str) -> list[int]:
 
 
 def main() -> None:
-    global FRAME_SIZE
+    global FRAME_SIZE, KEYFRAMES
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("what", choices=["run", "stage", "data", "finalize", "reader", "manifest", "eval", "parity",
                                      "pixels", "judge", "own", "widen", "read-dev", "read-gt", "hf-from-gguf"])
@@ -2450,10 +2455,15 @@ def main() -> None:
                     help="manifest: the commands that made the model (starting with tools/train_default.py)")
     ap.add_argument("--frame-size", type=int, default=FRAME_SIZE,
                     help="keyframe longest side (capture.frame_size) the model is trained and profiled at")
+    ap.add_argument("--keyframes", type=int, default=KEYFRAMES,
+                    help="keyframes a segment is cut to (capture.keyframes_per_segment) for training and the profile")
     ap.add_argument("--out", type=Path, default=OUT, help="model folder (hf/, model.gguf, mmproj.gguf)")
     args = ap.parse_args()
     WORK.mkdir(parents=True, exist_ok=True)  # every command may save its results there
     FRAME_SIZE = args.frame_size
+    if not 1 <= args.keyframes <= 16:  # capture.keyframes_per_segment's range
+        sys.exit(f"--keyframes {args.keyframes}: must be 1..16")
+    KEYFRAMES = args.keyframes
     if args.recall_colour:
         RECALL_KINDS.extend(["colour", "colour"])
     JUDGE_SAME_MOMENT[0] = args.judge_same_moment
