@@ -75,19 +75,23 @@ def backend():
     be.close()
 
 
+def _profile_capture():
+    """The capture the shipped profile asks for (its frame size and keyframe count), as `edge-agent run` cuts for it."""
+    from edge_agent.config import CaptureConfig
+
+    profile = json.loads((DEFAULT / "manifest.json").read_text())["profile"]
+    return CaptureConfig(frame_size=profile["frame_size"], keyframes_per_segment=profile["keyframes_per_segment"])
+
+
 @pytest.fixture(scope="module")
 def heldout(tmp_path_factory):
     """A held-out clip cut by the runtime's capture path, with its ground-truth captions and questions."""
     from edge_agent.capture import open_source, segment_stream
-    from edge_agent.config import CaptureConfig
     from edge_agent.synth import generate
 
     paths = generate(seed=HELDOUT_SEED, minutes=2, out_dir=tmp_path_factory.mktemp("heldout"))
-    # at the frame size and keyframe count the model was trained at (its profile), as `edge-agent run` captures for it
-    profile = json.loads((DEFAULT / "manifest.json").read_text())["profile"]
-    cut = CaptureConfig(frame_size=profile["frame_size"], keyframes_per_segment=profile["keyframes_per_segment"])
     with open_source(str(paths.video)) as src:
-        segs = list(segment_stream(src, cut))
+        segs = list(segment_stream(src, _profile_capture()))
     captions = {s["index"]: s["caption"] for s in json.loads(paths.events.read_text())["segments"]}
     return segs, captions, json.loads(paths.questions.read_text())["questions"]
 
@@ -633,11 +637,9 @@ def heldout_clips(tmp_path_factory):
     at the profile's frame size and keyframe count, with their true captions), rendered here rather than read from
     its /tmp cache."""
     from edge_agent.capture import open_source, segment_stream
-    from edge_agent.config import CaptureConfig
     from edge_agent.synth import generate
 
-    profile = json.loads((DEFAULT / "manifest.json").read_text())["profile"]
-    cut = CaptureConfig(frame_size=profile["frame_size"], keyframes_per_segment=profile["keyframes_per_segment"])
+    cut = _profile_capture()
     clips = []
     for seed in (9001, 9002, 9003):
         paths = generate(seed=seed, minutes=2, out_dir=tmp_path_factory.mktemp(f"clip{seed}"))

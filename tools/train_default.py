@@ -78,6 +78,7 @@ sys.path.insert(0, str(ROOT))
 
 from edge_agent.adapt.reward import JUDGE_SYSTEM, TaskQuestion, judge_messages  # noqa: E402,F401
 from edge_agent.config import CaptureConfig  # noqa: E402
+from edge_agent.errors import ConfigError  # noqa: E402
 from edge_agent.eval.metrics import wilson_interval  # noqa: E402
 from edge_agent.memory.prompts import writer_messages  # noqa: E402
 from edge_agent.models import JUDGE_FILE, READER_FILE  # noqa: E402
@@ -2461,9 +2462,10 @@ def main() -> None:
     args = ap.parse_args()
     WORK.mkdir(parents=True, exist_ok=True)  # every command may save its results there
     FRAME_SIZE = args.frame_size
-    if not 1 <= args.keyframes <= 16:  # capture.keyframes_per_segment's range
-        sys.exit(f"--keyframes {args.keyframes}: must be 1..16")
-    KEYFRAMES = args.keyframes
+    try:  # the config's own check of capture.keyframes_per_segment
+        KEYFRAMES = CaptureConfig(keyframes_per_segment=args.keyframes).keyframes_per_segment
+    except ConfigError as e:
+        sys.exit(f"--keyframes: {e}")
     if args.recall_colour:
         RECALL_KINDS.extend(["colour", "colour"])
     JUDGE_SAME_MOMENT[0] = args.judge_same_moment
