@@ -305,10 +305,13 @@ def test_the_default_models_numbers_in_the_readme_are_its_manifests():
     assert f"last write stage, at 4 keyframes, {100 * last_writer['acc']:.1f} %" in para
     writer_only = manifest["measured"]["end_to_end_writer_before_writer_only_stage"]
     assert writer_only["seeds"] == e["seeds"] and f"writer-only stage {100 * writer_only['acc']:.1f} %" in para
+    # over the segments end to end writes: eval replays a clip up to its last question, so the last 1-4 of each are
+    # never written, and counting them as misses (as before 2026-12-06) understated every writer
     all_segments = e["writer_fields_all_segments"]
-    assert all_segments["segments"] == 2 * 1296 and all(all_segments[k]["n"] > 1000 for k in ("room", "colour"))
-    assert (f"room {100 * all_segments['room']['acc']:.1f} %, colour {100 * all_segments['colour']['acc']:.1f} %"
-            in para)
+    assert all_segments["segments"] == 2 * 1296 and 0 < all_segments["segments"] - all_segments["written"] < 4 * 48
+    assert all(all_segments[k]["n"] > 1000 for k in ("room", "colour"))
+    assert (f"over every written segment of 48 held-out clips: room {100 * all_segments['room']['acc']:.1f} %, "
+            f"colour {100 * all_segments['colour']['acc']:.1f} %" in para)
     unrouted = manifest["measured"]["end_to_end_before_where_answered"]
     assert manifest["profile"]["where_answered"] is True and "(`qa.where_answered`)" in para
     assert unrouted["seeds"] == e["seeds"] and f"{100 * unrouted['acc']:.1f} % before \"where did I leave it?\"" in para

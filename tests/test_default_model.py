@@ -613,6 +613,26 @@ def test_see_rows_name_the_object_the_frames_hold_and_weight_only_its_words():
     assert [tok.decode([p]).strip() for p, w in zip(pieces, weights) if w > 1] == ["orange", "bottle"]
 
 
+def test_room_change_segments_are_the_ones_whose_keyframes_show_two_rooms():
+    """`--room-change-share` draws writer rows from the segments where the wearer walked from one room to another,
+    told by the rooms of their keyframes' labels; a share outside 0-1 is refused in one line, naming the value."""
+    import argparse
+
+    rec = _recipe()
+    kitchen, office = ({"room": rec.ROOM_NAMES.index(r)} for r in ("kitchen", "office"))
+
+    def clip(*rooms_per_segment):
+        return {"segments": [{"labels": [kitchen if r == "k" else office for r in rooms]}
+                             for rooms in rooms_per_segment]}
+
+    clips = [clip("kkkk", "kkoo", "oooo"), clip("oook"), clip("kkkk")]
+    assert rec.room_change_segments(clips) == [(0, 1), (1, 0)]
+    assert rec.share("0.5") == 0.5 and rec.share("0") == 0.0
+    for bad in ("1.5", "-0.1", "half"):
+        with pytest.raises(argparse.ArgumentTypeError, match=f"{bad!r}: expected a share from 0 to 1"):
+            rec.share(bad)
+
+
 def test_clips_are_cut_at_the_recipes_keyframe_count_and_cached_apart(tmp_path, monkeypatch):
     """`--keyframes K` (train_default.KEYFRAMES): the runtime's capture path keeps up to K keyframes a segment, and
     each count has its own cache file, so the 4-keyframe data is never read as 8 or overwritten."""

@@ -36,6 +36,13 @@ def test_validate_memory_rules(raw, ok, why):
         assert why in v.failure
 
 
+def test_a_repeated_sentence_is_invalid_and_offered_once():
+    v = validate_memory('{"description": "I sat in the kitchen.  i sat in the Kitchen"}', words, max_tokens=150)
+    assert not v.ok and v.said_once.ok and v.said_once.description == "I sat in the kitchen."
+    assert validate_memory('{"description": "I met <Bob>. I met <Bob>."}', words, max_tokens=150).said_once is None
+    assert validate_memory('{"description": "I sat. I sat."}', words, max_tokens=1).said_once is None  # over the cap
+
+
 def test_token_cap_counts_what_the_counter_counts():
     raw = '{"description": "' + "word " * 20 + 'end."}'
     assert validate_memory(raw, words, max_tokens=21).ok

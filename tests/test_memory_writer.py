@@ -64,11 +64,19 @@ def test_a_retry_that_succeeds_is_kept():
     assert result.text == "I opened the door." and result.attempts == 2
 
 
-def test_a_repeated_sentence_is_retried_with_the_reason_in_the_prompt():
+def test_a_repeated_sentence_is_stored_once_not_re_asked():
     twice = '{"description": "I washed dishes at the sink. I washed dishes at the sink."}'
-    backend = ScriptedBackend([twice, '{"description": "I washed the blue bowl at the sink."}'])
+    backend = ScriptedBackend([twice, '{"description": "IN 8015\\"."}'])
     result = MemoryWriter(backend, WriterConfig(max_retries=1)).write([], segment(0))
-    assert result.text == "I washed the blue bowl at the sink." and result.attempts == 2
+    assert result.text == "I washed dishes at the sink." and result.attempts == 1 and result.failure is None
+    assert len(backend.calls) == 1 and result.raw == [twice]
+
+
+def test_a_repeat_whose_sentence_breaks_another_rule_is_still_retried():
+    twice = '{"description": "I met Bob <bob>. I met Bob <bob>."}'
+    backend = ScriptedBackend([twice, '{"description": "I met <face_1> in the hall."}'])
+    result = MemoryWriter(backend, WriterConfig(max_retries=1)).write([], segment(0))
+    assert result.text == "I met <face_1> in the hall." and result.attempts == 2
     assert "repeats its sentence" in backend.calls[1].prompt
 
 

@@ -775,6 +775,14 @@ def each_sentence_once(caption: str) -> str:
     return " ".join(dict.fromkeys(sentences)) if sentences else caption
 
 
+def room_change_segments(clips: list[dict]) -> list[tuple[int, int]]:
+    """(clip, segment) positions whose keyframes show two rooms (the wearer walked from one to the other): a
+    quarter of the segments, and where most of the writer's room misses are (which facts of a busy segment the
+    memory keeps: the walk or the other two). `--room-change-share` draws that share of writer rows from them."""
+    return [(j, i) for j, c in enumerate(clips) for i, s in enumerate(c["segments"])
+            if len({lab["room"] for lab in s["labels"]}) > 1]
+
+
 def writer_example(c: dict, i: int, k: int, rng: random.Random,
                    captions: dict[int, str] | None = None) -> tuple[list[Message], str, str]:
     """Segment i with its k earlier segments; each earlier memory is the truth (70 %), "(none)" (15 %) or a
@@ -1627,12 +1635,17 @@ def run_stage(name: str, args) -> None:
             rows += judge_pair(next_text_world(), rng)
         return rows
 
+    room_changes = room_change_segments(video or [])
+
     def write_rows(n: int) -> list:
         rows = []
         for _ in range(n):
-            j = rng.randrange(len(video))
+            if args.room_change_share and room_changes and rng.random() < args.room_change_share:
+                j, i = room_changes[rng.randrange(len(room_changes))]
+            else:
+                j = rng.randrange(len(video))
+                i = rng.randrange(len(video[j]["segments"]))
             c = video[j]
-            i = rng.randrange(len(c["segments"]))
             rows.append(writer_example(c, i, min(i, rng.choice(args.write_windows)), rng, variants[j]))
         return rows
 
@@ -2364,6 +2377,17 @@ def earlier_segment_counts(text: str) -> list[int]:
     return counts
 
 
+def share(text: str) -> float:
+    """A share of rows, 0-1 (`--room-change-share`)."""
+    try:
+        v = float(text)
+    except ValueError:
+        v = -1.0
+    if not 0.0 <= v <= 1.0:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a share from 0 to 1, e.g. 0.5")
+    return v
+
+
 def main() -> None:
     global FRAME_SIZE, KEYFRAMES
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -2392,6 +2416,9 @@ def main() -> None:
     ap.add_argument("--see-rows", type=int, default=0,
                     help="write/joint: rows per step of a segment's keyframes alone -> the object picked, put or carried "
                          "(train_default.see_row)")
+    ap.add_argument("--room-change-share", type=share, default=0.0,
+                    help="write/joint: share of writer rows drawn from segments whose keyframes show two rooms (the "
+                         "wearer walked from one to the other); 0 draws segments evenly, as they come")
     ap.add_argument("--extra-clips", type=int, default=0,
                     help="data/vision/write/read/joint: this many more rendered clips (seeds 10000..) beside the "
                          "recipe's 200")

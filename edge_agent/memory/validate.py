@@ -32,6 +32,9 @@ class Validation:
     description: str | None  # the memory text when valid
     failure: str | None  # why not, one line, when invalid
     n_tokens: int = 0
+    # a description whose one fault is saying its sentence twice: that sentence once, validated (MemoryWriter.write
+    # stores it rather than re-asking)
+    said_once: Validation | None = None
 
     @property
     def ok(self) -> bool:
@@ -70,11 +73,13 @@ def validate_memory(raw: str, count_tokens: Callable[[str], int], max_tokens: in
     n_sentences = count_sentences(text)
     if n_sentences > 2:
         return Validation(None, f"description has {n_sentences} sentences (at most 2)")
-    # a small model's greedy decode can say the same sentence twice; the second one carries nothing and costs
-    # tokens the cap could give to another fact, so the writer retries (with this reason in the prompt)
+    # a small model's greedy decode can say the same sentence twice; the second one carries nothing, so it is
+    # invalid as written, and the sentence alone is offered as `said_once`
     sentences = _sentences(text)
     if len(sentences) == 2 and sentences[0] == sentences[1]:
-        return Validation(None, f"description repeats its sentence: {text[:60]!r}")
+        first = text[:_SENTENCE_END.search(text).end()]
+        once = validate_memory(json.dumps({"description": first}), count_tokens, max_tokens)
+        return Validation(None, f"description repeats its sentence: {text[:60]!r}", said_once=once if once.ok else None)
     bad_tags = [t for t in _ANY_TAG.findall(text) if not _FACE_TAG.fullmatch(t)]
     if bad_tags:
         return Validation(None, f"tag {bad_tags[0]!r} is not of the form <face_N>")

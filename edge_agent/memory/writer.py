@@ -66,7 +66,10 @@ class MemoryWriter:
                 for i in range(n)]
 
     def write(self, context: Sequence[WindowEntry], new: Segment) -> WriteResult:
-        """Greedy first; each retry samples (a greedy re-ask would repeat itself) and says what was wrong."""
+        """Greedy first; each retry samples (a greedy re-ask would repeat itself) and says what was wrong. A reply
+        whose one fault is saying its sentence twice is stored with the sentence once, not re-asked: the embedded
+        default, asked again with the reason in its prompt (which it never saw in training), wrote fragments such as
+        'IN 8015".' for 4 of 1,264 dev memories."""
         start = time.perf_counter()
         raws: list[str] = []
         note: str | None = None
@@ -75,6 +78,7 @@ class MemoryWriter:
             sampling = GREEDY if attempt == 0 else Sampling(**{**CANDIDATE_SAMPLING.__dict__, "seed": attempt})
             raw, result = self._ask(self._earlier(context), new, sampling, note)
             raws.append(raw)
+            result = result.said_once or result
             if result.ok:
                 return WriteResult(result.description, None, result.n_tokens, attempt + 1,
                                    time.perf_counter() - start, raws)
