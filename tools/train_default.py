@@ -29,7 +29,9 @@ Stages (each checkpoints weights, optimizer, RNG and data position to /tmp/edge_
           800` (5x the clips) took the held-out kind 0.24 -> 0.64 (models/default/README.md, "What the writer sees").
   write   vision + text: the runtime's writer prompt, windows of 0-4 earlier segments whose memories are partly
           "(none)" or degraded, content tokens weighted up, replay of the read stage's rows; `--see-rows N` adds
-          short rows that are all object (see_row). Probes: teacher forced, greedy (as the device decodes), see rows.
+          short rows that are all object (see_row); `--room-change-share F` draws that share of writer rows from
+          segments that span two rooms (tried, not shipped). Probes: teacher forced, greedy (as the device
+          decodes), see rows.
   lookup  text only: recall rows (train_default.recall_row: facts at random, so only finding the one memory that
           holds the answer and copying it and its id answers them) as the memory lines and the question alone,
           2 memories growing to 2-8. The lookup forms here, on short cheap rows, and carries into the product's
