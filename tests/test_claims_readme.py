@@ -297,9 +297,11 @@ def test_the_default_models_numbers_in_the_readme_are_its_manifests():
     w5 = manifest["measured"]["writer_and_mc_gt_memories_window_5"]
     low5, high5 = sorted(round(100 * w5[k]) for k in ("object_acc", "colour_acc"))
     assert f"more often ({low5}-{high5} %)" in para
-    # the same clips: the writer before its 8-keyframe write stage, the one before its writer-only stage, that writer
+    # the same clips: the writer before its averaging, before its 8-keyframe write stage, the one before its writer-only stage, that writer
     # before qa.where_answered, the writer before its window-1 write stage, then before qa.quoted_text
     assert manifest["profile"]["keyframes_per_segment"] == 8 and "`capture.keyframes_per_segment` 8" in para
+    unaveraged = manifest["measured"]["end_to_end_writer_before_soup"]  # the writer before `train_default.py soup`
+    assert unaveraged["seeds"] == e["seeds"] and f"the writer before its averaging {100 * unaveraged['acc']:.1f} %" in para
     last_writer = manifest["measured"]["end_to_end_writer_before_8_keyframes"]
     assert last_writer["seeds"] == e["seeds"]
     assert f"last write stage, at 4 keyframes, {100 * last_writer['acc']:.1f} %" in para
@@ -359,15 +361,17 @@ def test_the_default_models_numbers_in_the_readme_are_its_manifests():
     assert auto["judge_fallback"] == 1 and "falls back to embeddings" in para
     def judged(run):
         return f"{run['judge_consistent']} of {run['judge_consistent'] + run['judge_disagreed']}"
-    # the writers before, newest first: before the 8-keyframe stage, the window-1 stage, and of 2026-12-05
-    for name, words in (("the writer of the writer-only stage (2026-12-06)", "with the writer before its last"),
-                        ("the writer of the window-1 stage (2026-12-06)", "with the one before,"),
-                        ("the writer of 2026-12-05", "with the one before that")):
+    # the writers before, newest first: before the average, the 8-keyframe stage, the window-1 stage, of 2026-12-05
+    for name, words in (("the 8-keyframe writer (2026-12-06)", "with the writer before its averaging"),
+                        ("the writer of the writer-only stage (2026-12-06)", "with the one before,"),
+                        ("the writer of the window-1 stage (2026-12-06)", "with the one before that,"),
+                        ("the writer of 2026-12-05", "with the one before those")):
         assert f"{judged(loops[f'T7, window 1, {name}, rule judge'])} {words}" in para
-    for rule in ("judge", "auto"):  # one run each: activated with the writer before, rejected with this one
+    for rule in ("judge", "auto"):  # one run each: activated with the writer-only stage's, rejected with the two since
         before = loops[f"T7, window 1, the writer of the writer-only stage (2026-12-06), rule {rule}"]
         assert before["status"] == "activated"
         assert f"{before['holdout_accuracy']:.2f} of {before['holdout_pairs']}" in para
+        assert loops[f"T7, window 1, the 8-keyframe writer (2026-12-06), rule {rule}"]["status"] == "rejected"
         assert loops[f"T7, window 1 (as shipped), rule {rule}"]["status"] == "rejected"
     assert f"leaving {every['holdout_pairs']} held-out pairs" in para
     assert f"{auto['holdout_accuracy']:.2f} of {auto['holdout_pairs']} under the default rule" in para

@@ -30,7 +30,8 @@ def test_a_run_without_home_removes_its_temporary_homes_and_a_given_home_stays(t
         homes.append(home)
         return {"seed": seed, "n": 2, "answered": 2, "correct": 1, "hist": {"A": 2}, "abstained": 0,
                 "cited_when_answered": 2, "n_answered_rows": 2, "memories": 3, "repeated_sentence_memories": 0,
-                "graded": [g("person", True, True, True), g("person", False, True, True)]}
+                "graded": [g("person", True, True, True), g("person", False, True, True)],
+                "writer_fields": {"segments": 3, "written": 2, **{k: [1, 2] for k in tool.FIELD_KEYS}}}
 
     monkeypatch.setattr(tool, "one_seed", fake_seed)
     monkeypatch.setattr("sys.argv", ["default_heldout", "--seeds", "1-2", "--out", str(tmp_path / "a.json")])
@@ -41,7 +42,8 @@ def test_a_run_without_home_removes_its_temporary_homes_and_a_given_home_stays(t
                                      "--out", str(tmp_path / "b.json")])
     tool.main()
     assert (kept / "s3" / "store.db").stat().st_size == 1000
-    assert tool.json.loads((tmp_path / "b.json").read_text())["acc"] == 0.5
+    summary = tool.json.loads((tmp_path / "b.json").read_text())
+    assert summary["acc"] == 0.5 and summary["writer_fields"]["room"]["acc"] == 0.5
 
 
 def test_a_question_asked_twice_is_graded_against_each_asking_in_turn(tmp_path):
@@ -67,3 +69,34 @@ def test_a_question_asked_twice_is_graded_against_each_asking_in_turn(tmp_path):
     graded = tool.graded_answers(db, questions_json, rows)
     assert [g["right"] for g in graded] == [True, True]
     assert tool.match_questions({"questions": twice}, [(r[3], r[4], r[6]) for r in rows]) == [twice[1], twice[0], None]
+
+
+def test_written_fields_count_each_written_segment_by_its_caption_and_the_rooms_the_wearer_was_in():
+    """Room, colour and kind of each stored segment's memory against its caption, the room apart for segments the
+    wearer walked into another room in; a walk at a segment's first instant belongs to that segment alone; a
+    segment never written (after the clip's last question) is not counted, one stored without a memory is a miss."""
+    import sqlite3
+
+    captions = ["I was cooking at the counter in the kitchen.",
+                "I took the red cup from the table in the kitchen to the desk in the office.",
+                "I was typing on the laptop at the desk in the office.",
+                "I looked around the bedroom.",
+                "I was folding clothes at the bed in the bedroom."]
+    clip = {"world": {"start_room": "kitchen"},
+            "events": [{"t": 14.0, "type": "enter_room", "room": "office"},
+                       {"t": 30.0, "type": "enter_room", "room": "bedroom"}],
+            "segments": [{"index": i, "t_start": 10.0 * i, "t_end": 10.0 * (i + 1), "caption": c}
+                         for i, c in enumerate(captions)]}
+    db = sqlite3.connect(":memory:")
+    db.executescript("CREATE TABLE segments (id INTEGER, idx INTEGER);"
+                     "CREATE TABLE memories (id INTEGER, segment_id INTEGER, text TEXT);")
+    db.executemany("INSERT INTO segments VALUES (?, ?)", [(10 + i, i) for i in range(4)])  # segment 4 unwritten
+    db.executemany("INSERT INTO memories VALUES (?, ?, ?)", [
+        (1, 10, captions[0]),
+        (2, 11, "I picked up the blue cup from the table in the kitchen."),  # one of two rooms; wrong colour
+        (3, 12, "I walked into the bedroom.")])  # a room walked into only at the next segment's first instant
+    out = tool.written_fields(db, clip)  # segment 3 (index 3) is stored without a memory
+    assert out == {"segments": 5, "written": 4, "room": [1, 4], "room_one_room": [1, 3], "room_two_rooms": [0, 1],
+                   "room_visited": [2, 4], "colour": [0, 1], "object": [1, 1]}
+    summed = tool.writer_fields([out, out])
+    assert summed["written"] == 8 and summed["room"] == {"acc": 0.25, "right": 2, "n": 8, "ci95": tool.wilson(2, 8)}

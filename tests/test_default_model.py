@@ -633,6 +633,45 @@ def test_room_change_segments_are_the_ones_whose_keyframes_show_two_rooms():
             rec.share(bad)
 
 
+def test_soup_averages_two_fine_tunes_parameter_by_parameter(tmp_path, tiny_model):
+    """`train_default.py soup`: every tensor is (1 - w) * the first folder's + w * the second's, the rest of the
+    folder is the first's; folders of different architectures, or a folder without weights, are refused in one line
+    naming them."""
+    import argparse
+
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    rec = _recipe()
+    first = load_file(tiny_model / "hf" / "model.safetensors")
+    other = tmp_path / "other"
+    shutil.copytree(tiny_model / "hf", other)
+    gen = torch.Generator().manual_seed(0)
+    second = {k: v + torch.randn(v.shape, generator=gen) for k, v in first.items()}
+    save_file(second, str(other / "model.safetensors"), metadata={"format": "pt"})
+
+    def soup(with_dir, weight):
+        return rec.soup(argparse.Namespace(from_dir=tiny_model / "hf", with_dir=with_dir, weight=weight,
+                                           to_dir=tmp_path / "soup"))
+
+    assert soup(other, 0.25)["tensors"] == len(first) > 10
+    mixed = load_file(tmp_path / "soup" / "model.safetensors")
+    for k in first:
+        assert torch.allclose(mixed[k], 0.75 * first[k] + 0.25 * second[k], atol=1e-6), k
+        assert not torch.equal(mixed[k], first[k]) and not torch.equal(mixed[k], second[k])
+    assert (tmp_path / "soup" / "config.json").read_text() == (tiny_model / "hf" / "config.json").read_text()
+    soup(other, 0.0)
+    assert all(torch.equal(t, first[k]) for k, t in load_file(tmp_path / "soup" / "model.safetensors").items())
+
+    k = next(iter(second))
+    second[k] = second[k][:1]
+    save_file(second, str(other / "model.safetensors"), metadata={"format": "pt"})
+    with pytest.raises(SystemExit, match="are not the same architecture"):
+        soup(other, 0.5)
+    with pytest.raises(SystemExit, match="has no model.safetensors"):
+        soup(tmp_path / "missing", 0.5)
+
+
 def test_clips_are_cut_at_the_recipes_keyframe_count_and_cached_apart(tmp_path, monkeypatch):
     """`--keyframes K` (train_default.KEYFRAMES): the runtime's capture path keeps up to K keyframes a segment, and
     each count has its own cache file, so the 4-keyframe data is never read as 8 or overwritten."""

@@ -1,9 +1,9 @@
 """Held-out end-to-end numbers of a model folder through the runtime: `edge-agent eval --bench synthetic --seed N`
 per held-out seed (its own memories, retrieval, answering), then the answers read back from each run's SQLite
 store for what the eval JSON does not print: the letter histogram, the E-rate, how often answers cite a memory,
-and per question category which stage lost the answer (`stages`): the writer (the memories of the question's
+per question category which stage lost the answer (`stages`): the writer (the memories of the question's
 evidence segments do not hold it), retrieval (they hold it but none of them was shown) or the reader (shown, and
-still answered wrong).
+still answered wrong), and the writer's room, colour and kind over every segment it wrote (`writer_fields`).
 
     .venv/bin/python tools/default_heldout.py --seeds 9000-9011 --minutes 9 --jobs 2 --out /tmp/x.json
 
@@ -25,9 +25,13 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tools"))
 
 from edge_agent.eval.metrics import wilson_interval  # noqa: E402
 from edge_agent.synth.truth import answerable, evidence_segments, match_questions  # noqa: E402
+from train_default import fields  # noqa: E402
+
+FIELD_KEYS = ("room", "room_one_room", "room_two_rooms", "room_visited", "colour", "object")
 
 
 def wilson(k: int, n: int) -> list[float]:
@@ -51,6 +55,7 @@ def one_seed(seed: int, minutes: float, home: Path, model: str | None = None) ->
                       "q.asked_at FROM answers a JOIN questions q ON q.id = a.question_id ORDER BY a.id").fetchall()
     mems = [r[0] for r in db.execute("SELECT text FROM memories ORDER BY id")]
     graded = graded_answers(db, next(home.glob("eval/data/*/questions.json")), rows)
+    written = written_fields(db, json.loads(next(home.glob("eval/data/*/events.json")).read_text()))
     db.close()
     hist: dict[str, int] = {}
     for r in rows:
@@ -62,7 +67,39 @@ def one_seed(seed: int, minutes: float, home: Path, model: str | None = None) ->
             "abstained": sum(r[2] for r in rows), "cited_when_answered": sum(r[5] > 0 for r in answered),
             "n_answered_rows": len(answered), "memories": len(mems),
             "repeated_sentence_memories": sum(len(s) != len(set(s)) for s in sents),
-            "replay_seconds": res.get("replay_seconds"), "graded": graded}
+            "replay_seconds": res.get("replay_seconds"), "graded": graded, "writer_fields": written}
+
+
+def written_fields(db: sqlite3.Connection, clip: dict) -> dict:
+    """[right, n] of the room, colour and object words of each written segment's memory against its caption
+    (`train_default.fields`: whole words, the room as the caption's set of rooms; colour and object over the
+    segments whose caption names an object), the room apart for segments spent in one room and those in which the
+    wearer walked into another, and `room_visited`: the memory names only rooms the wearer was in during the
+    segment, at least one. `edge-agent eval` replays a clip up to its last question, so the last 1-4 segments are
+    never written: they are in `segments`, not in `written` or the counts."""
+    memory_of = dict(db.execute("SELECT s.idx, m.text FROM segments s LEFT JOIN memories m ON m.segment_id = s.id"))
+    moves = [(e["t"], e["room"]) for e in clip["events"] if e["type"] == "enter_room"]
+    counts = {k: [0, 0] for k in FIELD_KEYS}
+
+    def count(key: str, right: bool) -> None:
+        counts[key][0] += right
+        counts[key][1] += 1
+
+    for s in clip["segments"]:
+        if s["index"] not in memory_of:
+            continue
+        truth, said = fields(s["caption"]), fields(memory_of[s["index"]] or "")
+        before = [room for t, room in moves if t <= s["t_start"]]
+        rooms = {before[-1] if before else clip["world"]["start_room"]}
+        rooms |= {room for t, room in moves if s["t_start"] < t < s["t_end"]}
+        if truth["room"]:
+            count("room", said["room"] == truth["room"])
+            count("room_one_room" if len(rooms) == 1 else "room_two_rooms", said["room"] == truth["room"])
+            count("room_visited", bool(said["room"]) and said["room"] <= rooms)
+        if truth["object"]:
+            count("colour", said["colour"] == truth["colour"])
+            count("object", said["object"] == truth["object"])
+    return {"segments": len(clip["segments"]), "written": len(memory_of), **counts}
 
 
 def graded_answers(db: sqlite3.Connection, questions_json: Path, rows: list[tuple]) -> list[dict]:
@@ -106,6 +143,15 @@ def stages(graded: list[dict]) -> dict[str, dict]:
             row.update(held=sum(bool(g["held"]) for g in gs), shown_held=len(shown),
                        right_when_shown=sum(g["right"] for g in shown), right_otherwise=sum(g["right"] for g in rest))
         out[cat] = row
+    return out
+
+
+def writer_fields(per_seed: list[dict]) -> dict:
+    """The seeds' `written_fields` summed: segments, written, and for each field right, n, Acc and its interval."""
+    out = {k: sum(p[k] for p in per_seed) for k in ("segments", "written")}
+    for k in FIELD_KEYS:
+        right, n = (sum(p[k][i] for p in per_seed) for i in (0, 1))
+        out[k] = {"acc": round(right / max(1, n), 3), "right": right, "n": n, "ci95": wilson(right, n)}
     return out
 
 
@@ -162,9 +208,12 @@ def main() -> None:
                                             / max(1, sum(p["n_answered_rows"] for p in per)), 3),
                "memories": sum(p["memories"] for p in per),
                "repeated_sentence_memories": sum(p["repeated_sentence_memories"] for p in per),
-               "stages": stages([g for p in per for g in p["graded"]]), "per_seed": per}
+               "stages": stages([g for p in per for g in p["graded"]]),
+               "writer_fields": writer_fields([p["writer_fields"] for p in per]), "per_seed": per}
     args.out.write_text(json.dumps(summary, indent=1))
-    print(json.dumps({k: v for k, v in summary.items() if k not in ("per_seed", "stages")}, indent=1))
+    print(json.dumps({k: v for k, v in summary.items() if k not in ("per_seed", "stages", "writer_fields")}, indent=1))
+    print("writer over the written segments:", ", ".join(f"{k} {100 * v['acc']:.1f} % of {v['n']}" for k, v in
+                                                         summary["writer_fields"].items() if isinstance(v, dict)))
     print(stage_table(summary["stages"]))
 
 

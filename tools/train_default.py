@@ -15,6 +15,7 @@
     .venv/bin/python tools/train_default.py read-gt --dev-worlds 9000-9011   # ... retrieved as `ask` retrieves them
     .venv/bin/python tools/train_default.py pixels              # which caption words the writer takes from the frames
     .venv/bin/python tools/train_default.py hf-from-gguf --to-dir D # shipped reader.gguf -> an hf folder to train
+    .venv/bin/python tools/train_default.py soup --from-dir D --with-dir E --weight 0.5 --to-dir F   # average two fine-tunes
 
 Stages (each checkpoints weights, optimizer, RNG and data position to /tmp/edge_agent_default/<stage>.pt every
 --save-minutes and resumes from there; each prints its own held-out probe while it trains):
@@ -30,8 +31,8 @@ Stages (each checkpoints weights, optimizer, RNG and data position to /tmp/edge_
   write   vision + text: the runtime's writer prompt, windows of 0-4 earlier segments whose memories are partly
           "(none)" or degraded, content tokens weighted up, replay of the read stage's rows; `--see-rows N` adds
           short rows that are all object (see_row); `--room-change-share F` draws that share of writer rows from
-          segments that span two rooms (tried, not shipped). Probes: teacher forced, greedy (as the device
-          decodes), see rows.
+          segments that span two rooms (the shipped writer is such a stage averaged with the writer it started
+          from: `soup`). Probes: teacher forced, greedy (as the device decodes), see rows.
   lookup  text only: recall rows (train_default.recall_row: facts at random, so only finding the one memory that
           holds the answer and copying it and its id answers them) as the memory lines and the question alone,
           2 memories growing to 2-8. The lookup forms here, on short cheap rows, and carries into the product's
@@ -2300,14 +2301,46 @@ def hf_from_gguf(args) -> dict:
                              "(not the architecture of models/default/hf)")
         weights[hf_name] = data.reshape(w.shape)
         replaced += 1
+    folder_with_weights(template, dst, lambda path: save_file(weights, path, metadata={"format": "pt"}))
+    res = {"tensors_from_gguf": replaced, **answer_parity(dst, src)}
+    print("hf-from-gguf", json.dumps(res), flush=True)
+    return res
+
+
+def folder_with_weights(template: Path, dst: Path, save_weights) -> None:
+    """`dst` = a copy of the hf folder `template` whose model.safetensors `save_weights(path)` writes, built beside
+    it and renamed into place, so a crash while writing never leaves a half-written `dst`."""
     tmp = dst.with_name(dst.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     shutil.copytree(template, tmp)
-    save_file(weights, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+    save_weights(str(tmp / "model.safetensors"))
     shutil.rmtree(dst, ignore_errors=True)
     tmp.rename(dst)
-    res = {"tensors_from_gguf": replaced, **answer_parity(dst, src)}
-    print("hf-from-gguf", json.dumps(res), flush=True)
+
+
+def soup(args) -> dict:
+    """`soup`: the weight-space average of two fine-tunes of one model, every parameter (1 - w) * `--from-dir` +
+    w * `--with-dir` (w = `--weight`), config and tokenizer from `--from-dir`, -> `--to-dir`. A stage that moves
+    one field tends to cost another (the room-change stage: room up, colour down); averaging the fine-tune with
+    the model it started from keeps part of each (models/default/README.md, "A writer averaged ...")."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    if not (args.from_dir and args.with_dir and args.to_dir and args.weight is not None):
+        raise SystemExit("soup: give --from-dir, --with-dir (two hf folders of one architecture), --weight and --to-dir")
+    src, other, dst = Path(args.from_dir), Path(args.with_dir), Path(args.to_dir)
+    for folder in (src, other):
+        if not (folder / "model.safetensors").is_file():
+            raise SystemExit(f"soup: {folder} has no model.safetensors (not an hf folder)")
+    a, b = load_file(src / "model.safetensors"), load_file(other / "model.safetensors")
+    if a.keys() != b.keys() or any(a[k].shape != b[k].shape for k in a):
+        raise SystemExit(f"soup: {src} and {other} are not the same architecture (tensor names or shapes differ)")
+    w = args.weight
+    mixed = {k: (((1 - w) * a[k].float() + w * b[k].float()).to(a[k].dtype) if a[k].is_floating_point() else a[k])
+             for k in a}
+    folder_with_weights(src, dst, lambda path: save_file(mixed, path, metadata={"format": "pt"}))
+    res = {"tensors": len(mixed), "weight": w, "from": str(src), "with": str(other)}
+    print("soup", json.dumps(res), flush=True)
     return res
 
 
@@ -2380,7 +2413,7 @@ def earlier_segment_counts(text: str) -> list[int]:
 
 
 def share(text: str) -> float:
-    """A share of rows, 0-1 (`--room-change-share`)."""
+    """A share, 0-1 (`--room-change-share`, `--weight`)."""
     try:
         v = float(text)
     except ValueError:
@@ -2394,7 +2427,7 @@ def main() -> None:
     global FRAME_SIZE, KEYFRAMES
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("what", choices=["run", "stage", "data", "finalize", "reader", "manifest", "eval", "parity",
-                                     "pixels", "judge", "own", "widen", "read-dev", "read-gt", "hf-from-gguf"])
+                                     "pixels", "judge", "own", "widen", "read-dev", "read-gt", "hf-from-gguf", "soup"])
     ap.add_argument("name", nargs="?", choices=STAGES + EXTRA_STAGES, help="the stage (for `stage`)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--steps", type=int, default=None, help="planned steps of the stage (cosine schedule)")
@@ -2452,7 +2485,9 @@ def main() -> None:
     ap.add_argument("--own-clips", type=int, default=400, help="own: fresh clips (seeds 30000..) the writer writes")
     ap.add_argument("--heads", type=int, default=6, help="widen: attention heads of the widened model")
     ap.add_argument("--kv-heads", type=int, default=6, help="widen: key/value heads of the widened model")
-    ap.add_argument("--to-dir", default=None, help="widen, hf-from-gguf: the new hf folder")
+    ap.add_argument("--to-dir", default=None, help="widen, hf-from-gguf, soup: the new hf folder")
+    ap.add_argument("--with-dir", default=None, help="soup: the hf folder averaged with --from-dir's")
+    ap.add_argument("--weight", type=share, default=None, help="soup: --with-dir's share of each parameter, 0-1")
     ap.add_argument("--from-gguf", default=str(OUT / READER_FILE), help="hf-from-gguf: the text GGUF to read back")
     ap.add_argument("--new-heads-only", type=int, nargs=2, metavar=("HEADS", "KV_HEADS"), default=None,
                     help="read: train only the heads `widen` added to a model that had HEADS / KV_HEADS")
@@ -2468,7 +2503,7 @@ def main() -> None:
     ap.add_argument("--outtype", default="q8_0",
                     help="GGUF type of model.gguf and mmproj.gguf (q8_0, as shipped and as a device runs it | f16 | f32)")
     ap.add_argument("--from-dir", default=None, help="finalize: this hf folder instead of the last stage's; "
-                    "hf-from-gguf: the folder giving the rest (default models/default/hf)")
+                    "hf-from-gguf: the folder giving the rest (default models/default/hf); soup: the first folder")
     ap.add_argument("--dev", action="store_true", help="judge: on the dev seeds (8000-8007), not recorded")
     ap.add_argument("--as", dest="as_", choices=["reader", "judge"], default="reader",
                     help="reader: export the text-only stage as reader.gguf (answers) or judge.gguf (judges "
@@ -2532,6 +2567,8 @@ def main() -> None:
         read_dev(args)
     elif args.what == "hf-from-gguf":
         hf_from_gguf(args)
+    elif args.what == "soup":
+        soup(args)
 
 
 if __name__ == "__main__":
