@@ -672,6 +672,62 @@ def test_soup_averages_two_fine_tunes_parameter_by_parameter(tmp_path, tiny_mode
         soup(tmp_path / "missing", 0.5)
 
 
+def test_chain_runs_every_step_from_the_one_before_inside_its_budget_and_writes_a_model_folder(tmp_path,
+                                                                                                monkeypatch):
+    """`train_default.py chain`: the first step starts from a seeded random model of the shipped shape, every later
+    one from the step before's trained folder; the steps' minutes add up to the budget; each step runs in its own
+    work folder sharing the rendered clips; then the writer, reader and judge are exported into `--out` with the
+    shipped profile and the chain's record; the shipped folder is refused as `--out`."""
+    import argparse
+
+    import torch
+    from safetensors.torch import load_file
+
+    rec = _recipe()
+    monkeypatch.setattr(rec, "WORK", tmp_path / "work")
+    args = argparse.Namespace(seed=3, minutes=60.0, threads=2, device="cpu", extra_clips=3000, save_minutes=4.0,
+                              outtype="q8_0", out=tmp_path / "model")
+    calls = []
+
+    def fake_run(argv, env):
+        calls.append((argv, env["TRAIN_DEFAULT_WORK"]))
+        if argv[0] == "stage":
+            done = Path(env["TRAIN_DEFAULT_WORK"]) / f"stage-{argv[1]}" / "done.json"
+            done.parent.mkdir(parents=True)
+            done.write_text(json.dumps({"stage": argv[1], "seconds": 600}))
+        else:
+            (args.out / f"{argv[0]}-{len(calls)}.gguf").write_bytes(b"x")
+
+    record = rec.chain(args, run=fake_run)
+    work = tmp_path / "work" / "chain"
+    steps = [c for c in calls if c[0][0] == "stage"]
+    assert [(a[1], Path(w).name) for a, w in steps] == [("vision", "vision"), ("write", "write"), ("read", "reader"),
+                                                        ("read", "judge")]
+    froms = [a[a.index("--from-dir") + 1] for a, _ in steps]
+    assert froms == [str(work / "init" / "hf"), str(work / "vision" / "stage-vision" / "hf"),
+                     str(work / "write" / "stage-write" / "hf"), str(work / "reader" / "stage-read" / "hf")]
+    assert sum(float(a[a.index("--minutes") + 1]) for a, _ in steps) == pytest.approx(60.0)
+    assert all(a[a.index("--extra-clips") + 1] == "3000" and a[a.index("--seed") + 1] == "3" for a, _ in steps)
+    assert all((Path(w) / "data").resolve() == (tmp_path / "work" / "data").resolve() for _, w in steps)
+    assert [c[0][:3] for c in calls[4:]] == [["finalize", "--from-dir", froms[2]],
+                                            ["reader", "--from-dir", str(work / "reader" / "stage-read" / "hf")],
+                                            ["reader", "--as", "judge"]]
+    assert record["seconds"] == 2400 and list(record["steps"]) == ["vision", "write", "reader", "judge"]
+    man = json.loads((args.out / "manifest.json").read_text())
+    assert man["profile"] == json.loads((DEFAULT / "manifest.json").read_text())["profile"]
+    assert man["chain"]["seconds"] == 2400 and "faces.npz" in man["files"]
+
+    init = load_file(work / "init" / "hf" / "model.safetensors")
+    shipped = load_file(DEFAULT / "hf" / "model.safetensors")
+    assert init.keys() == shipped.keys() and all(init[k].shape == shipped[k].shape for k in init)
+    k = "model.language_model.embed_tokens.weight"
+    assert not torch.allclose(init[k], shipped[k]) and 0.01 < init[k].std() < 0.03  # a fresh N(0, 0.02) start
+
+    args.out = DEFAULT
+    with pytest.raises(SystemExit, match="is the shipped model"):
+        rec.chain(args, run=fake_run)
+
+
 def test_clips_are_cut_at_the_recipes_keyframe_count_and_cached_apart(tmp_path, monkeypatch):
     """`--keyframes K` (train_default.KEYFRAMES): the runtime's capture path keeps up to K keyframes a segment, and
     each count has its own cache file, so the 4-keyframe data is never read as 8 or overwritten."""

@@ -16,6 +16,8 @@
     .venv/bin/python tools/train_default.py pixels              # which caption words the writer takes from the frames
     .venv/bin/python tools/train_default.py hf-from-gguf --to-dir D # shipped reader.gguf -> an hf folder to train
     .venv/bin/python tools/train_default.py soup --from-dir D --with-dir E --weight 0.5 --to-dir F   # average two fine-tunes
+    .venv/bin/python tools/train_default.py chain --keyframes 8 --extra-clips 3000 --threads 2 --out D   # the whole
+                                      # recipe from a random start in about three hours (CHAIN), resumable -> folder D
 
 Stages (each checkpoints weights, optimizer, RNG and data position to /tmp/edge_agent_default/<stage>.pt every
 --save-minutes and resumes from there; each prints its own held-out probe while it trains):
@@ -2344,6 +2346,104 @@ def soup(args) -> dict:
     return res
 
 
+# `chain`: the whole recipe as one command inside one budget, from a random start. The shipped files are stages
+# continued across sessions (about 16 CPU hours in all, README "What limits it"); the issue asks for about three
+# hours, so this is the recipe a user can rerun in that budget, and what it reaches is measured apart
+# (models/default/README.md, "The whole recipe in three hours"). Each step is a stage in its own work folder
+# (WORK/chain/<step>), so a step resumes from its checkpoint and a finished step is skipped on a rerun. Settings come
+# from the shipped lineage (the stages that moved a probe), not tuned on this chain.
+CHAIN = (  # (step, share of the budget, the stage and its flags); "{prev}" is the step before's trained hf folder
+    ("vision", 0.05, "stage vision --from-dir {prev} --batch 64 --probe-every 500"),
+    ("write", 0.46, "stage write --from-dir {prev} --see-rows 16 --batch 16 --read-replay 0 --lr 1.5e-3 --w-key 8 "
+                    "--write-windows 0 --room-change-share 0.25 --probe-every 1000"),
+    ("reader", 0.33, "stage read --from-dir {prev} --recall-share 0.5 --recall-colour --write-replay 0 --lr 1e-3 "
+                     "--batch 16 --probe-every 100"),
+    ("judge", 0.16, "stage read --from-dir {prev} --recall-share 0.5 --recall-colour --shown-from-start "
+                    "--write-replay 0 --judge-pairs 16 --judge-same-moment 0.2 --judge-swapped 0.6 --lr 5e-4 --batch 2 "
+                    "--probe-every 100"),
+)
+CHAIN_MINUTES = 174.0  # three hours less the 5.4 minutes of faces.npz's own training (tools/train_faces.py), reused
+CHAIN_STAGE = {"vision": "vision", "write": "write", "reader": "read", "judge": "read"}
+
+
+def chain_commands(args, work: Path) -> list[tuple[str, list[str], Path]]:
+    """The chain's steps as (step, the train_default.py arguments, its work folder): each step's minutes are its
+    share of `--minutes` (the time cap ends it, so the cosine schedule anneals by the clock), its start the step
+    before's result, the first step's a random initialisation of the shipped shape (`chain_init`)."""
+    total = args.minutes or CHAIN_MINUTES
+    prev = work / "init" / "hf"
+    steps = []
+    for step, share, flags in CHAIN:
+        folder = work / step
+        argv = flags.format(prev=prev).split() + [
+            "--minutes", f"{share * total:g}", "--steps", "1000000", "--seed", str(args.seed),
+            "--threads", str(args.threads), "--device", args.device, "--keyframes", str(KEYFRAMES),
+            "--frame-size", str(FRAME_SIZE), "--extra-clips", str(args.extra_clips), "--save-minutes", str(args.save_minutes)]
+        steps.append((step, argv, folder))
+        prev = folder / f"stage-{CHAIN_STAGE[step]}" / "hf"
+    return steps
+
+
+def chain_init(seed: int, dst: Path) -> None:
+    """A randomly initialised model of the shipped shape and tokenizer (seeded): the chain's starting point."""
+    import torch
+    from safetensors.torch import save_file
+    from transformers import AutoConfig, Qwen3VLForConditionalGeneration
+
+    if (dst / "model.safetensors").is_file():
+        return
+    torch.manual_seed(seed)
+    model = Qwen3VLForConditionalGeneration._from_config(AutoConfig.from_pretrained(ensure_base()), dtype=torch.float32)
+    weights = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+    folder_with_weights(ensure_base(), dst, lambda path: save_file(weights, path, metadata={"format": "pt"}))
+
+
+def chain(args, run=None) -> dict:
+    """`chain`: every step of CHAIN not yet done (each resumable), then the model folder `--out`: the writer
+    (`finalize`), reader.gguf and judge.gguf (`reader`), the shipped faces.npz, and a manifest with the shipped
+    profile and the chain's record (each step's seconds and probes). `run(argv, env)` runs one step (a test's fake)."""
+    import subprocess
+
+    def run_tool(argv, env):
+        subprocess.run([sys.executable, str(Path(__file__).resolve()), *argv], env=env, check=True)
+
+    run = run or run_tool
+    work = WORK / "chain"
+    out = Path(args.out)
+    if out.resolve() == OUT.resolve():
+        raise SystemExit(f"chain: --out {out} is the shipped model; give a new folder")
+    chain_init(args.seed, work / "init" / "hf")
+    record = {"seed": args.seed, "minutes": args.minutes or CHAIN_MINUTES, "from": "random initialisation",
+              "steps": {}}
+    steps = chain_commands(args, work)
+    for step, argv, folder in steps:
+        folder.mkdir(parents=True, exist_ok=True)
+        for shared in ("data", "synth"):  # the rendered clips are the same for every step: cut once, in WORK
+            (WORK / shared).mkdir(parents=True, exist_ok=True)
+            if not (folder / shared).exists():
+                (folder / shared).symlink_to(WORK / shared)
+        print(f"[chain] {step}: train_default.py {' '.join(argv)}", flush=True)
+        run(argv, dict(os.environ, TRAIN_DEFAULT_WORK=str(folder)))
+        record["steps"][step] = json.loads((folder / f"stage-{CHAIN_STAGE[step]}" / "done.json").read_text())
+    record["seconds"] = sum(d["seconds"] for d in record["steps"].values())
+    hf = {step: folder / f"stage-{CHAIN_STAGE[step]}" / "hf" for step, _, folder in steps}
+    common = ["--out", str(out), "--keyframes", str(KEYFRAMES), "--frame-size", str(FRAME_SIZE),
+              "--outtype", args.outtype, "--seed", str(args.seed)]
+    out.mkdir(parents=True, exist_ok=True)
+    env = dict(os.environ, TRAIN_DEFAULT_WORK=str(work))
+    run(["finalize", "--from-dir", str(hf["write"]), *common], env)
+    run(["reader", "--from-dir", str(hf["reader"]), *common], env)
+    run(["reader", "--as", "judge", "--from-dir", str(hf["judge"]), *common], env)
+    shutil.copy2(OUT / "faces.npz", out / "faces.npz")
+    shipped = json.loads((OUT / "manifest.json").read_text())
+    man = {"recipe": "tools/train_default.py chain", "profile": shipped["profile"], "chain": record,
+           "files": {str(p.relative_to(out)): {"sha256": sha256(p), "bytes": p.stat().st_size}
+                     for p in sorted(out.rglob("*")) if p.is_file() and p.name != "manifest.json"}}
+    (out / "manifest.json").write_text(json.dumps(man, indent=1) + "\n")
+    print(f"[chain] {record['seconds'] / 3600:.2f} h of training in {len(steps)} steps -> {out}", flush=True)
+    return record
+
+
 def judge_cases(n: int, seeds: list[int] = HELDOUT_SEEDS) -> list[tuple[list[TaskQuestion], str, str]]:
     """`n` judge cases with a better memory (no ties), spread over the seeds' 9-minute worlds (held out: not the
     4-minute ones the training probe watches)."""
@@ -2427,13 +2527,15 @@ def main() -> None:
     global FRAME_SIZE, KEYFRAMES
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("what", choices=["run", "stage", "data", "finalize", "reader", "manifest", "eval", "parity",
-                                     "pixels", "judge", "own", "widen", "read-dev", "read-gt", "hf-from-gguf", "soup"])
+                                     "pixels", "judge", "own", "widen", "read-dev", "read-gt", "hf-from-gguf", "soup",
+                                     "chain"])
     ap.add_argument("name", nargs="?", choices=STAGES + EXTRA_STAGES, help="the stage (for `stage`)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--steps", type=int, default=None, help="planned steps of the stage (cosine schedule)")
     ap.add_argument("--batch", type=int, default=None, help="answer: question groups; vision: chunks; write: rows")
     ap.add_argument("--lr", type=float, default=None)
-    ap.add_argument("--minutes", type=float, default=None, help="wall-clock cap of the stage")
+    ap.add_argument("--minutes", type=float, default=None,
+                    help=f"wall-clock cap of the stage; chain: of all its stages together (default {CHAIN_MINUTES:g})")
     ap.add_argument("--w-key", type=float, default=4.0, help="loss weight of answer/citation/content tokens")
     ap.add_argument("--w-end", type=float, default=1.0,
                     help="write: loss weight of each memory sentence's closing full stop (end the memory, or go on)")
@@ -2569,6 +2671,8 @@ def main() -> None:
         hf_from_gguf(args)
     elif args.what == "soup":
         soup(args)
+    elif args.what == "chain":
+        chain(args)
 
 
 if __name__ == "__main__":
