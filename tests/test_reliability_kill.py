@@ -167,9 +167,9 @@ def test_sigkill_campaign(tmp_path, tiny_model):
     check_store(home, complete_segments=30)  # the resume finished the stream: nothing lost
 
     # 2. run through the real CLI on the tiny llama.cpp model: 8 kills
-    cli_home = tmp_path / "cli-home"
     short = write_clip(tmp_path / "short.mp4", 40.0)
-    cli_env = {**env, **FAST_WRITER_ENV, "EDGE_AGENT_HOME": str(cli_home), "EDGE_AGENT_MODEL__NAME": str(tiny_model)}
+    cli_env = {**env, **FAST_WRITER_ENV, "EDGE_AGENT_HOME": str(tmp_path / "cli-home"),
+               "EDGE_AGENT_MODEL__NAME": str(tiny_model)}
     # The kills land within one uninterrupted run's duration, measured here: fixed delays stopped landing when
     # the store stopped importing pandas (a faster start) and every run finished first.
     t0 = time.monotonic()
@@ -177,12 +177,23 @@ def test_sigkill_campaign(tmp_path, tiny_model):
                            env={**cli_env, "EDGE_AGENT_HOME": str(tmp_path / "cli-timed")}, timeout=600)
     run_seconds = time.monotonic() - t0
     assert timed.returncode == 0, timed.stderr.decode()
-    for _ in range(8):
+    # Each kill resumes the same stream, so later runs have less left to do and may finish before their kill
+    # (CI once landed 1 of 8): launch until 8 land, and start a fresh home once a run finished the stream.
+    cli_kills, cli_homes = 0, iter(tmp_path / f"cli-home-{i}" for i in range(60))
+    for _ in range(40):
+        if cli_kills >= 8:
+            break
         proc = subprocess.Popen([sys.executable, "-m", "edge_agent.cli", "run", str(short)], env=cli_env,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        kill_at(proc, rng.uniform(0.3, 0.95) * run_seconds, "run")
-        if (cli_home / "memory.db").exists():
-            check_store(cli_home)
+        before = TALLY["run_kills"]
+        kill_at(proc, rng.uniform(0.2, 0.9) * run_seconds, "run")
+        if (Path(cli_env["EDGE_AGENT_HOME"]) / "memory.db").exists():
+            check_store(Path(cli_env["EDGE_AGENT_HOME"]))
+        if TALLY["run_kills"] > before:
+            cli_kills += 1
+        else:
+            cli_env["EDGE_AGENT_HOME"] = str(next(cli_homes))
+    assert cli_kills >= 8, f"only {cli_kills} CLI runs were still running at their kill"
 
     # 3. forget: 14 kills mid-delete / mid-scrub, each on a fresh copy of the ingested store
     def forget_code(db: Path, since: float, everything: bool) -> str:
@@ -229,12 +240,14 @@ def test_sigkill_campaign(tmp_path, tiny_model):
     adapt_seconds = time.monotonic() - t0
     assert done.returncode == 0, done.stderr.decode()
     check_store(full)
-    for i in range(8):
+    for i in range(24):  # a copy may adapt faster than the timed run (warm caches): launch until 6 land
+        if TALLY["adapt_kills"] >= 6:
+            break
         copy = copy_home(prep, tmp_path / f"adapt-{i}")
         proc = subprocess.Popen([sys.executable, "-m", "edge_agent.cli", "adapt", "--json"],
                                 env={**adapt_env, "EDGE_AGENT_HOME": str(copy)},
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        kill_at(proc, rng.uniform(0.5, adapt_seconds * 0.95), "adapt")
+        kill_at(proc, rng.uniform(0.1, 0.9) * adapt_seconds, "adapt")
         check_store(copy)
         after = run_cli(copy, "adapter", "list", "--json")  # the registry still reads after the kill
         assert after.returncode == 0, after.stderr.decode()
@@ -243,4 +256,4 @@ def test_sigkill_campaign(tmp_path, tiny_model):
           f"{TALLY['adapt_kills']} adapt; {TALLY['finished_before_kill']} launches finished first; one full adapt "
           f"took {adapt_seconds:.1f} s), {TALLY['reads']} concurrent reads during ingest, {len(errors)} read errors, "
           f"{TALLY['checks']} store checks passed")
-    assert TALLY["kills"] >= 50 and TALLY["adapt_kills"] >= 3
+    assert TALLY["kills"] >= 50 and TALLY["adapt_kills"] >= 6
