@@ -158,6 +158,10 @@ class QAConfig(Section):
                                    'memories are the evidence. Multiple choice (choice "score") takes the likeliest '
                                    "option; an open question the model's answer or, where the model would abstain, "
                                    "the sentence of the latest of them naming the thing. Off: the model may abstain.")
+    who_named: bool = setting(False, 'Multiple choice asking whom the wearer met in a place ("who did I meet in the '
+                              'kitchen?"), shown the latest memories naming a person there (qa.latest_k), is answered '
+                              "by the one option the latest of them names (a <face_N> tag or a name, whole), not by "
+                              "the model; by the model when it names several or none. Off: the model answers.")
     rrf_k: int = setting(60, "Reciprocal-rank-fusion constant for the FTS5 and embedding ranks.", between(1, 10000),
                          "must be in [1, 10000]")
     use_embeddings: bool = setting(True, "MiniLM sentence embeddings (onnxruntime) beside FTS5.")
@@ -467,6 +471,7 @@ PROFILE_KEYS = {"frame_size": "capture.frame_size", "keyframes_per_segment": "ca
                 "colour_memories": "qa.colour_k", "order_by_time": "qa.order_by_time",
                 "match_options": "qa.match_options", "quoted_text": "qa.quoted_text",
                 "where_answered": "qa.where_answered",
+                "who_named": "qa.who_named",
                 # Phase Two's recipe where a model's own was measured (the embedded default: README, Phase Two)
                 "candidate_share": "writer.candidate_share", "adapt_learning_rate": "adapt.learning_rate",
                 "adapt_steps": "adapt.steps", "adapt_sft_weight": "adapt.sft_weight"}

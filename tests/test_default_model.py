@@ -425,7 +425,7 @@ def test_read_dev_grades_every_told_multiple_choice_question_by_the_runtimes_rul
 def test_read_gt_answers_ground_truth_memories_retrieved_as_ask_retrieves_them(tmp_path, monkeypatch):
     """`train_default.py read-gt`: every told multiple-choice question of a world, over its ground-truth memories in
     a store, retrieved and answered under the shipped profile (qa.moment_k, latest_k, colour_k, order_by_time,
-    match_options, quoted_text, where_answered; the shipped reader through llama.cpp): graded by the world's answer,
+    match_options, quoted_text, where_answered, who_named; the shipped reader through llama.cpp): graded by the world's answer,
     far above chance (25 %) on dev worlds."""
     import argparse
 
@@ -441,7 +441,7 @@ def test_read_gt_answers_ground_truth_memories_retrieved_as_ask_retrieves_them(t
     assert res["n"] == told == len(saved["graded"]) > 10
     assert res["qa"] == {"choice": "score", "top_k": 8, "moment_k": 3, "latest_k": 1, "colour_k": 3,
                          "order_by_time": True, "match_options": True, "quoted_text": True,
-                         "where_answered": True}  # the profile
+                         "where_answered": True, "who_named": True}  # the profile
     assert all(g["right"] == (g["pred"] == rec.text_world(g["seed"], 4.0)["questions"][g["question"]]["answer"])
                for g in saved["graded"])
     assert res["acc"] == round(sum(g["right"] for g in saved["graded"]) / res["n"], 3) >= 0.5

@@ -2047,7 +2047,7 @@ def read_gt(args) -> dict:
            "acc_ci": wilson(right, len(graded)), "by_category": by_cat,
            "qa": {k: getattr(qcfg, k) for k in ("choice", "top_k", "moment_k", "latest_k", "colour_k",
                                                  "order_by_time", "match_options", "quoted_text",
-                                                 "where_answered")},
+                                                 "where_answered", "who_named")},
            "graded": graded}
     print("read-gt", json.dumps({k: v for k, v in res.items() if k != "graded"}), flush=True)
     (WORK / f"read-gt-{args.dev_worlds}-{args.out.name}.json").write_text(json.dumps(res, indent=1))

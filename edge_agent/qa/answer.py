@@ -30,6 +30,7 @@ from edge_agent.qa.order import option_matches, order_asked, ordered_choice
 from edge_agent.qa.quote import quoted_options, words_asked
 from edge_agent.qa.retrieve import Embedder, question_embedder, retrieve
 from edge_agent.qa.where import left_thing, sentence_naming
+from edge_agent.qa.who import named_option
 from edge_agent.store import Store
 from edge_agent.store.text import clean_text
 from edge_agent.types import Message, Sampling
@@ -45,6 +46,7 @@ BY_TIME = "chosen by the times of the memories most like each option (qa.order_b
 BY_LIKENESS = "chosen by the option's likeness to the memories found (qa.match_options), not by the model"
 BY_QUOTE = "the one option a memory found quotes (qa.quoted_text), not chosen by the model"
 NOT_QUOTED = "no memory found quotes any option's words (qa.quoted_text)"
+BY_NAME = "the one option the latest memory naming a person there names (qa.who_named), not chosen by the model"
 WHERE_SAID = "the model would not answer; what the latest memory naming the thing says of it (qa.where_answered)"
 MC_MAX_TOKENS = 96  # a letter and up to top_k ids
 OPEN_MAX_TOKENS = 200
@@ -313,7 +315,8 @@ def memories_and_reply(store: Store, backend: Backend | None, question: str, opt
     """(the memories shown for `question`, the parsed reply): the options' memories and the one whose memory comes
     first or last when cfg.order_by_time reads the question as asking that (`qa.order`); else the memories
     `retrieve` finds, then, for a question asking for the words something said, the one option they quote or
-    "not in memory" when cfg.quoted_text (`qa.quote`); the option most like them when cfg.match_options and their
+    "not in memory" when cfg.quoted_text (`qa.quote`); the one option the latest names when cfg.who_named and they
+    are the latest naming a person in the place a "who" question asks about (`qa.who`); the option most like them when cfg.match_options and their
     route allow (`qa.match`); or the model's reply over them, never an abstention when cfg.where_answered and they
     are the latest naming what a "where" question asks after. An abstention without a model call when none is
     found."""
@@ -334,6 +337,10 @@ def memories_and_reply(store: Store, backend: Backend | None, question: str, opt
             return memories, not_in_memory(True, NOT_QUOTED)
         (i, memory), = quoted.items()
         return memories, chosen_without_model(opts, i, memory["id"], BY_QUOTE)
+    named = named_option(opts, memories) if opts and cfg.who_named and memories[0]["route"] == "who" else None
+    if named is not None:
+        i, memory = named
+        return memories, chosen_without_model(opts, i, memory["id"], BY_NAME)
     matched = matched_memories(memories) if opts and cfg.match_options else []
     picked = likeliest_option(embedder, opts, matched) if matched and embedder is not None else None
     if picked is not None:
