@@ -425,8 +425,8 @@ def test_read_dev_grades_every_told_multiple_choice_question_by_the_runtimes_rul
 def test_read_gt_answers_ground_truth_memories_retrieved_as_ask_retrieves_them(tmp_path, monkeypatch):
     """`train_default.py read-gt`: every told multiple-choice question of a world, over its ground-truth memories in
     a store, retrieved and answered under the shipped profile (qa.moment_k, latest_k, colour_k, order_by_time,
-    match_options, quoted_text, where_answered, who_named; the shipped reader through llama.cpp): graded by the world's answer,
-    far above chance (25 %) on dev worlds."""
+    match_options, quoted_text, where_answered, who_named; the shipped reader through llama.cpp): graded by the
+    world's answer, far above chance (25 %) on dev worlds."""
     import argparse
 
     rec = _recipe()

@@ -315,10 +315,10 @@ def memories_and_reply(store: Store, backend: Backend | None, question: str, opt
     """(the memories shown for `question`, the parsed reply): the options' memories and the one whose memory comes
     first or last when cfg.order_by_time reads the question as asking that (`qa.order`); else the memories
     `retrieve` finds, then, for a question asking for the words something said, the one option they quote or
-    "not in memory" when cfg.quoted_text (`qa.quote`); the one option the latest names when cfg.who_named and they
-    are the latest naming a person in the place a "who" question asks about (`qa.who`); the option most like them when cfg.match_options and their
-    route allow (`qa.match`); or the model's reply over them, never an abstention when cfg.where_answered and they
-    are the latest naming what a "where" question asks after. An abstention without a model call when none is
+    "not in memory" when cfg.quoted_text (`qa.quote`); the one option the latest of them names when cfg.who_named
+    and they are the latest naming a person where a "who" question asks about (`qa.who`); the option most like
+    them when cfg.match_options and their route allow (`qa.match`); or the model's reply over them, never an
+    abstention when cfg.where_answered and they are the latest naming what a "where" question asks after. An abstention without a model call when none is
     found."""
     embedder = question_embedder(cfg, embedder)
     word = order_asked(question) if opts and cfg.order_by_time else None
