@@ -38,7 +38,7 @@ FACES = ["<face_2>", "<face_1>", "<face_3>"]
 
 
 def memory(t: float, text: str, mid: int = 1) -> dict:
-    return {"id": mid, "t_start": t, "text": text}
+    return {"id": mid, "t_start": t, "t_end": t + 10.0, "text": text}
 
 
 def test_the_option_the_latest_memory_names_whole():

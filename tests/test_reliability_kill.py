@@ -168,8 +168,8 @@ def test_sigkill_campaign(tmp_path, tiny_model):
 
     # 2. run through the real CLI on the tiny llama.cpp model: 8 kills
     short = write_clip(tmp_path / "short.mp4", 40.0)
-    cli_env = {**env, **FAST_WRITER_ENV, "EDGE_AGENT_HOME": str(tmp_path / "cli-home"),
-               "EDGE_AGENT_MODEL__NAME": str(tiny_model)}
+    cli_home = tmp_path / "cli-home"
+    cli_env = {**env, **FAST_WRITER_ENV, "EDGE_AGENT_MODEL__NAME": str(tiny_model)}
     # The kills land within one uninterrupted run's duration, measured here: fixed delays stopped landing when
     # the store stopped importing pandas (a faster start) and every run finished first.
     t0 = time.monotonic()
@@ -183,16 +183,17 @@ def test_sigkill_campaign(tmp_path, tiny_model):
     for _ in range(40):
         if cli_kills >= 8:
             break
-        proc = subprocess.Popen([sys.executable, "-m", "edge_agent.cli", "run", str(short)], env=cli_env,
+        proc = subprocess.Popen([sys.executable, "-m", "edge_agent.cli", "run", str(short)],
+                                env={**cli_env, "EDGE_AGENT_HOME": str(cli_home)},
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         before = TALLY["run_kills"]
         kill_at(proc, rng.uniform(0.2, 0.9) * run_seconds, "run")
-        if (Path(cli_env["EDGE_AGENT_HOME"]) / "memory.db").exists():
-            check_store(Path(cli_env["EDGE_AGENT_HOME"]))
+        if (cli_home / "memory.db").exists():
+            check_store(cli_home)
         if TALLY["run_kills"] > before:
             cli_kills += 1
         else:
-            cli_env["EDGE_AGENT_HOME"] = str(next(cli_homes))
+            cli_home = next(cli_homes)
     assert cli_kills >= 8, f"only {cli_kills} CLI runs were still running at their kill"
 
     # 3. forget: 14 kills mid-delete / mid-scrub, each on a fresh copy of the ingested store

@@ -14,6 +14,8 @@ from __future__ import annotations
 import re
 from typing import Any, Sequence
 
+from edge_agent.qa.quote import quoted_options
+
 _MET_IN = re.compile(r"\bwho\s+did\s+i\s+(?:last\s+)?(?:meet|see|talk\s+(?:to|with)|speak\s+(?:to|with))\s+"
                      r"(?:(?:most\s+recently|last|first)\s+)?(?:in|at)\s+(?:the\s+|my\s+)?([a-z][a-z ]*?)\s*"
                      r"(?:\?|$|\s+(?:today|this|yesterday|earlier|most|last)\b)", re.I)
@@ -27,11 +29,11 @@ def met_place(question: str) -> str | None:
 
 def named_option(options: Sequence[str], memories: list[dict[str, Any]]) -> tuple[int, dict[str, Any]] | None:
     """(the option's index, the memory) for the latest of `memories` that names any option, when it names exactly
-    one, whole ("<face_1>" is not named by "<face_12>", "Ann" not by "Anna"); None when it names several, or none
-    does."""
-    for memory in sorted(memories, key=lambda m: (m["t_start"], m["id"]), reverse=True):
-        named = [i for i, o in enumerate(options)
-                 if o.strip() and re.search(rf"(?<!\w){re.escape(o.strip())}(?!\w)", memory["text"], re.I)]
-        if named:
-            return (named[0], memory) if len(named) == 1 else None
-    return None
+    one, as whole words (`qa.quote`'s rule: "<face_1>" is not named by "<face_12>", "Ann" not by "Anna"); None when
+    it names several, or none does."""
+    found = quoted_options(options, memories)  # each option's latest memory naming it
+    if not found:
+        return None
+    latest = max(found.values(), key=lambda m: (m["t_end"], m["id"]))
+    named = [i for i, m in found.items() if m["id"] == latest["id"]]
+    return (named[0], latest) if len(named) == 1 else None
