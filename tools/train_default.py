@@ -1,6 +1,5 @@
 """Train the embedded default model (models/default/): a small Qwen3-VL trained on the synthetic world, in stages.
 
-    .venv/bin/python tools/train_default.py run                 # every stage not yet done, in order; resumable
     .venv/bin/python tools/train_default.py stage answer        # one stage (resumes its own checkpoint)
     .venv/bin/python tools/train_default.py data                # render + cut the clips the vision stages use
     .venv/bin/python tools/train_default.py finalize            # last finished stage -> models/default/ + manifest
@@ -39,7 +38,7 @@ Stages (each checkpoints weights, optimizer, RNG and data position to /tmp/edge_
           holds the answer and copying it and its id answers them) as the memory lines and the question alone,
           2 memories growing to 2-8. The lookup forms here, on short cheap rows, and carries into the product's
           prompt (tools/reading_probe.py measured it apart).
-  joint   (not in `run`; after the chain, `--from-dir`) write, read and short lookup rows in every step, so
+  joint   (after the chain, `--from-dir`) write, read and short lookup rows in every step, so
           no skill drifts while another is learnt. Probes: lookup, read and the writer decoded greedily.
   read    text only: open questions over 1-8 ground-truth memories (growing over the first half) -> the short
           answer + citations, or "not in memory"; replay of writer rows. What the likelihood answerer
@@ -118,7 +117,7 @@ FRAME_SIZE = 128
 # picked or put in 2-3 s of a 10 s segment is often in one keyframe only, and its colour is then named about half
 # the time (models/default/README.md, "A writer-only write stage on 3,200 clips"). Set by --keyframes.
 KEYFRAMES = 4
-STAGES = ("answer", "vision", "write", "lookup", "read")  # `run`'s order
+STAGES = ("answer", "vision", "write", "lookup", "read")  # the order a stage's default --from-dir follows
 # after the chain, from a model that has been through it (`--from-dir`): lookup, read and write rows in every step
 EXTRA_STAGES = ("joint",)
 GENERATOR_VERSION = "edge_agent.synth FORMAT_VERSION 2 (world.py/questions.py as of this recipe)"
@@ -2530,7 +2529,7 @@ def share(text: str) -> float:
 def main() -> None:
     global FRAME_SIZE, KEYFRAMES
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("what", choices=["run", "stage", "data", "finalize", "reader", "manifest", "eval", "parity",
+    ap.add_argument("what", choices=["stage", "data", "finalize", "reader", "manifest", "eval", "parity",
                                      "pixels", "judge", "own", "widen", "read-dev", "read-gt", "hf-from-gguf", "soup",
                                      "chain"])
     ap.add_argument("name", nargs="?", choices=STAGES + EXTRA_STAGES, help="the stage (for `stage`)")
@@ -2644,9 +2643,6 @@ def main() -> None:
         for s in VIDEO_SEEDS + list(range(EXTRA_VIDEO_SEED0, EXTRA_VIDEO_SEED0 + args.extra_clips)) + HELDOUT_SEEDS:
             clip(s)
         print("data ready", flush=True)
-    elif args.what == "run":
-        for name in STAGES:
-            run_stage(name, args)
     elif args.what == "stage":
         run_stage(args.name, args)
     elif args.what == "finalize":
