@@ -318,8 +318,8 @@ def memories_and_reply(store: Store, backend: Backend | None, question: str, opt
     "not in memory" when cfg.quoted_text (`qa.quote`); the one option the latest of them names when cfg.who_named
     and they are the latest naming a person where a "who" question asks about (`qa.who`); the option most like
     them when cfg.match_options and their route allow (`qa.match`); or the model's reply over them, never an
-    abstention when cfg.where_answered and they are the latest naming what a "where" question asks after. An abstention without a model call when none is
-    found."""
+    abstention when cfg.where_answered and they are the latest naming what a "where" question asks after. An
+    abstention without a model call when none is found."""
     embedder = question_embedder(cfg, embedder)
     word = order_asked(question) if opts and cfg.order_by_time else None
     if word:
