@@ -45,7 +45,7 @@ CATALOG_PATH = REPO_ROOT / "models" / "catalog.toml"
 ACCEPTED_FILE = "accepted_sha256.json"  # in <home>/models/<name>/: hashes the user accepted with --accept-sha
 MODEL_FILE, MMPROJ_FILE, HF_DIR = "model.gguf", "mmproj.gguf", "hf"
 # A small model trained to both write and read trades one skill for the other, so the embedded default ships a
-# second, text-only copy trained to read (models/default/README.md): the answerer, when present.
+# second, text-only copy trained to read (models/default/HISTORY.md, "The reader"): the answerer, when present.
 READER_FILE = "reader.gguf"
 # ... and a third, trained to judge Phase Two's pairs: judging and reading trade against each other too (the README's
 # "The judge ships apart"). `adapt` judges with it, else with the reader, else with the writer.

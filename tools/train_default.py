@@ -28,7 +28,7 @@ Stages (each checkpoints weights, optimizer, RNG and data position to /tmp/edge_
   vision  vision tower only, training-only heads on the merger output (room, shot kind, focus object kind and
           colour, person present, activity) on keyframes cut by the runtime's capture path. Heads are dropped.
           The 200 clips hold ~1,100 keyframe pairs with an object: too few to separate the kinds; `--extra-clips
-          800` (5x the clips) took the held-out kind 0.24 -> 0.64 (models/default/README.md, "What the writer sees").
+          800` (5x the clips) took the held-out kind 0.24 -> 0.64 (models/default/HISTORY.md, "What the writer sees").
   write   vision + text: the runtime's writer prompt, windows of 0-4 earlier segments whose memories are partly
           "(none)" or degraded, content tokens weighted up, replay of the read stage's rows; `--see-rows N` adds
           short rows that are all object (see_row); `--room-change-share F` draws that share of writer rows from
@@ -44,7 +44,7 @@ Stages (each checkpoints weights, optimizer, RNG and data position to /tmp/edge_
           answer + citations, or "not in memory"; replay of writer rows. What the likelihood answerer
           (qa.choice = "score", the default model's profile) uses to rank multiple-choice options. With
           `--write-replay 0` from the shipped weights it trains the separate reader (`reader`): on one small model
-          every round of reading training cost the writer (models/default/README.md), so the reader is a copy.
+          every round of reading training cost the writer (models/default/HISTORY.md), so the reader is a copy.
           `--judge-pairs N` adds Phase Two's judge prompt; judging in turn cost reading, so a read stage run
           mostly on judge pairs (`--batch 2 --judge-pairs 10`) ships as a third copy, the judge (`reader --as judge`).
           `--own-share F` draws that share of the rows from the writer's own memories of fresh clips (`own`):
@@ -111,11 +111,11 @@ MINUTES = 2.0
 # Longest side of the keyframes the model is trained (and profiled) at; the shipped model: 128. At 256 the
 # synthetic world's objects (20-30 px tall at 256x192) span 1-2 patches of 16 px instead of a quarter of a merged
 # token: the vision probe's held-object kind rose 0.24 -> 0.48, but a 300-step write stage did not carry it into
-# the memories (models/default/README.md, "Tried at 256 px"). Set by --frame-size.
+# the memories (models/default/HISTORY.md, "Tried at 256 px"). Set by --frame-size.
 FRAME_SIZE = 128
 # Keyframes a segment is cut to for training (and profiled at; capture.keyframes_per_segment). At 4, an object
 # picked or put in 2-3 s of a 10 s segment is often in one keyframe only, and its colour is then named about half
-# the time (models/default/README.md, "A writer-only write stage on 3,200 clips"). Set by --keyframes.
+# the time (models/default/HISTORY.md, "A writer-only write stage on 3,200 clips"). Set by --keyframes.
 KEYFRAMES = 4
 STAGES = ("answer", "vision", "write", "lookup", "read")  # the order a stage's default --from-dir follows
 # after the chain, from a model that has been through it (`--from-dir`): lookup, read and write rows in every step
@@ -1722,7 +1722,7 @@ def run_stage(name: str, args) -> None:
             loss = total.item()
         elif name == "lookup":
             # 2 memories at first, 2-8 by three quarters of the way: grown faster, the citation fell back
-            # (models/default/README.md, "Tried: copying and looking up, apart"). Text only: the writer's format
+            # (models/default/HISTORY.md, "Tried: copying and looking up, apart"). Text only: the writer's format
             # suffers (teacher-forced token accuracy 0.82 -> 0.44 in 700 steps); the read stage's writer replay
             # repaired it, not the objects its memories name ("Tried: the lookup stage, then read, then write again");
             # a write stage after read, content weight 8, did (the shipped run)
@@ -1737,7 +1737,7 @@ def run_stage(name: str, args) -> None:
                                   args.rank_weight, packed=args.pack)
         elif name == "joint":
             # all three skills in every step, so none drifts while another is learnt (lookup alone cost the writer
-            # its objects, models/default/README.md "Tried: one more lookup -> read -> write round"): the two
+            # its objects, models/default/HISTORY.md "Tried: one more lookup -> read -> write round"): the two
             # losses are each a mean over their own tokens, summed
             top = 2 + round(6 * min(1.0, frac / 0.5))
             loss, _ = lm_step(model, tok, penc, write_rows(cfg["batch"]) + read_rows(cfg["batch"], 1.0) +
@@ -2146,7 +2146,7 @@ def widen(args) -> None:
     computing the same function: each old query head keeps its keys and values (copied to the kv head it now
     reads), the new heads start random and write through zero columns of o_proj, so training starts from the
     model as it was. Tried on the reader (plateaued at 3 heads reading through 1 kv head of 32 dims): not better
-    in 40-65 CPU minutes, trained whole or new heads only (`--new-heads-only`; models/default/README.md, "Tried:
+    in 40-65 CPU minutes, trained whole or new heads only (`--new-heads-only`; models/default/HISTORY.md, "Tried:
     a wider reader ...")."""
     import torch
     from transformers import Qwen3VLForConditionalGeneration
@@ -2323,7 +2323,7 @@ def soup(args) -> dict:
     """`soup`: the weight-space average of two fine-tunes of one model, every parameter (1 - w) * `--from-dir` +
     w * `--with-dir` (w = `--weight`), config and tokenizer from `--from-dir`, -> `--to-dir`. A stage that moves
     one field tends to cost another (the room-change stage: room up, colour down); averaging the fine-tune with
-    the model it started from keeps part of each (models/default/README.md, "A writer averaged ...")."""
+    the model it started from keeps part of each (models/default/HISTORY.md, "A writer averaged ...")."""
     import torch
     from safetensors.torch import load_file, save_file
 

@@ -297,7 +297,7 @@ def where_reply(backend: Backend, question: str, opts: list[str], memories: list
                 cfg: QAConfig) -> dict[str, Any]:
     """The reply to "where did I leave X?" over the latest memories naming X (cfg.where_answered): they are the
     evidence, so it is never "not in memory". The small reader, shown one memory that plainly says where the thing
-    went, still gave "not in memory" a probability of 0.6-0.96 (models/default/README.md, "Where a thing went")."""
+    went, still gave "not in memory" a probability of 0.6-0.96 (models/default/HISTORY.md, "Where a thing went")."""
     if opts and cfg.choice == "score" and can_score(backend):
         return scored_reply(backend, question, opts, memories, asked_at, [m["id"] for m in memories],
                             abstain_probability=math.inf)

@@ -6,7 +6,7 @@ names (`qa.moment_k`: the nearest that time), and the latest memories naming the
 (`qa.colour_k`). What is left is to tell which option those memories say, and a sentence-embedding model (MiniLM,
 22M parameters, already loaded for retrieval) tells it better than the embedded default's 3.5M-parameter reader,
 which ranks options by their likelihood as its answer: on the dev stores activity questions went 115 -> 146 right of
-192 and attribute questions 119 -> 138 (held out: 117 -> 148 and 123 -> 143; models/default/README.md, "Options
+192 and attribute questions 119 -> 138 (held out: 117 -> 148 and 123 -> 143; models/default/HISTORY.md, "Options
 matched to the memory"). Where a thing was left and whom the wearer met stay with the model: there likeness was no
 better.
 """

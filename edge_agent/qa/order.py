@@ -3,7 +3,7 @@ memories most like each option.
 
 Such a question shares no words with the memories it is about, so retrieval by its words shows the reader memories
 of other things; and shown the memories of each option, a small reader still does not tell which came first (the
-embedded default's was right for 12 of 42 on dev clips, chance about 11: models/default/README.md, "Which came
+embedded default's was right for 12 of 42 on dev clips, chance about 11: models/default/HISTORY.md, "Which came
 first"). Every memory carries its time, so the order is read off the clock instead: each option is matched to the
 sentence most like it among the memories nearest it (MiniLM; without an embedder, the memory FTS5 ranks first), and
 the option found earliest (or latest) is the answer, cited by its memory. Read forms: "which of these / them / the

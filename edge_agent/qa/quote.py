@@ -5,7 +5,7 @@ Such an answer is words, and words are either in a memory or not: a memory that 
 does not support "WIFI TREE65", however alike they look. Without this rule a reader that finds no option in its
 memories still picks the likeliest letter. The embedded default's writer cannot make out a note's words at its 128-px
 frames (none of the 133 texts it wrote for the notes of the dev clips' questions was the note's), and its reader,
-choosing among options no memory held, was right as often as chance (models/default/README.md, "Words no memory
+choosing among options no memory held, was right as often as chance (models/default/HISTORY.md, "Words no memory
 quotes")."""
 
 from __future__ import annotations

@@ -144,14 +144,14 @@ def retrieve(store: Store, question: str, cfg: QAConfig, since: float | None = N
     at = named_time(store, question, reference)
     if at is not None and cfg.moment_k:
         # the moment alone: a small reader finds the time it is asked about among 8 memories less often than it
-        # reads it off the two or three of that moment (models/default/README.md)
+        # reads it off the two or three of that moment (models/default/HISTORY.md, "The moment alone")
         near = [mid for mid, _ in store.memories_near(at, cfg.moment_k, since, until)]
         return _rows(store, fuse([near], cfg.rrf_k), since, until, route="moment")
     route, latest = _latest(store, question, cfg, since, until)
     if latest:
         # where a thing is now, whom I met in a room, or what colour a thing was: the latest memories that name it,
         # not every pick-up and put-down, every memory of the room, or every other thing put in the same place,
-        # that shares the question's words (models/default/README.md)
+        # that shares the question's words (models/default/HISTORY.md, "The latest memory")
         return _rows(store, fuse([[mid for mid, _ in latest]], cfg.rrf_k), since, until, route=route)
     depth = candidates_per_ranking(cfg)
     rankings = [[mid for mid, _ in store.fts_search(question, depth, since=since, until=until)]]
