@@ -47,8 +47,9 @@ MODEL_FILE, MMPROJ_FILE, HF_DIR = "model.gguf", "mmproj.gguf", "hf"
 # A small model trained to both write and read trades one skill for the other, so the embedded default ships a
 # second, text-only copy trained to read (models/default/HISTORY.md, "The reader"): the answerer, when present.
 READER_FILE = "reader.gguf"
-# ... and a third, trained to judge Phase Two's pairs: judging and reading trade against each other too (the README's
-# "The judge ships apart"). `adapt` judges with it, else with the reader, else with the writer.
+# ... and a third, trained to judge Phase Two's pairs: judging and reading trade against each other too
+# (models/default/HISTORY.md, "The judge ships apart"). `adapt` judges with it, else with the reader, else with the
+# writer.
 JUDGE_FILE = "judge.gguf"
 _CHUNK = 8 << 20
 

@@ -1862,22 +1862,22 @@ def manifest(args) -> None:
            "profile": {"frame_size": FRAME_SIZE, "keyframes_per_segment": KEYFRAMES, "answer_choice": "score",
                        # a question naming a time reads the 3 memories of that moment, one asking where a thing was
                        # left the latest memory naming it, one asking what colour a thing was the 3 latest naming it
-                       # (README, "The moment alone", "The latest memory", "The colour of a thing")
+                       # (HISTORY.md, "The moment alone", "The latest memory", "The colour of a thing")
                        "moment_memories": 3, "latest_memories": 1, "colour_memories": 3,
                        # the writer sees the new segment alone: earlier segments' frames and memories in its window
-                       # made it name the wrong object (README, "The writer's window")
+                       # made it name the wrong object (HISTORY.md, "The writer's window")
                        "window_segments": 1,
                        # "which of these did I do first / last?" is answered by the times of the memories like each
-                       # option: this reader chose about at chance (README, "Which came first")
+                       # option: this reader chose about at chance (HISTORY.md, "Which came first")
                        "order_by_time": True,
                        # a moment's or a colour's options matched to the memories those routes find (MiniLM): this
-                       # reader ranked them worse (README, "Options matched to the memory")
+                       # reader ranked them worse (HISTORY.md, "Options matched to the memory")
                        "match_options": True,
                        # "what did the note say?" answered only by an option a memory quotes, else "not in memory":
-                       # this writer cannot make out a note's words (README, "Words no memory quotes")
+                       # this writer cannot make out a note's words (HISTORY.md, "Words no memory quotes")
                        "quoted_text": True,
                        # "where did I leave X?" shown the latest memory naming X is answered, never "not in memory":
-                       # this reader abstained on one plain memory (README, "Where a thing went")
+                       # this reader abstained on one plain memory (HISTORY.md, "Where a thing went")
                        "where_answered": True,
                        # Phase Two's product recipe, measured on this model (configs/phase_two/product.toml)
                        "candidate_share": 0.3, "adapt_learning_rate": 1e-2, "adapt_steps": 50, "adapt_sft_weight": 1.0,
