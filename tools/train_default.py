@@ -38,7 +38,7 @@ Stages (each checkpoints weights, optimizer, RNG and data position to /tmp/edge_
           holds the answer and copying it and its id answers them) as the memory lines and the question alone,
           2 memories growing to 2-8. The lookup forms here, on short cheap rows, and carries into the product's
           prompt (tools/reading_probe.py measured it apart).
-  joint   (after the chain, `--from-dir`) write, read and short lookup rows in every step, so
+  joint   (not in STAGES' order: give `--from-dir`) write, read and short lookup rows in every step, so
           no skill drifts while another is learnt. Probes: lookup, read and the writer decoded greedily.
   read    text only: open questions over 1-8 ground-truth memories (growing over the first half) -> the short
           answer + citations, or "not in memory"; replay of writer rows. What the likelihood answerer
