@@ -2,8 +2,9 @@
 
 Installed hub models live in `<home>/models/<name>/` under their original file names; local entries ("default",
 "tiny") and plain folders hold `model.gguf` + `mmproj.gguf` (+ `hf/`, the transformers checkpoint; + `reader.gguf`,
-a text-only model that answers in its place, and `judge.gguf`, one that judges Phase Two's pairs, where they ship). Nothing is ever built or downloaded implicitly:
-`resolve` raises ModelError naming the command that would provide the files.
+a text-only model that answers in its place, and `judge.gguf`, one that judges Phase Two's pairs, where they
+ship). Nothing is ever built or downloaded implicitly: `resolve` raises ModelError naming the command that would
+provide the files.
 """
 
 from __future__ import annotations
