@@ -701,21 +701,22 @@ def test_chain_runs_every_step_from_the_one_before_inside_its_budget_and_writes_
     record = rec.chain(args, run=fake_run)
     work = tmp_path / "work" / "chain"
     steps = [c for c in calls if c[0][0] == "stage"]
-    assert [(a[1], Path(w).name) for a, w in steps] == [("vision", "vision"), ("write", "write"), ("read", "reader"),
-                                                        ("read", "judge")]
+    assert [(a[1], Path(w).name) for a, w in steps] == [("vision", "vision"), ("write", "write"), ("lookup", "lookup"),
+                                                        ("read", "reader"), ("read", "judge")]
     froms = [a[a.index("--from-dir") + 1] for a, _ in steps]
     assert froms == [str(work / "init" / "hf"), str(work / "vision" / "stage-vision" / "hf"),
-                     str(work / "write" / "stage-write" / "hf"), str(work / "reader" / "stage-read" / "hf")]
+                     str(work / "write" / "stage-write" / "hf"), str(work / "lookup" / "stage-lookup" / "hf"),
+                     str(work / "reader" / "stage-read" / "hf")]
     assert sum(float(a[a.index("--minutes") + 1]) for a, _ in steps) == pytest.approx(60.0)
     assert all(a[a.index("--extra-clips") + 1] == "3000" and a[a.index("--seed") + 1] == "3" for a, _ in steps)
     assert all((Path(w) / "data").resolve() == (tmp_path / "work" / "data").resolve() for _, w in steps)
-    assert [c[0][:3] for c in calls[4:]] == [["finalize", "--from-dir", froms[2]],
+    assert [c[0][:3] for c in calls[5:]] == [["finalize", "--from-dir", froms[2]],
                                             ["reader", "--from-dir", str(work / "reader" / "stage-read" / "hf")],
                                             ["reader", "--as", "judge"]]
-    assert record["seconds"] == 2400 and list(record["steps"]) == ["vision", "write", "reader", "judge"]
+    assert record["seconds"] == 3000 and list(record["steps"]) == ["vision", "write", "lookup", "reader", "judge"]
     man = json.loads((args.out / "manifest.json").read_text())
     assert man["profile"] == json.loads((DEFAULT / "manifest.json").read_text())["profile"]
-    assert man["chain"]["seconds"] == 2400 and "faces.npz" in man["files"]
+    assert man["chain"]["seconds"] == 3000 and "faces.npz" in man["files"]
 
     init = load_file(work / "init" / "hf" / "model.safetensors")
     shipped = load_file(DEFAULT / "hf" / "model.safetensors")
