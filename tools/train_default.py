@@ -2365,7 +2365,6 @@ CHAIN = (  # (step, share of the budget, the stage and its flags); "{prev}" is t
                     "--probe-every 100"),
 )
 CHAIN_MINUTES = 174.0  # three hours less the 5.4 minutes of faces.npz's own training (tools/train_faces.py), reused
-CHAIN_STAGE = {"vision": "vision", "write": "write", "lookup": "lookup", "reader": "read", "judge": "read"}
 
 
 def chain_commands(args, work: Path) -> list[tuple[str, list[str], Path]]:
@@ -2383,7 +2382,7 @@ def chain_commands(args, work: Path) -> list[tuple[str, list[str], Path]]:
             "--frame-size", str(FRAME_SIZE), "--extra-clips", str(args.extra_clips),
             "--save-minutes", str(args.save_minutes)]
         steps.append((step, argv, folder))
-        prev = folder / f"stage-{CHAIN_STAGE[step]}" / "hf"
+        prev = folder / f"stage-{argv[1]}" / "hf"  # argv is "stage <name> ...": the stage writes stage-<name>/
     return steps
 
 
@@ -2430,9 +2429,9 @@ def chain(args, run=None) -> dict:
                 (folder / shared).symlink_to(WORK / shared)
         print(f"[chain] {step}: train_default.py {' '.join(argv)}", flush=True)
         run(argv, dict(os.environ, TRAIN_DEFAULT_WORK=str(folder)))
-        record["steps"][step] = json.loads((folder / f"stage-{CHAIN_STAGE[step]}" / "done.json").read_text())
+        record["steps"][step] = json.loads((folder / f"stage-{argv[1]}" / "done.json").read_text())
     record["seconds"] = sum(d["seconds"] for d in record["steps"].values())
-    hf = {step: folder / f"stage-{CHAIN_STAGE[step]}" / "hf" for step, _, folder in steps}
+    hf = {step: folder / f"stage-{argv[1]}" / "hf" for step, argv, folder in steps}
     common = ["--out", str(out), "--keyframes", str(KEYFRAMES), "--frame-size", str(FRAME_SIZE),
               "--outtype", args.outtype, "--seed", str(args.seed)]
     out.mkdir(parents=True, exist_ok=True)
