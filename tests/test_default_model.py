@@ -403,6 +403,35 @@ def test_packed_steps_give_the_unpacked_loss_and_gradient(tiny_model):
     assert g0.norm() > 0 and (g1 - g0).norm() < 1e-3 * g0.norm()
 
 
+def test_top_layers_trains_only_the_last_layers_and_the_head_and_lowers_the_loss(tiny_model):
+    """`--top-layers N`: the last N decoder layers, the final norm and lm_head move, every weight below (embeddings,
+    lower layers, the vision tower) stays bit for bit, and the loss on the rows trained falls."""
+    import torch
+
+    rec = _recipe()
+    tok, penc = rec.tokenizer_from(tiny_model / "hf")
+    ids = rec.special_ids(tok)
+    model = rec.load_model(tiny_model / "hf", "cpu")
+    n_layers = len(model.model.language_model.layers)
+    assert n_layers >= 2
+    params = rec.top_layer_params(model, 1)
+    before = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    world, rng = rec.text_world(20005, 2.0), random.Random(1)
+    rows = [r for r in (rec.read_row(world, q, rng, 3, remove=False) for q in world["questions"]) if r][:4]
+    opt = torch.optim.AdamW(params, lr=3e-3)
+    losses = []
+    for _ in range(6):
+        opt.zero_grad()
+        loss, _ = rec.lm_step(model, tok, penc, rows, ids, "cpu", w_key=4.0)
+        losses.append(loss)
+        opt.step()
+    assert losses[-1] < 0.95 * losses[0], losses
+    top = f"language_model.layers.{n_layers - 1}."
+    moved = {k for k, v in model.state_dict().items() if not torch.equal(v, before[k])}
+    assert moved and all(top in k or "language_model.norm." in k or k.startswith("lm_head.") for k in moved), moved
+    assert any(k.startswith("lm_head.") for k in moved) and any(top in k for k in moved)
+
+
 def test_read_dev_grades_every_told_multiple_choice_question_by_the_runtimes_rule(tmp_path, tiny_model, monkeypatch):
     """`train_default.py read-dev`: each multiple-choice question of the dev worlds whose memories tell the answer,
     graded right when the likeliest option (or E) is the answer, saved with each grade for paired comparisons."""

@@ -1551,6 +1551,8 @@ def run_stage(name: str, args) -> None:
         params = list(model.model.visual.parameters()) + list(heads.net.parameters())
     elif args.new_heads_only:
         params = new_head_params(model, *args.new_heads_only)
+    elif args.top_layers:
+        params = top_layer_params(model, args.top_layers)
     else:
         params = list(model.parameters())
     opt = torch.optim.AdamW(params, lr=cfg["lr"], betas=(0.9, 0.95), weight_decay=0.05)
@@ -2199,6 +2201,20 @@ def widen(args) -> None:
           f"{sum(p.numel() for p in new_model.parameters())} parameters, max |logit difference| {diff:.1e}", flush=True)
 
 
+def top_layer_params(model, n: int) -> list:
+    """The last `n` decoder layers, the final norm and the output head trained, every other weight frozen: autograd
+    then stops at the first trained layer, so a step skips the backward of the layers below (the cost the judge
+    step spends most of its minutes on, `--top-layers`)."""
+    for p in model.parameters():
+        p.requires_grad_(False)
+    lm = model.model.language_model
+    trained = [*lm.layers[-n:], lm.norm, model.lm_head]
+    for m in trained:
+        for p in m.parameters():
+            p.requires_grad_(True)
+    return [p for m in trained for p in m.parameters()]
+
+
 def new_head_params(model, old_heads: int, old_kv_heads: int) -> list:
     """A widened model (`widen`) trained in its new heads only: every other weight frozen, and the old heads'
     rows of q/k/v_proj and columns of o_proj kept by zeroing their gradient, so the model it grew from is kept
@@ -2596,6 +2612,9 @@ def main() -> None:
     ap.add_argument("--with-dir", default=None, help="soup: the hf folder averaged with --from-dir's")
     ap.add_argument("--weight", type=share, default=None, help="soup: --with-dir's share of each parameter, 0-1")
     ap.add_argument("--from-gguf", default=str(OUT / READER_FILE), help="hf-from-gguf: the text GGUF to read back")
+    ap.add_argument("--top-layers", type=int, default=0,
+                    help="read: train only the last N decoder layers, the final norm and the output head (0: all); "
+                         "a step then skips the backward of the layers below")
     ap.add_argument("--new-heads-only", type=int, nargs=2, metavar=("HEADS", "KV_HEADS"), default=None,
                     help="read: train only the heads `widen` added to a model that had HEADS / KV_HEADS")
     ap.add_argument("--save-minutes", type=float, default=4.0)
