@@ -158,6 +158,10 @@ class QAConfig(Section):
                                    'memories are the evidence. Multiple choice (choice "score") takes the likeliest '
                                    "option; an open question the model's answer or, where the model would abstain, "
                                    "the sentence of the latest of them naming the thing. Off: the model may abstain.")
+    count_by_memories: bool = setting(False, 'Multiple choice asking how often the wearer did something ("how many '
+                                      'times did I pick up the red cup?") is answered by counting the memories with '
+                                      "a sentence telling that event, when that number is an option; otherwise, or "
+                                      "off, the model answers over the memories retrieved.")
     who_named: bool = setting(False, 'Multiple choice asking whom the wearer met in a place ("who did I meet in the '
                               'kitchen?"), shown the latest memories naming a person there (qa.latest_k), is answered '
                               "by the one option the latest of them names (a <face_N> tag or a name, whole), not by "
@@ -471,7 +475,7 @@ PROFILE_KEYS = {"frame_size": "capture.frame_size", "keyframes_per_segment": "ca
                 "colour_memories": "qa.colour_k", "order_by_time": "qa.order_by_time",
                 "match_options": "qa.match_options", "quoted_text": "qa.quoted_text",
                 "where_answered": "qa.where_answered",
-                "who_named": "qa.who_named",
+                "who_named": "qa.who_named", "count_by_memories": "qa.count_by_memories",
                 # Phase Two's recipe where a model's own was measured (the embedded default: README, Phase Two)
                 "candidate_share": "writer.candidate_share", "adapt_learning_rate": "adapt.learning_rate",
                 "adapt_steps": "adapt.steps", "adapt_sft_weight": "adapt.sft_weight"}

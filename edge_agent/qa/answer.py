@@ -25,6 +25,7 @@ from typing import Any, Sequence
 
 from edge_agent.config import QAConfig
 from edge_agent.errors import QuestionError
+from edge_agent.qa.count import counted_option, memories_telling
 from edge_agent.qa.match import likeliest_option, matched_memories
 from edge_agent.qa.order import option_matches, order_asked, ordered_choice
 from edge_agent.qa.quote import quoted_options, words_asked
@@ -46,6 +47,7 @@ BY_TIME = "chosen by the times of the memories most like each option (qa.order_b
 BY_LIKENESS = "chosen by the option's likeness to the memories found (qa.match_options), not by the model"
 BY_QUOTE = "the one option a memory found quotes (qa.quoted_text), not chosen by the model"
 NOT_QUOTED = "no memory found quotes any option's words (qa.quoted_text)"
+BY_COUNT = "the number of memories telling the event (qa.count_by_memories), not chosen by the model"
 BY_NAME = "the one option the latest memory naming a person there names (qa.who_named), not chosen by the model"
 WHERE_SAID = "the model would not answer; what the latest memory naming the thing says of it (qa.where_answered)"
 MC_MAX_TOKENS = 96  # a letter and up to top_k ids
@@ -313,7 +315,9 @@ def memories_and_reply(store: Store, backend: Backend | None, question: str, opt
                        cfg: QAConfig, since: float | None = None, until: float | None = None,
                        embedder: Embedder | None = None) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """(the memories shown for `question`, the parsed reply): the options' memories and the one whose memory comes
-    first or last when cfg.order_by_time reads the question as asking that (`qa.order`); else the memories
+    first or last when cfg.order_by_time reads the question as asking that (`qa.order`); the memories telling the
+    event a "how many ...?" question counts and the option that is their number, when cfg.count_by_memories and
+    one is (`qa.count`); else the memories
     `retrieve` finds, then, for a question asking for the words something said, the one option they quote or
     "not in memory" when cfg.quoted_text (`qa.quote`); the one option the latest of them names when cfg.who_named
     and they are the latest naming a person where a "who" question asks about (`qa.who`); the option most like
@@ -328,6 +332,10 @@ def memories_and_reply(store: Store, backend: Backend | None, question: str, opt
         if i is not None:
             shown = list({m.memory["id"]: m.memory for m in found if m is not None}.values())
             return shown, chosen_without_model(opts, i, found[i].memory["id"], BY_TIME)
+    told = memories_telling(store, question, since, until) if opts and cfg.count_by_memories else None
+    i = counted_option(opts, told) if told else None
+    if i is not None:
+        return told, {**chosen_without_model(opts, i, told[0]["id"], BY_COUNT), "cited": [m["id"] for m in told]}
     memories = retrieve(store, question, cfg, since=since, until=until, embedder=embedder, asked_at=asked_at)
     if not memories:
         return [], not_in_memory(bool(opts), "no memories match the question")
