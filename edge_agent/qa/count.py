@@ -2,7 +2,7 @@
 
 A count needs every memory of the event, not the few retrieval shows the reader (`qa.top_k`), and the small reader
 miscounts even what it is shown (it answered "not in memory" to "How many times did I walk into the kitchen?" shown
-"I walked into the kitchen."; models/default/README.md, "Counting by the memories"). Every memory is a few sentences
+"I walked into the kitchen."; models/default/HISTORY.md, "Counting by the memories"). Every memory is a few sentences
 in the past tense, one event each, so the event asked about is matched sentence by sentence over the memories before
 the question: "pick up the red cup" -> "picked up the/a red cup". Read forms: "how many times did I <verb> ...?" and
 "how many <things> did I <verb>?" ("How many notes did I read?" -> "read a note").
@@ -87,7 +87,7 @@ def memories_telling(store: Store, question: str, since: float | None,
 
 
 # the words an option may give a count in, beside its digits ("twice", "three times")
-_NUMBER_WORDS = {0: ("zero", "none", "never"), 1: ("one", "once"), 2: ("two", "twice"), 3: ("three", "thrice"),
+_NUMBER_WORDS = {1: ("one", "once"), 2: ("two", "twice"), 3: ("three", "thrice"),
                  4: ("four",), 5: ("five",), 6: ("six",), 7: ("seven",), 8: ("eight",), 9: ("nine",), 10: ("ten",)}
 
 
