@@ -167,9 +167,9 @@ def not_in_memory(multiple_choice: bool, reason: str | None = None) -> dict[str,
             "cited": [], "reason": reason}
 
 
-def chosen_without_model(opts: list[str], i: int, memory_id: int, reason: str) -> dict[str, Any]:
-    """Option `i` as a parsed reply, cited by the memory that decided it, where a rule chose it, not the model."""
-    return {"choice": LETTERS[i], "text": opts[i], "abstained": False, "cited": [memory_id], "reason": reason}
+def chosen_without_model(opts: list[str], i: int, memory_ids: list[int], reason: str) -> dict[str, Any]:
+    """Option `i` as a parsed reply, cited by the memories that decided it, where a rule chose it, not the model."""
+    return {"choice": LETTERS[i], "text": opts[i], "abstained": False, "cited": list(memory_ids), "reason": reason}
 
 
 def parse_reply(text: str, options: list[str], shown_ids: list[int]) -> dict[str, Any]:
@@ -331,11 +331,11 @@ def memories_and_reply(store: Store, backend: Backend | None, question: str, opt
         i = ordered_choice(word, found)
         if i is not None:
             shown = list({m.memory["id"]: m.memory for m in found if m is not None}.values())
-            return shown, chosen_without_model(opts, i, found[i].memory["id"], BY_TIME)
+            return shown, chosen_without_model(opts, i, [found[i].memory["id"]], BY_TIME)
     told = memories_telling(store, question, since, until) if opts and cfg.count_by_memories else None
     i = counted_option(opts, told) if told else None
     if i is not None:
-        return told, {**chosen_without_model(opts, i, told[0]["id"], BY_COUNT), "cited": [m["id"] for m in told]}
+        return told, chosen_without_model(opts, i, [m["id"] for m in told], BY_COUNT)
     memories = retrieve(store, question, cfg, since=since, until=until, embedder=embedder, asked_at=asked_at)
     if not memories:
         return [], not_in_memory(bool(opts), "no memories match the question")
@@ -344,16 +344,16 @@ def memories_and_reply(store: Store, backend: Backend | None, question: str, opt
         if not quoted:
             return memories, not_in_memory(True, NOT_QUOTED)
         (i, memory), = quoted.items()
-        return memories, chosen_without_model(opts, i, memory["id"], BY_QUOTE)
+        return memories, chosen_without_model(opts, i, [memory["id"]], BY_QUOTE)
     named = named_option(opts, memories) if opts and cfg.who_named and memories[0]["route"] == "who" else None
     if named is not None:
         i, memory = named
-        return memories, chosen_without_model(opts, i, memory["id"], BY_NAME)
+        return memories, chosen_without_model(opts, i, [memory["id"]], BY_NAME)
     matched = matched_memories(memories) if opts and cfg.match_options else []
     picked = likeliest_option(embedder, opts, matched) if matched and embedder is not None else None
     if picked is not None:
         i, memory = picked
-        return memories, chosen_without_model(opts, i, memory["id"], BY_LIKENESS)
+        return memories, chosen_without_model(opts, i, [memory["id"]], BY_LIKENESS)
     if backend is None:
         raise ValueError("answer: a backend is needed when there are memories to read")
     if cfg.where_answered and memories[0]["route"] == "where":

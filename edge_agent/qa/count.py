@@ -82,7 +82,7 @@ def memories_telling(store: Store, question: str, since: float | None,
     for m in store.memories(since=since, until=until, search=words or None):
         told = sum(1 for s in sentences(m["text"]) if pattern.search(s))
         if told:
-            found.append({**m, "told": told, "route": "count", "score": float(told)})
+            found.append({**m, "told": told})
     return found
 
 
