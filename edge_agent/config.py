@@ -158,10 +158,21 @@ class QAConfig(Section):
                                    'memories are the evidence. Multiple choice (choice "score") takes the likeliest '
                                    "option; an open question the model's answer or, where the model would abstain, "
                                    "the sentence of the latest of them naming the thing. Off: the model may abstain.")
-    count_by_memories: bool = setting(False, 'Multiple choice asking how often the wearer did something ("how many '
+    count_by_memories: bool = setting(False, 'A question asking how often the wearer did something ("how many '
                                       'times did I pick up the red cup?") is answered by counting the memories with '
-                                      "a sentence telling that event, when that number is an option; otherwise, or "
-                                      "off, the model answers over the memories retrieved.")
+                                      "a sentence telling that event: multiple choice by the option that is that "
+                                      'number, when one is; an open question by the number ("3 times"), when one '
+                                      "memory or more tells it. Otherwise, or off, the model answers over the "
+                                      "memories retrieved.")
+    doing_at_moment: bool = setting(False, 'An open question asking what the wearer was doing at a time ("what was I '
+                                    'doing at 7:07 into the recording?") is answered with the memory of that moment '
+                                    "(the one retrieval finds nearest the time named), not by the model. Off: the "
+                                    "model answers over the memories around that time.")
+    next_by_memories: bool = setting(False, 'An open question asking what the wearer did right after something '
+                                     '("what did I do right after I read the note?") is answered with the sentence '
+                                     "that follows that event in the memories (found by MiniLM, as qa.order_by_time "
+                                     "finds an option), not by the model; by the model without MiniLM, or when "
+                                     "nothing follows. Off: the model answers.")
     who_named: bool = setting(False, 'Multiple choice asking whom the wearer met in a place ("who did I meet in the '
                               'kitchen?"), shown the latest memories naming a person there (qa.latest_k), is answered '
                               "by the one option the latest of them names (a <face_N> tag or a name, whole), not by "
@@ -476,6 +487,7 @@ PROFILE_KEYS = {"frame_size": "capture.frame_size", "keyframes_per_segment": "ca
                 "match_options": "qa.match_options", "quoted_text": "qa.quoted_text",
                 "where_answered": "qa.where_answered",
                 "who_named": "qa.who_named", "count_by_memories": "qa.count_by_memories",
+                "doing_at_moment": "qa.doing_at_moment", "next_by_memories": "qa.next_by_memories",
                 # Phase Two's recipe where a model's own was measured (the embedded default: README, Phase Two)
                 "candidate_share": "writer.candidate_share", "adapt_learning_rate": "adapt.learning_rate",
                 "adapt_steps": "adapt.steps", "adapt_sft_weight": "adapt.sft_weight"}

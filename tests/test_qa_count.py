@@ -1,5 +1,5 @@
 """qa/count.py: the event a "how many ...?" question counts; qa.count_by_memories: such a question is answered by the
-number of memories telling that event, when that number is an option."""
+number of memories telling that event: multiple choice when that number is an option, an open question by the number."""
 
 import json
 
@@ -7,7 +7,7 @@ import pytest
 
 from edge_agent.config import QAConfig
 from edge_agent.qa.answer import BY_COUNT, answer
-from edge_agent.qa.count import counted_event, counted_option, past, singular
+from edge_agent.qa.count import counted_event, counted_option, counted_text, past, singular
 from edge_agent.vlm.fake import ScriptedBackend
 from test_qa_retrieve import ten_second_memories
 
@@ -45,6 +45,15 @@ def test_the_option_is_the_number_of_sentences_telling_the_event():
     assert counted_option(["3 times", "2 times"], [one, two]) == 0
     assert counted_option(["4", "5"], [one]) is None  # the count is no option: the model answers
     assert counted_option(["0", "1"], []) is None  # nothing told: the model answers
+
+
+def test_the_open_answer_is_the_number_in_the_question_s_terms():
+    one, two = {"told": 1}, {"told": 2}
+    assert counted_text("How many times did I pick up the red cup?", [one, two]) == "3 times"
+    assert counted_text("How many times did I walk into the kitchen?", [one]) == "1 time"
+    assert counted_text("How many notes did I read?", [two]) == "2 notes"
+    assert counted_text("How many notes did I read?", [one]) == "1 note"
+    assert counted_text("How many notes did I read?", []) is None  # nothing told: the model answers
 
 
 KITCHEN = ["I picked up the red cup from the desk. I walked into the kitchen.",   # 0-10 s
@@ -85,3 +94,18 @@ def test_count_by_memories_leaves_a_count_no_option_gives_to_the_model(store):
     got = answer(store, ScriptedBackend([reply]), PICKS, ["5", "6", "7", "8"], asked_at=100.0,
                  cfg=QAConfig(use_embeddings=False, count_by_memories=True))
     assert got["choice"] == "D" and got["reason"] != BY_COUNT
+
+
+def test_an_open_counting_question_is_answered_with_the_number_citing_every_memory_telling_it(store):
+    cfg = QAConfig(use_embeddings=False, count_by_memories=True)
+    on = answer(store, ScriptedBackend([]), PICKS, None, asked_at=100.0, cfg=cfg)  # no model call
+    assert on["choice"] is None and on["text"] == "3 times" and on["reason"] == BY_COUNT and not on["abstained"]
+    assert [c["t_start"] for c in on["citations"]] == [0.0, 30.0, 50.0]
+    # nothing tells the event: the model answers (scripted), as it does with the setting off
+    reply = json.dumps({"answer": "not in memory", "citations": []})
+    none = answer(store, ScriptedBackend([reply]), "How many times did I pick up the green bowl?", None,
+                  asked_at=100.0, cfg=cfg)
+    assert none["abstained"] and none["reason"] != BY_COUNT
+    off = answer(store, ScriptedBackend([json.dumps({"answer": "once", "citations": []})]), PICKS, None,
+                 asked_at=100.0, cfg=QAConfig(use_embeddings=False))
+    assert off["text"] == "once" and off["reason"] != BY_COUNT

@@ -25,11 +25,13 @@ from typing import Any, Sequence
 
 from edge_agent.config import QAConfig
 from edge_agent.errors import QuestionError
-from edge_agent.qa.count import counted_option, memories_telling
+from edge_agent.qa.after import after_asked, next_sentence
+from edge_agent.qa.count import counted_option, counted_text, memories_telling
 from edge_agent.qa.match import likeliest_option, matched_memories
 from edge_agent.qa.order import option_matches, order_asked, ordered_choice
 from edge_agent.qa.quote import quoted_options, words_asked
 from edge_agent.qa.retrieve import Embedder, question_embedder, retrieve
+from edge_agent.qa.when import doing_asked
 from edge_agent.qa.where import left_thing, sentence_naming
 from edge_agent.qa.who import named_option
 from edge_agent.store import Store
@@ -48,6 +50,8 @@ BY_LIKENESS = "chosen by the option's likeness to the memories found (qa.match_o
 BY_QUOTE = "the one option a memory found quotes (qa.quoted_text), not chosen by the model"
 NOT_QUOTED = "no memory found quotes any option's words (qa.quoted_text)"
 BY_COUNT = "the number of memories telling the event (qa.count_by_memories), not chosen by the model"
+BY_MOMENT = "the memory of the moment asked about (qa.doing_at_moment), not the model's words"
+BY_NEXT = "the sentence after the event in the memories (qa.next_by_memories), not the model's words"
 BY_NAME = "the one option the latest memory naming a person there names (qa.who_named), not chosen by the model"
 WHERE_SAID = "the model would not answer; what the latest memory naming the thing says of it (qa.where_answered)"
 MC_MAX_TOKENS = 96  # a letter and up to top_k ids
@@ -170,6 +174,12 @@ def not_in_memory(multiple_choice: bool, reason: str | None = None) -> dict[str,
 def chosen_without_model(opts: list[str], i: int, memory_ids: list[int], reason: str) -> dict[str, Any]:
     """Option `i` as a parsed reply, cited by the memories that decided it, where a rule chose it, not the model."""
     return {"choice": LETTERS[i], "text": opts[i], "abstained": False, "cited": list(memory_ids), "reason": reason}
+
+
+def said_without_model(text: str, memory_ids: list[int], reason: str) -> dict[str, Any]:
+    """`text` as the parsed reply to an open question, cited by the memories it was read from, where a rule said
+    it, not the model."""
+    return {"choice": None, "text": text, "abstained": False, "cited": list(memory_ids), "reason": reason}
 
 
 def parse_reply(text: str, options: list[str], shown_ids: list[int]) -> dict[str, Any]:
@@ -307,8 +317,7 @@ def where_reply(backend: Backend, question: str, opts: list[str], memories: list
     if opts or not reply["abstained"]:
         return reply
     latest = max(memories, key=lambda m: (m["t_start"], m["id"]))
-    return {"choice": None, "text": sentence_naming(latest["text"], left_thing(question) or ""), "abstained": False,
-            "cited": [latest["id"]], "reason": WHERE_SAID}
+    return said_without_model(sentence_naming(latest["text"], left_thing(question) or ""), [latest["id"]], WHERE_SAID)
 
 
 def memories_and_reply(store: Store, backend: Backend | None, question: str, opts: list[str], asked_at: float,
@@ -316,9 +325,11 @@ def memories_and_reply(store: Store, backend: Backend | None, question: str, opt
                        embedder: Embedder | None = None) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """(the memories shown for `question`, the parsed reply): the options' memories and the one whose memory comes
     first or last when cfg.order_by_time reads the question as asking that (`qa.order`); the memories telling the
-    event a "how many ...?" question counts and the option that is their number, when cfg.count_by_memories and
-    one is (`qa.count`); else the memories
-    `retrieve` finds, then, for a question asking for the words something said, the one option they quote or
+    event a "how many ...?" question counts and the option that is their number (or, for an open question, the
+    number) when cfg.count_by_memories and one is (`qa.count`); for an open "what did I do right after I X?" the
+    sentence after X's when cfg.next_by_memories and one is (`qa.after`); else the memories
+    `retrieve` finds, then, for an open "what was I doing at <time>?" the memory of that moment when
+    cfg.doing_at_moment (`qa.when`); for a question asking for the words something said, the one option they quote or
     "not in memory" when cfg.quoted_text (`qa.quote`); the one option the latest of them names when cfg.who_named
     and they are the latest naming a person where a "who" question asks about (`qa.who`); the option most like
     them when cfg.match_options and their route allow (`qa.match`); or the model's reply over them, never an
@@ -332,13 +343,23 @@ def memories_and_reply(store: Store, backend: Backend | None, question: str, opt
         if i is not None:
             shown = list({m.memory["id"]: m.memory for m in found if m is not None}.values())
             return shown, chosen_without_model(opts, i, [found[i].memory["id"]], BY_TIME)
-    told = memories_telling(store, question, since, until) if opts and cfg.count_by_memories else None
-    i = counted_option(opts, told) if told else None
-    if i is not None:
-        return told, chosen_without_model(opts, i, [m["id"] for m in told], BY_COUNT)
+    told = memories_telling(store, question, since, until) if cfg.count_by_memories else None
+    if told and opts:
+        i = counted_option(opts, told)
+        if i is not None:
+            return told, chosen_without_model(opts, i, [m["id"] for m in told], BY_COUNT)
+    elif told:
+        return told, said_without_model(counted_text(question, told), [m["id"] for m in told], BY_COUNT)
+    event = after_asked(question) if not opts and cfg.next_by_memories and embedder is not None else None
+    after = next_sentence(store, event, embedder, since, until) if event else None
+    if after is not None:
+        sentence, memory = after
+        return [memory], said_without_model(sentence, [memory["id"]], BY_NEXT)
     memories = retrieve(store, question, cfg, since=since, until=until, embedder=embedder, asked_at=asked_at)
     if not memories:
         return [], not_in_memory(bool(opts), "no memories match the question")
+    if not opts and cfg.doing_at_moment and memories[0]["route"] == "moment" and doing_asked(question):
+        return memories, said_without_model(memories[0]["text"], [memories[0]["id"]], BY_MOMENT)
     quoted = quoted_options(opts, memories) if opts and cfg.quoted_text and words_asked(question) else None
     if quoted is not None and len(quoted) < 2:  # several quoted: the model tells which
         if not quoted:

@@ -91,6 +91,19 @@ _NUMBER_WORDS = {1: ("one", "once"), 2: ("two", "twice"), 3: ("three", "thrice")
                  4: ("four",), 5: ("five",), 6: ("six",), 7: ("seven",), 8: ("eight",), 9: ("nine",), 10: ("ten",)}
 
 
+def counted_text(question: str, memories: Sequence[dict[str, Any]]) -> str | None:
+    """The open answer to a "how many ...?" question: the number of times the memories tell the event, in the
+    question's own terms ("3 times", "1 time", "2 notes"); None when no memory tells it (the model answers)."""
+    n = sum(m["told"] for m in memories)
+    if n == 0:
+        return None
+    m = _THINGS.match(question)
+    if m and m.group(1).lower() not in ("times", "people"):
+        noun = m.group(1).lower()
+        return f"{n} {singular(noun) if n == 1 else noun}"
+    return f"{n} time" if n == 1 else f"{n} times"
+
+
 def counted_option(options: Sequence[str], memories: Sequence[dict[str, Any]]) -> int | None:
     """The index of the option that is the number of times the memories tell the event, when one is; else None
     (no memory tells it, or the count is no option: the model answers)."""

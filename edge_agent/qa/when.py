@@ -22,9 +22,16 @@ from datetime import datetime, timedelta
 
 REPLAY_CLOCK_LIMIT = 10 * 365 * 86400  # below this a timestamp is stream seconds (qa.answer.clock's rule)
 
+_DOING = re.compile(r"^\s*what\s+(?:was\s+i\s+doing|did\s+i\s+do)\s+at\b", re.I)
 _OFFSET = re.compile(r"\b(\d{1,2}):([0-5]\d)(?::([0-5]\d))?\s+into\s+the\s+(?:recording|video|stream)\b", re.I)
 _AGO = re.compile(r"\b(an?|half an|\d+(?:\.\d+)?)\s+(seconds?|minutes?|mins?|hours?)\s+ago\b", re.I)
 _CLOCK = re.compile(r"\bat\s+(\d{1,2})(?::([0-5]\d))?(?::([0-5]\d))?\s*(am|pm|a\.m\.|p\.m\.)?(?![\w:])", re.I)
+
+
+def doing_asked(question: str) -> bool:
+    """Whether `question` asks what the wearer was doing at a time ("What was I doing at 7:07 into the recording?",
+    "What did I do at 3 pm?")."""
+    return bool(_DOING.search(question))
 
 
 def offset_into_recording(question: str) -> float | None:
