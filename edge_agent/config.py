@@ -168,6 +168,12 @@ class QAConfig(Section):
                                     'doing at 7:07 into the recording?") is answered with the memory of that moment '
                                     "(the one retrieval finds nearest the time named), not by the model. Off: the "
                                     "model answers over the memories around that time.")
+    colour_by_memory: bool = setting(False, 'An open question asking what colour a thing was ("what colour was the cup I '
+                                     'put on the shelf?"), shown the latest memories naming it (qa.colour_k), is '
+                                     "answered with the word before the thing in the sentence of those memories most "
+                                     'like the question ("I put the red cup on the shelf" -> "red"; MiniLM), not by '
+                                     "the model; by the model without MiniLM or when no sentence gives a word there. "
+                                     "Off: the model answers.")
     next_by_memories: bool = setting(False, 'An open question asking what the wearer did right after something '
                                      '("what did I do right after I read the note?") is answered with the sentence '
                                      "that follows that event in the memories (found by MiniLM, as qa.order_by_time "
@@ -487,7 +493,7 @@ PROFILE_KEYS = {"frame_size": "capture.frame_size", "keyframes_per_segment": "ca
                 "match_options": "qa.match_options", "quoted_text": "qa.quoted_text",
                 "where_answered": "qa.where_answered",
                 "who_named": "qa.who_named", "count_by_memories": "qa.count_by_memories",
-                "doing_at_moment": "qa.doing_at_moment", "next_by_memories": "qa.next_by_memories",
+                "doing_at_moment": "qa.doing_at_moment", "colour_by_memory": "qa.colour_by_memory", "next_by_memories": "qa.next_by_memories",
                 # Phase Two's recipe where a model's own was measured (the embedded default: README, Phase Two)
                 "candidate_share": "writer.candidate_share", "adapt_learning_rate": "adapt.learning_rate",
                 "adapt_steps": "adapt.steps", "adapt_sft_weight": "adapt.sft_weight"}

@@ -329,8 +329,9 @@ def test_the_default_models_numbers_in_the_readme_are_its_manifests():
     assert manifest["profile"]["count_by_memories"] is True and "(`qa.count_by_memories`;" in para
     assert uncounted["seeds"] == e["seeds"] and f"{100 * uncounted['acc']:.1f} % before \"how many times did I" in para
     opened = manifest["open_questions"]["heldout"]  # open questions over the same clips' stores
-    assert all(manifest["profile"][k] is True for k in ("doing_at_moment", "next_by_memories"))
-    assert (f"{100 * opened['with_all_three']['acc']:.1f} % of {opened['with_all_three']['of']:,} held-out open "
+    assert all(manifest["profile"][k] is True for k in opened["with"]["settings"])
+    assert all(f"`qa.{k}`" in para for k in opened["with"]["settings"])
+    assert (f"{100 * opened['with']['acc']:.1f} % of {opened['with']['of']:,} held-out open "
             f"questions right, {100 * opened['before']['acc']:.1f} % before" in para)
     before = manifest["measured"]["end_to_end_before_order_by_time"]  # and before qa.order_by_time
     assert manifest["profile"]["order_by_time"] is True and "(`qa.order_by_time`)" in para

@@ -26,6 +26,7 @@ from typing import Any, Sequence
 from edge_agent.config import QAConfig
 from edge_agent.errors import QuestionError
 from edge_agent.qa.after import after_asked, next_sentence
+from edge_agent.qa.colour import colour_said
 from edge_agent.qa.count import counted_option, counted_text, memories_telling
 from edge_agent.qa.match import likeliest_option, matched_memories
 from edge_agent.qa.order import option_matches, order_asked, ordered_choice
@@ -52,6 +53,7 @@ NOT_QUOTED = "no memory found quotes any option's words (qa.quoted_text)"
 BY_COUNT = "the number of memories telling the event (qa.count_by_memories), not chosen by the model"
 BY_MOMENT = "the memory of the moment asked about (qa.doing_at_moment), not the model's words"
 BY_NEXT = "the sentence after the event in the memories (qa.next_by_memories), not the model's words"
+BY_COLOUR = "the word before the thing in the memory most like the question (qa.colour_by_memory), not the model's"
 BY_NAME = "the one option the latest memory naming a person there names (qa.who_named), not chosen by the model"
 WHERE_SAID = "the model would not answer; what the latest memory naming the thing says of it (qa.where_answered)"
 MC_MAX_TOKENS = 96  # a letter and up to top_k ids
@@ -329,7 +331,8 @@ def memories_and_reply(store: Store, backend: Backend | None, question: str, opt
     number) when cfg.count_by_memories and one is (`qa.count`); for an open "what did I do right after I X?" the
     sentence after X's when cfg.next_by_memories and one is (`qa.after`); else the memories
     `retrieve` finds, then, for an open "what was I doing at <time>?" the memory of that moment when
-    cfg.doing_at_moment (`qa.when`); for a question asking for the words something said, the one option they quote or
+    cfg.doing_at_moment (`qa.when`); for an open "what colour was the X?" the word before X in the memory most like
+    it when cfg.colour_by_memory (`qa.colour`); for a question asking for the words something said, the one option they quote or
     "not in memory" when cfg.quoted_text (`qa.quote`); the one option the latest of them names when cfg.who_named
     and they are the latest naming a person where a "who" question asks about (`qa.who`); the option most like
     them when cfg.match_options and their route allow (`qa.match`); or the model's reply over them, never an
@@ -360,6 +363,11 @@ def memories_and_reply(store: Store, backend: Backend | None, question: str, opt
         return [], not_in_memory(bool(opts), "no memories match the question")
     if not opts and cfg.doing_at_moment and memories[0]["route"] == "moment" and doing_asked(question):
         return memories, said_without_model(memories[0]["text"], [memories[0]["id"]], BY_MOMENT)
+    coloured = (colour_said(question, memories, embedder) if not opts and cfg.colour_by_memory
+                and memories[0]["route"] == "colour" and embedder is not None else None)
+    if coloured is not None:
+        word, memory = coloured
+        return memories, said_without_model(word, [memory["id"]], BY_COLOUR)
     quoted = quoted_options(opts, memories) if opts and cfg.quoted_text and words_asked(question) else None
     if quoted is not None and len(quoted) < 2:  # several quoted: the model tells which
         if not quoted:
