@@ -174,6 +174,11 @@ class QAConfig(Section):
                                      'like the question ("I put the red cup on the shelf" -> "red"; MiniLM), not by '
                                      "the model; by the model without MiniLM or when no sentence gives a word there. "
                                      "Off: the model answers.")
+    where_from_memory: bool = setting(False, 'An open question asking where something was left ("where did I leave '
+                                      'the keys?"), shown the latest memories naming it (qa.latest_k), is answered '
+                                      "with the place the latest one's sentence naming it gives (\"I took the keys "
+                                      'from the sofa to the desk in the office" -> "the desk in the office"), not by '
+                                      "the model. Off: the model answers (qa.where_answered).")
     next_by_memories: bool = setting(False, 'An open question asking what the wearer did right after something '
                                      '("what did I do right after I read the note?") is answered with the sentence '
                                      "that follows that event in the memories (found by MiniLM, as qa.order_by_time "
@@ -493,7 +498,8 @@ PROFILE_KEYS = {"frame_size": "capture.frame_size", "keyframes_per_segment": "ca
                 "match_options": "qa.match_options", "quoted_text": "qa.quoted_text",
                 "where_answered": "qa.where_answered",
                 "who_named": "qa.who_named", "count_by_memories": "qa.count_by_memories",
-                "doing_at_moment": "qa.doing_at_moment", "colour_by_memory": "qa.colour_by_memory", "next_by_memories": "qa.next_by_memories",
+                "doing_at_moment": "qa.doing_at_moment", "colour_by_memory": "qa.colour_by_memory",
+                "where_from_memory": "qa.where_from_memory", "next_by_memories": "qa.next_by_memories",
                 # Phase Two's recipe where a model's own was measured (the embedded default: README, Phase Two)
                 "candidate_share": "writer.candidate_share", "adapt_learning_rate": "adapt.learning_rate",
                 "adapt_steps": "adapt.steps", "adapt_sft_weight": "adapt.sft_weight"}

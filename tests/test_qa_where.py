@@ -6,8 +6,8 @@ import json
 import pytest
 
 from edge_agent.config import QAConfig
-from edge_agent.qa.answer import WHERE_SAID, answer
-from edge_agent.qa.where import left_thing, sentence_naming
+from edge_agent.qa.answer import BY_PLACE, WHERE_SAID, answer
+from edge_agent.qa.where import left_thing, place_after, sentence_naming
 from edge_agent.vlm.fake import ScriptedBackend
 from test_qa_answer import word_logprobs
 from test_qa_retrieve import ten_second_memories
@@ -87,3 +87,22 @@ def test_where_answered_leaves_other_questions_and_things_no_memory_names_to_the
         res = answer(store, ScriptedBackend([], logprobs=UNSURE), question, ["red", "on the table"], asked_at=100.0,
                      cfg=ON)
         assert res["choice"] == "E" and res["abstained"], question
+
+
+def test_the_place_a_sentence_gives_after_the_thing():
+    assert place_after("I put the red keys on the bookshelf in the office.", "red keys") == "on the bookshelf in the office"
+    took = "I took the green keys from the sofa in the living room to the desk in the office."
+    assert place_after(took, "green keys") == "the desk in the office"  # where it went, not where it came from
+    assert place_after("I picked up the red bowl from the shelf.", "red bowl") == "the shelf"
+    assert place_after("I saw the red cup.", "red cup") is None and place_after("I met <face_1>.", "red cup") is None
+
+
+def test_where_from_memory_answers_an_open_where_question_with_the_place_without_the_model(store):
+    cfg = QAConfig(top_k=8, latest_k=1, use_embeddings=False, where_from_memory=True)
+    on = answer(store, ScriptedBackend([]), BOWL, None, asked_at=100.0, cfg=cfg)  # no model call
+    assert on["text"] == "on the table in the kitchen" and on["reason"] == BY_PLACE
+    assert [c["t_start"] for c in on["citations"]] == [20.0]
+    # multiple choice stays with the model (and qa.where_answered)
+    reply = json.dumps({"answer": "B", "citations": []})
+    mc = answer(store, ScriptedBackend([reply]), BOWL, ["on the shelf", "on the table"], asked_at=100.0, cfg=cfg)
+    assert mc["choice"] == "B" and mc["reason"] != BY_PLACE

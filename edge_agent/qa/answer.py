@@ -33,7 +33,7 @@ from edge_agent.qa.order import option_matches, order_asked, ordered_choice
 from edge_agent.qa.quote import quoted_options, words_asked
 from edge_agent.qa.retrieve import Embedder, question_embedder, retrieve
 from edge_agent.qa.when import doing_asked
-from edge_agent.qa.where import left_thing, sentence_naming
+from edge_agent.qa.where import left_thing, place_after, sentence_naming
 from edge_agent.qa.who import named_option
 from edge_agent.store import Store
 from edge_agent.store.text import clean_text
@@ -54,6 +54,7 @@ BY_COUNT = "the number of memories telling the event (qa.count_by_memories), not
 BY_MOMENT = "the memory of the moment asked about (qa.doing_at_moment), not the model's words"
 BY_NEXT = "the sentence after the event in the memories (qa.next_by_memories), not the model's words"
 BY_COLOUR = "the word before the thing in the memory most like the question (qa.colour_by_memory), not the model's"
+BY_PLACE = "the place the latest memory naming the thing gives (qa.where_from_memory), not the model's words"
 BY_NAME = "the one option the latest memory naming a person there names (qa.who_named), not chosen by the model"
 WHERE_SAID = "the model would not answer; what the latest memory naming the thing says of it (qa.where_answered)"
 MC_MAX_TOKENS = 96  # a letter and up to top_k ids
@@ -332,7 +333,8 @@ def memories_and_reply(store: Store, backend: Backend | None, question: str, opt
     sentence after X's when cfg.next_by_memories and one is (`qa.after`); else the memories
     `retrieve` finds, then, for an open "what was I doing at <time>?" the memory of that moment when
     cfg.doing_at_moment (`qa.when`); for an open "what colour was the X?" the word before X in the memory most like
-    it when cfg.colour_by_memory (`qa.colour`); for a question asking for the words something said, the one option they quote or
+    it when cfg.colour_by_memory (`qa.colour`); for an open "where did I leave X?" the place the latest memory naming
+    X gives when cfg.where_from_memory (`qa.where`); for a question asking for the words something said, the one option they quote or
     "not in memory" when cfg.quoted_text (`qa.quote`); the one option the latest of them names when cfg.who_named
     and they are the latest naming a person where a "who" question asks about (`qa.who`); the option most like
     them when cfg.match_options and their route allow (`qa.match`); or the model's reply over them, never an
@@ -368,6 +370,12 @@ def memories_and_reply(store: Store, backend: Backend | None, question: str, opt
     if coloured is not None:
         word, memory = coloured
         return memories, said_without_model(word, [memory["id"]], BY_COLOUR)
+    thing = left_thing(question) if not opts and cfg.where_from_memory and memories[0]["route"] == "where" else None
+    if thing:
+        latest = max(memories, key=lambda m: (m["t_start"], m["id"]))
+        place = place_after(sentence_naming(latest["text"], thing), thing)
+        if place is not None:
+            return memories, said_without_model(place, [latest["id"]], BY_PLACE)
     quoted = quoted_options(opts, memories) if opts and cfg.quoted_text and words_asked(question) else None
     if quoted is not None and len(quoted) < 2:  # several quoted: the model tells which
         if not quoted:

@@ -7,6 +7,10 @@ I leave / put / last put / last see / last have X", "where is / are my X" (only 
 where a place is, not where something was left). A place, a time or a clause after the thing ("my keys in the
 kitchen", "my phone this morning", "the cup I used") is not part of it: no memory names "keys in the kitchen" as a
 phrase.
+
+Asked without options (`qa.where_from_memory`), the place is read off that memory's sentence naming the thing: the
+small reader, shown "I put the red keys on the bookshelf in the office.", answered "on the desk in the office"
+(models/default/HISTORY.md, "An open place from the memory").
 """
 
 from __future__ import annotations
@@ -38,3 +42,17 @@ def sentence_naming(text: str, thing: str) -> str:
     named = re.compile(r"\b" + r"\W+".join(map(re.escape, thing.split())) + r"\b", re.I)
     hits = [s.strip() for s in re.findall(r"[^.!?]+[.!?]*", text) if named.search(s)]
     return hits[-1] if hits else text.strip()
+
+
+def place_after(sentence: str, thing: str) -> str | None:
+    """Where a memory's sentence says `thing` went: the words after the last " to " after it ("took the keys from the
+    sofa to the desk in the office" -> "the desk in the office"), else after " from " ("picked up the keys from the
+    shelf" -> "the shelf"), else all after it ("put the keys on the shelf." -> "on the shelf"); None when nothing is."""
+    named = re.search(r"\b" + r"\W+".join(map(re.escape, thing.split())) + r"\b", sentence, re.I)
+    rest = sentence[named.end():].strip().rstrip(".!?").strip() if named else ""
+    for word in (" to ", " from "):
+        at = (" " + rest).rfind(word)
+        if at >= 0:
+            rest = (" " + rest)[at + len(word):].strip()
+            break
+    return rest or None
