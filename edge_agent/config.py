@@ -174,11 +174,12 @@ class QAConfig(Section):
                                      'like the question ("I put the red cup on the shelf" -> "red"; MiniLM), not by '
                                      "the model; by the model without MiniLM or when no sentence gives a word there. "
                                      "Off: the model answers.")
-    where_from_memory: bool = setting(False, 'An open question asking where something was left ("where did I leave '
-                                      'the keys?"), shown the latest memories naming it (qa.latest_k), is answered '
-                                      "with the place the latest one's sentence naming it gives (\"I took the keys "
-                                      'from the sofa to the desk in the office" -> "the desk in the office"), not by '
-                                      "the model. Off: the model answers (qa.where_answered).")
+    where_from_memory: bool = setting(False, 'A question asking where something was left ("where did I leave the '
+                                      'keys?"), shown the latest memories naming it (qa.latest_k), is answered with '
+                                      "the place the latest one's sentence naming it gives (\"I took the keys from "
+                                      'the sofa to the desk in the office" -> "the desk in the office"), or for '
+                                      "multiple choice with the one option that place names, not by the model. "
+                                      "Otherwise, or off, the model answers (qa.where_answered).")
     next_by_memories: bool = setting(False, 'An open question asking what the wearer did right after something '
                                      '("what did I do right after I read the note?") is answered with the sentence '
                                      "that follows that event in the memories (found by MiniLM, as qa.order_by_time "

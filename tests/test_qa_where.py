@@ -7,7 +7,7 @@ import pytest
 
 from edge_agent.config import QAConfig
 from edge_agent.qa.answer import BY_PLACE, WHERE_SAID, answer
-from edge_agent.qa.where import left_thing, place_after, sentence_naming
+from edge_agent.qa.where import left_thing, option_placed, place_after, sentence_naming
 from edge_agent.vlm.fake import ScriptedBackend
 from test_qa_answer import word_logprobs
 from test_qa_retrieve import ten_second_memories
@@ -102,7 +102,20 @@ def test_where_from_memory_answers_an_open_where_question_with_the_place_without
     on = answer(store, ScriptedBackend([]), BOWL, None, asked_at=100.0, cfg=cfg)  # no model call
     assert on["text"] == "on the table in the kitchen" and on["reason"] == BY_PLACE
     assert [c["t_start"] for c in on["citations"]] == [20.0]
-    # multiple choice stays with the model (and qa.where_answered)
-    reply = json.dumps({"answer": "B", "citations": []})
-    mc = answer(store, ScriptedBackend([reply]), BOWL, ["on the shelf", "on the table"], asked_at=100.0, cfg=cfg)
-    assert mc["choice"] == "B" and mc["reason"] != BY_PLACE
+    # multiple choice: the one option the place names, no model call
+    mc = answer(store, ScriptedBackend([]), BOWL, ["on the shelf in the living room", "on the table in the kitchen"],
+                asked_at=100.0, cfg=cfg)
+    assert mc["choice"] == "B" and mc["reason"] == BY_PLACE and [c["t_start"] for c in mc["citations"]] == [20.0]
+    # an option the place does not name, or two it names: the model (scripted) decides
+    reply = json.dumps({"answer": "A", "citations": []})
+    for opts in (["on the shelf", "on the sofa"], ["on the table", "in the kitchen"]):
+        res = answer(store, ScriptedBackend([reply]), BOWL, opts, asked_at=100.0, cfg=cfg)
+        assert res["choice"] == "A" and res["reason"] != BY_PLACE, opts
+
+
+def test_the_option_a_place_names():
+    opts = ["on the dresser in the bedroom", "on the desk in the office", "on the sofa in the living room"]
+    assert option_placed("the desk in the office", opts) == 1
+    assert option_placed("on the sofa in the living room", opts) == 2
+    assert option_placed("the desk", opts) is None  # no option's every word
+    assert option_placed("the desk in the office", ["on the desk in the office", "at the desk"]) is None  # two

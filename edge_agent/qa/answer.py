@@ -33,7 +33,7 @@ from edge_agent.qa.order import option_matches, order_asked, ordered_choice
 from edge_agent.qa.quote import quoted_options, words_asked
 from edge_agent.qa.retrieve import Embedder, question_embedder, retrieve
 from edge_agent.qa.when import doing_asked
-from edge_agent.qa.where import left_thing, place_after, sentence_naming
+from edge_agent.qa.where import left_thing, option_placed, place_after, sentence_naming
 from edge_agent.qa.who import named_option
 from edge_agent.store import Store
 from edge_agent.store.text import clean_text
@@ -333,8 +333,8 @@ def memories_and_reply(store: Store, backend: Backend | None, question: str, opt
     sentence after X's when cfg.next_by_memories and one is (`qa.after`); else the memories
     `retrieve` finds, then, for an open "what was I doing at <time>?" the memory of that moment when
     cfg.doing_at_moment (`qa.when`); for an open "what colour was the X?" the word before X in the memory most like
-    it when cfg.colour_by_memory (`qa.colour`); for an open "where did I leave X?" the place the latest memory naming
-    X gives when cfg.where_from_memory (`qa.where`); for a question asking for the words something said, the one option they quote or
+    it when cfg.colour_by_memory (`qa.colour`); for "where did I leave X?" the place the latest memory naming X
+    gives, or the one option it names, when cfg.where_from_memory (`qa.where`); for a question asking for the words something said, the one option they quote or
     "not in memory" when cfg.quoted_text (`qa.quote`); the one option the latest of them names when cfg.who_named
     and they are the latest naming a person where a "who" question asks about (`qa.who`); the option most like
     them when cfg.match_options and their route allow (`qa.match`); or the model's reply over them, never an
@@ -370,12 +370,15 @@ def memories_and_reply(store: Store, backend: Backend | None, question: str, opt
     if coloured is not None:
         word, memory = coloured
         return memories, said_without_model(word, [memory["id"]], BY_COLOUR)
-    thing = left_thing(question) if not opts and cfg.where_from_memory and memories[0]["route"] == "where" else None
+    thing = left_thing(question) if cfg.where_from_memory and memories[0]["route"] == "where" else None
     if thing:
         latest = max(memories, key=lambda m: (m["t_start"], m["id"]))
         place = place_after(sentence_naming(latest["text"], thing), thing)
-        if place is not None:
+        i = option_placed(place, opts) if place is not None and opts else None
+        if place is not None and not opts:
             return memories, said_without_model(place, [latest["id"]], BY_PLACE)
+        if i is not None:
+            return memories, chosen_without_model(opts, i, [latest["id"]], BY_PLACE)
     quoted = quoted_options(opts, memories) if opts and cfg.quoted_text and words_asked(question) else None
     if quoted is not None and len(quoted) < 2:  # several quoted: the model tells which
         if not quoted:

@@ -8,9 +8,9 @@ where a place is, not where something was left). A place, a time or a clause aft
 kitchen", "my phone this morning", "the cup I used") is not part of it: no memory names "keys in the kitchen" as a
 phrase.
 
-Asked without options (`qa.where_from_memory`), the place is read off that memory's sentence naming the thing: the
-small reader, shown "I put the red keys on the bookshelf in the office.", answered "on the desk in the office"
-(models/default/HISTORY.md, "An open place from the memory").
+With `qa.where_from_memory` the place is read off that memory's sentence naming the thing, and is the answer, or
+picks the one option it names: the small reader, shown "I put the red keys on the bookshelf in the office.",
+answered "on the desk in the office" (models/default/HISTORY.md, "An open place from the memory").
 """
 
 from __future__ import annotations
@@ -56,3 +56,18 @@ def place_after(sentence: str, thing: str) -> str | None:
             rest = (" " + rest)[at + len(word):].strip()
             break
     return rest or None
+
+
+_PLACE_GLUE = {"on", "in", "at", "the", "a", "an", "to", "from", "into", "onto", "of", "my"}
+
+
+def _place_words(text: str) -> set[str]:
+    return {w for w in re.findall(r"[a-z0-9]+", text.lower()) if w not in _PLACE_GLUE}
+
+
+def option_placed(place: str, options: list[str]) -> int | None:
+    """The index of the one option whose every word (but "on", "the", ...) the place holds ("on the desk in the
+    office" in "the desk in the office"); None when none or several do."""
+    words = _place_words(place)
+    held = [i for i, o in enumerate(options) if _place_words(o) and _place_words(o) <= words]
+    return held[0] if len(held) == 1 else None
