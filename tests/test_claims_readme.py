@@ -325,6 +325,9 @@ def test_the_default_models_numbers_in_the_readme_are_its_manifests():
     unmatched = manifest["measured"]["end_to_end_before_match_options"]  # and before qa.match_options
     assert manifest["profile"]["match_options"] is True and "`qa.match_options`)" in para
     assert unmatched["seeds"] == e["seeds"] and f"{100 * unmatched['acc']:.1f} % before a moment's" in para
+    unplaced = manifest["measured"]["end_to_end_before_where_from_memory"]
+    assert manifest["profile"]["where_from_memory"] is True
+    assert unplaced["seeds"] == e["seeds"] and f"{100 * unplaced['acc']:.1f} % before \"where did I leave it?\" took" in para
     uncounted = manifest["measured"]["end_to_end_before_count_by_memories"]
     assert manifest["profile"]["count_by_memories"] is True and "(`qa.count_by_memories`;" in para
     assert uncounted["seeds"] == e["seeds"] and f"{100 * uncounted['acc']:.1f} % before \"how many times did I" in para
