@@ -152,7 +152,8 @@ class QAConfig(Section):
     quoted_text: bool = setting(False, 'Multiple choice asking for the words something said ("what did the note at '
                                 'the fridge say?") is answered by the one option a shown memory quotes (its words '
                                 'whole and in order), "not in memory" when none does, and by the model when several '
-                                "do; off: answered as any question.")
+                                "do; an open one keeps the model's answer only when a shown memory quotes it, else "
+                                '"not in memory". Off: answered as any question.')
     where_answered: bool = setting(False, 'A question asking where something was left, shown the latest memories '
                                    "that name it (qa.latest_k), is answered, never \"not in memory\": those "
                                    'memories are the evidence. Multiple choice (choice "score") takes the likeliest '

@@ -334,8 +334,9 @@ def test_the_default_models_numbers_in_the_readme_are_its_manifests():
     opened = manifest["open_questions"]["heldout"]  # open questions over the same clips' stores
     assert all(manifest["profile"][k] is True for k in opened["with"]["settings"])
     assert all(f"`qa.{k}`" in para for k in opened["with"]["settings"])
-    assert (f"{100 * opened['with']['acc']:.1f} % of {opened['with']['of']:,} held-out open "
-            f"questions right, {100 * opened['before']['acc']:.1f} % before" in para)
+    assert (f"{100 * opened['with']['acc']:.1f} % of {opened['with']['of']:,} held-out open questions right at "
+            f"{100 * opened['with']['prec']:.1f} % precision, {100 * opened['before']['acc']:.1f} % at "
+            f"{100 * opened['before']['prec']:.1f} % before" in para)
     before = manifest["measured"]["end_to_end_before_order_by_time"]  # and before qa.order_by_time
     assert manifest["profile"]["order_by_time"] is True and "(`qa.order_by_time`)" in para
     assert before["seeds"] == e["seeds"] and f"{100 * before['acc']:.1f} % before \"which of these did I do" in para

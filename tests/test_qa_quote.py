@@ -68,3 +68,15 @@ def test_a_quote_is_whole_words_in_order_ignoring_case_and_punctuation():
             {"id": 2, "t_end": 20.0, "text": 'A note: "MEETING 4:30".'}]
     found = quoted_options(["MEETING 4:30", "PIN 1", "pin 12", "4:30 MEETING", " ... "], mems)
     assert {i: m["id"] for i, m in found.items()} == {0: 2, 2: 1}  # the latest memory quoting it
+
+
+def test_an_open_answer_of_words_stands_only_when_a_shown_memory_quotes_them(store):
+    quoted = answer(store, ScriptedBackend([json.dumps({"answer": "ROOM 229", "citations": []})]), FRIDGE, None,
+                    asked_at=100.0, cfg=ON)
+    assert quoted["text"] == "ROOM 229" and not quoted["abstained"]
+    guessed = answer(store, ScriptedBackend([json.dumps({"answer": "WIFI TREE65", "citations": []})]), FRIDGE, None,
+                     asked_at=100.0, cfg=ON)
+    assert guessed["abstained"] and guessed["text"] == "not in memory" and guessed["reason"] == NOT_QUOTED
+    off = answer(store, ScriptedBackend([json.dumps({"answer": "WIFI TREE65", "citations": []})]), FRIDGE, None,
+                 asked_at=100.0, cfg=QAConfig(top_k=8, use_embeddings=False))
+    assert off["text"] == "WIFI TREE65" and not off["abstained"]

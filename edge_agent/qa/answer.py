@@ -49,7 +49,7 @@ MAX_QUESTION_CHARS = 1000
 BY_TIME = "chosen by the times of the memories most like each option (qa.order_by_time), not by the model"
 BY_LIKENESS = "chosen by the option's likeness to the memories found (qa.match_options), not by the model"
 BY_QUOTE = "the one option a memory found quotes (qa.quoted_text), not chosen by the model"
-NOT_QUOTED = "no memory found quotes any option's words (qa.quoted_text)"
+NOT_QUOTED = "no memory found quotes those words (qa.quoted_text)"
 BY_COUNT = "the number of memories telling the event (qa.count_by_memories), not chosen by the model"
 BY_MOMENT = "the memory of the moment asked about (qa.doing_at_moment), not the model's words"
 BY_NEXT = "the sentence after the event in the memories (qa.next_by_memories), not the model's words"
@@ -335,7 +335,8 @@ def memories_and_reply(store: Store, backend: Backend | None, question: str, opt
     cfg.doing_at_moment (`qa.when`); for an open "what colour was the X?" the word before X in the memory most like
     it when cfg.colour_by_memory (`qa.colour`); for "where did I leave X?" the place the latest memory naming X
     gives, or the one option it names, when cfg.where_from_memory (`qa.where`); for a question asking for the words something said, the one option they quote or
-    "not in memory" when cfg.quoted_text (`qa.quote`); the one option the latest of them names when cfg.who_named
+    "not in memory" when cfg.quoted_text (`qa.quote`; for an open one, the model's words only when a memory quotes
+    them); the one option the latest of them names when cfg.who_named
     and they are the latest naming a person where a "who" question asks about (`qa.who`); the option most like
     them when cfg.match_options and their route allow (`qa.match`); or the model's reply over them, never an
     abstention when cfg.where_answered and they are the latest naming what a "where" question asks after. An
@@ -398,7 +399,11 @@ def memories_and_reply(store: Store, backend: Backend | None, question: str, opt
         raise ValueError("answer: a backend is needed when there are memories to read")
     if cfg.where_answered and memories[0]["route"] == "where":
         return memories, where_reply(backend, question, opts, memories, asked_at, cfg)
-    return memories, reply_from_memories(backend, question, opts, memories, asked_at, cfg)
+    reply = reply_from_memories(backend, question, opts, memories, asked_at, cfg)
+    if (not opts and cfg.quoted_text and words_asked(question) and not reply["abstained"]
+            and not quoted_options([reply["text"]], memories)):  # words are in a memory or not: no guess
+        return memories, not_in_memory(False, NOT_QUOTED)
+    return memories, reply
 
 
 def answer(store: Store, backend: Backend | None, question: str, options: Sequence[str] | None, *,
