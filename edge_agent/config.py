@@ -169,8 +169,8 @@ class QAConfig(Section):
                                     'doing at 7:07 into the recording?") is answered with the memory of that moment '
                                     "(the one retrieval finds nearest the time named), not by the model. Off: the "
                                     "model answers over the memories around that time.")
-    colour_by_memory: bool = setting(False, 'An open question asking what colour a thing was ("what colour was the cup I '
-                                     'put on the shelf?"), shown the latest memories naming it (qa.colour_k), is '
+    colour_by_memory: bool = setting(False, 'An open question asking what colour a thing was ("what colour was the '
+                                     'cup I put on the shelf?"), shown the latest memories naming it (qa.colour_k), is '
                                      "answered with the word before the thing in the sentence of those memories most "
                                      'like the question ("I put the red cup on the shelf" -> "red"; MiniLM), not by '
                                      "the model; by the model without MiniLM or when no sentence gives a word there. "

@@ -90,7 +90,8 @@ def test_where_answered_leaves_other_questions_and_things_no_memory_names_to_the
 
 
 def test_the_place_a_sentence_gives_after_the_thing():
-    assert place_after("I put the red keys on the bookshelf in the office.", "red keys") == "on the bookshelf in the office"
+    put = "I put the red keys on the bookshelf in the office."
+    assert place_after(put, "red keys") == "on the bookshelf in the office"
     took = "I took the green keys from the sofa in the living room to the desk in the office."
     assert place_after(took, "green keys") == "the desk in the office"  # where it went, not where it came from
     assert place_after("I picked up the red bowl from the shelf.", "red bowl") == "the shelf"

@@ -28,7 +28,8 @@ def test_a_count_is_graded_by_its_number_and_anything_else_by_the_option_it_is_m
                          "washing dishes at the sink", "reading a note at the fridge"]}
     assert tool.graded(doing, {"abstained": False, "text": "putting the blue phone down"}) == (True, True)
     # most like the right option, but the orange phone is only a wrong option's
-    assert tool.graded(doing, {"abstained": False, "text": "picking up the orange phone from the sofa"}) == (True, False)
+    wrong = {"abstained": False, "text": "picking up the orange phone from the sofa"}
+    assert tool.graded(doing, wrong) == (True, False)
 
 
 def test_each_question_is_asked_open_over_the_memories_written_by_then(tmp_path):

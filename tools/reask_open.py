@@ -6,12 +6,13 @@ model's reader and profile; `EDGE_AGENT_QA__X=...` overrides a setting, as for t
     .venv/bin/python tools/reask_open.py --home /work/count/dev --out /tmp/open.json
 
 Graded without a judge model: a counting answer by the number it gives (digits or words: "twice", "3 times"); any
-other by the question's options: the answer is right when the right option is the one most like it (the most of
-that option's content words in the answer, as a share of them; a tie is wrong) and it says nothing only a wrong option
+other by the question's options: the answer is right when the right option is the one most like it (the most of that
+option's content words in the answer, as a share of them; a tie is wrong) and it says nothing only a wrong option
 says ("picking up the orange phone" is wrong where the right option is "putting the blue phone on the sofa" and a
-wrong one names the orange phone). "Not in memory", or a count with no number, is not answered. Each row also says whether one of the memories shown
-holds every content word of the answer (`held`): an answer no memory shown holds was made up. Questions that
-point at their options ("Which of these did I do first?") cannot be asked open and are left out. A store is copied before it is opened, so the run's own files are never touched.
+wrong one names the orange phone). "Not in memory", or a count with no number, is not answered. Each row also says
+whether one of the memories shown holds every content word of the answer (`held`): an answer no memory shown holds
+was made up. Questions that point at their options ("Which of these did I do first?") cannot be asked open and are
+left out. A store is copied before it is opened, so the run's own files are never touched.
 """
 
 from __future__ import annotations

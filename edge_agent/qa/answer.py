@@ -330,13 +330,13 @@ def memories_and_reply(store: Store, backend: Backend | None, question: str, opt
     first or last when cfg.order_by_time reads the question as asking that (`qa.order`); the memories telling the
     event a "how many ...?" question counts and the option that is their number (or, for an open question, the
     number) when cfg.count_by_memories and one is (`qa.count`); for an open "what did I do right after I X?" the
-    sentence after X's when cfg.next_by_memories and one is (`qa.after`); else the memories
-    `retrieve` finds, then, for an open "what was I doing at <time>?" the memory of that moment when
-    cfg.doing_at_moment (`qa.when`); for an open "what colour was the X?" the word before X in the memory most like
-    it when cfg.colour_by_memory (`qa.colour`); for "where did I leave X?" the place the latest memory naming X
-    gives, or the one option it names, when cfg.where_from_memory (`qa.where`); for a question asking for the words something said, the one option they quote or
-    "not in memory" when cfg.quoted_text (`qa.quote`; for an open one, the model's words only when a memory quotes
-    them); the one option the latest of them names when cfg.who_named
+    sentence after X's when cfg.next_by_memories and one is (`qa.after`); else the memories `retrieve` finds, then:
+    for an open "what was I doing at <time>?" the memory of that moment when cfg.doing_at_moment (`qa.when`); for an
+    open "what colour was the X?" the word before X in the memory most like it when cfg.colour_by_memory
+    (`qa.colour`); for "where did I leave X?" the place the latest memory naming X gives, or the one option it names,
+    when cfg.where_from_memory (`qa.where`); for a question asking for the words something said, the one option they
+    quote or "not in memory" when cfg.quoted_text (`qa.quote`; for an open one, the model's words only when a memory
+    quotes them); the one option the latest of them names when cfg.who_named
     and they are the latest naming a person where a "who" question asks about (`qa.who`); the option most like
     them when cfg.match_options and their route allow (`qa.match`); or the model's reply over them, never an
     abstention when cfg.where_answered and they are the latest naming what a "where" question asks after. An
@@ -375,9 +375,9 @@ def memories_and_reply(store: Store, backend: Backend | None, question: str, opt
     if thing:
         latest = max(memories, key=lambda m: (m["t_start"], m["id"]))
         place = place_after(sentence_naming(latest["text"], thing), thing)
-        i = option_placed(place, opts) if place is not None and opts else None
         if place is not None and not opts:
             return memories, said_without_model(place, [latest["id"]], BY_PLACE)
+        i = option_placed(place, opts) if place is not None else None
         if i is not None:
             return memories, chosen_without_model(opts, i, [latest["id"]], BY_PLACE)
     quoted = quoted_options(opts, memories) if opts and cfg.quoted_text and words_asked(question) else None

@@ -18,7 +18,6 @@ colour from the memory").
 from __future__ import annotations
 
 import re
-
 from typing import Any, Sequence
 
 import numpy as np

@@ -36,10 +36,15 @@ def left_thing(question: str) -> str | None:
     return thing_named(m.group(1)) if m else None
 
 
+def _naming(thing: str) -> re.Pattern:
+    """`thing`'s words whole and in order, any case."""
+    return re.compile(r"\b" + r"\W+".join(map(re.escape, thing.split())) + r"\b", re.I)
+
+
 def sentence_naming(text: str, thing: str) -> str:
     """The last sentence of `text` that names `thing` (its words whole and in order, any case): what a memory says of
     where the thing went ("I put the yellow bowl on the table in the kitchen."); the whole text when none does."""
-    named = re.compile(r"\b" + r"\W+".join(map(re.escape, thing.split())) + r"\b", re.I)
+    named = _naming(thing)
     hits = [s.strip() for s in re.findall(r"[^.!?]+[.!?]*", text) if named.search(s)]
     return hits[-1] if hits else text.strip()
 
@@ -48,7 +53,7 @@ def place_after(sentence: str, thing: str) -> str | None:
     """Where a memory's sentence says `thing` went: the words after the last " to " after it ("took the keys from the
     sofa to the desk in the office" -> "the desk in the office"), else after " from " ("picked up the keys from the
     shelf" -> "the shelf"), else all after it ("put the keys on the shelf." -> "on the shelf"); None when nothing is."""
-    named = re.search(r"\b" + r"\W+".join(map(re.escape, thing.split())) + r"\b", sentence, re.I)
+    named = _naming(thing).search(sentence)
     rest = sentence[named.end():].strip().rstrip(".!?").strip() if named else ""
     for word in (" to ", " from "):
         at = (" " + rest).rfind(word)
