@@ -109,3 +109,23 @@ def test_an_open_counting_question_is_answered_with_the_number_citing_every_memo
     off = answer(store, ScriptedBackend([json.dumps({"answer": "once", "citations": []})]), PICKS, None,
                  asked_at=100.0, cfg=QAConfig(use_embeddings=False))
     assert off["text"] == "once" and off["reason"] != BY_COUNT
+
+
+def test_walking_into_a_room_is_also_counted_by_the_rooms_the_memories_name(tmp_path):
+    """The writer often writes a segment in the kitchen without "I walked into the kitchen": the rooms named, in
+    order, tell the entries the sentences miss; the room the recording began in was not walked into."""
+    s = ten_second_memories(tmp_path, [
+        "I was cooking at the counter in the kitchen.",                 # 0-10 s: began here, no entry
+        "I walked into the office.",                                    # 10-20 s
+        "I put the cup on the desk in the office.",                     # 20-30 s
+        "I put the bowl on the table in the kitchen.",                  # 30-40 s: an entry no sentence tells
+        "I was washing dishes at the sink in the kitchen.",             # 40-50 s
+        "I walked into the office. I walked into the kitchen."])        # 50-60 s: two entries
+    cfg = QAConfig(use_embeddings=False, count_by_memories=True)
+    kitchen = answer(s, ScriptedBackend([]), "How many times did I walk into the kitchen?", None, asked_at=100.0,
+                     cfg=cfg)
+    assert kitchen["text"] == "2 times" and [c["t_start"] for c in kitchen["citations"]] == [30.0, 50.0]
+    office = answer(s, ScriptedBackend([]), "How many times did I walk into the office?", ["1", "2", "3"],
+                    asked_at=100.0, cfg=cfg)
+    assert office["choice"] == "B"  # the sentences and the rooms agree
+    s.close()

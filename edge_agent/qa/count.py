@@ -6,6 +6,11 @@ miscounts even what it is shown (it answered "not in memory" to "How many times 
 in the past tense, one event each, so the event asked about is matched sentence by sentence over the memories before
 the question: "pick up the red cup" -> "picked up the/a red cup". Read forms: "how many times did I <verb> ...?" and
 "how many <things> did I <verb>?" ("How many notes did I read?" -> "read a note").
+
+"How many times did I walk into the kitchen?" is also counted by the rooms the memories name, in order: the writer
+names the room of nearly every segment (95 % held out) but often writes a segment in the kitchen without "I walked
+into the kitchen", and the sentence count came out one short for most such questions on the dev clips (12 of 27
+right; by the rooms 24; models/default/HISTORY.md, "Walking into a room").
 """
 
 from __future__ import annotations
@@ -20,6 +25,10 @@ _TIMES = re.compile(r"^\s*how\s+many\s+times\s+did\s+i\s+([a-z]+)\s+(.+?)\s*\??\
 _THINGS = re.compile(r"^\s*how\s+many\s+([a-z]+)\s+did\s+i\s+([a-z]+)\s*\??\s*$", re.I)
 _ARTICLES = ("the", "a", "an", "my", "another")
 _ARTICLE = r"(?:the|a|an|my|another)"
+_WALK_INTO = re.compile(r"^\s*how\s+many\s+times\s+did\s+i\s+walk\s+into\s+the\s+(.+?)\s*\??\s*$", re.I)
+# the rooms of a home a memory may name ("in the kitchen", "into the living room"); the asked room always counts
+HOME_ROOMS = ("kitchen", "bedroom", "bathroom", "living room", "dining room", "office", "study", "hallway", "hall",
+              "garage", "garden", "laundry room", "basement", "attic", "balcony", "nursery", "guest room", "porch")
 # past tenses a memory uses that adding -ed does not give
 _IRREGULAR = {"meet": "met", "read": "read", "put": "put", "see": "saw", "take": "took", "go": "went", "get": "got",
               "leave": "left", "find": "found", "eat": "ate", "drink": "drank", "buy": "bought", "make": "made",
@@ -83,7 +92,27 @@ def memories_telling(store: Store, question: str, since: float | None,
         told = sum(1 for s in sentences(m["text"]) if pattern.search(s))
         if told:
             found.append({**m, "told": told})
-    return found
+    walked = _WALK_INTO.match(question)
+    entered = memories_entering(store, walked.group(1).lower(), since, until) if walked else []
+    return entered if sum(m["told"] for m in entered) > sum(m["told"] for m in found) else found
+
+
+def memories_entering(store: Store, room: str, since: float | None, until: float | None) -> list[dict[str, Any]]:
+    """The memories in range in which the rooms the memories name, in order, go from another room to `room` (or
+    that begin the range saying "into the <room>"), oldest first, each with "told": how many times in it."""
+    rooms = "|".join(re.escape(r) for r in sorted({*HOME_ROOMS, room}, key=len, reverse=True))
+    named = re.compile(rf"\b(in|into)\s+the\s+({rooms})\b", re.I)
+    entered, before = [], None  # before: the last room named so far
+    for m in store.memories(since=since, until=until):
+        told = 0
+        for found in named.finditer(m["text"]):
+            now = found.group(2).lower()
+            if now == room and (before not in (None, room) or (before is None and found.group(1).lower() == "into")):
+                told += 1
+            before = now
+        if told:
+            entered.append({**m, "told": told})
+    return entered
 
 
 # the words an option may give a count in, beside its digits ("twice", "three times")
