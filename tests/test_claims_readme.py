@@ -325,6 +325,8 @@ def test_the_default_models_numbers_in_the_readme_are_its_manifests():
     unmatched = manifest["measured"]["end_to_end_before_match_options"]  # and before qa.match_options
     assert manifest["profile"]["match_options"] is True and "`qa.match_options`)" in para
     assert unmatched["seeds"] == e["seeds"] and f"{100 * unmatched['acc']:.1f} % before a moment's" in para
+    unwalked = manifest["measured"]["end_to_end_before_walk_rooms"]
+    assert unwalked["seeds"] == e["seeds"] and f"{100 * unwalked['acc']:.1f} % before walking into a" in para
     unplaced = manifest["measured"]["end_to_end_before_where_from_memory"]
     assert manifest["profile"]["where_from_memory"] is True
     assert unplaced["seeds"] == e["seeds"] and f"{100 * unplaced['acc']:.1f} % before \"where did I leave it?\" took" in para
@@ -334,9 +336,10 @@ def test_the_default_models_numbers_in_the_readme_are_its_manifests():
     opened = manifest["open_questions"]["heldout"]  # open questions over the same clips' stores
     assert all(manifest["profile"][k] is True for k in opened["with"]["settings"])
     assert all(f"`qa.{k}`" in para for k in opened["with"]["settings"])
-    assert (f"{100 * opened['with']['acc']:.1f} % of {opened['with']['of']:,} held-out open questions right at "
-            f"{100 * opened['with']['prec']:.1f} % precision, {100 * opened['before']['acc']:.1f} % at "
-            f"{100 * opened['before']['prec']:.1f} % before" in para)
+    now, was = opened["with"], opened["before"]
+    assert (f"{100 * now['right'] / now['of']:.1f} % of {now['of']:,} held-out open questions right at "
+            f"{100 * now['right'] / now['answered']:.1f} % precision, {100 * was['right'] / was['of']:.1f} % at "
+            f"{100 * was['right'] / was['answered']:.1f} % before" in para)
     before = manifest["measured"]["end_to_end_before_order_by_time"]  # and before qa.order_by_time
     assert manifest["profile"]["order_by_time"] is True and "(`qa.order_by_time`)" in para
     assert before["seeds"] == e["seeds"] and f"{100 * before['acc']:.1f} % before \"which of these did I do" in para
