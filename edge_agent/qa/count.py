@@ -58,6 +58,14 @@ def singular(noun: str) -> str:
     return n[:-1] if n.endswith("s") and not n.endswith("ss") else n
 
 
+def things_counted(question: str) -> str | None:
+    """The things a "how many <things> did I <verb>?" question counts, as asked ("notes"); None for any other
+    question (and for "how many times / people ...", which count events and faces, not things)."""
+    m = _THINGS.match(question)
+    noun = m.group(1).lower() if m else None
+    return noun if noun not in (None, "times", "people") else None
+
+
 def _words_pattern(words: list[str]) -> str:
     """Words in order, whole, any article standing for any other ("the cup" also finds "a cup")."""
     return r"\s+".join(_ARTICLE if w in _ARTICLES else re.escape(w) for w in words)
@@ -72,7 +80,7 @@ def counted_event(question: str) -> tuple[re.Pattern, str] | None:
         pattern = rf"\b{re.escape(past(m.group(1)))}\s+{_words_pattern(rest)}(?![\w>])"
         return re.compile(pattern, re.I), " ".join(w for w in rest if w not in _ARTICLES)
     m = _THINGS.match(question)
-    if m and m.group(1).lower() not in ("times", "people"):
+    if m and things_counted(question):
         thing = singular(m.group(1))
         pattern = rf"\b{re.escape(past(m.group(2)))}\s+(?:{_ARTICLE}\s+|one\s+)?{re.escape(thing)}\b"
         return re.compile(pattern, re.I), thing
@@ -126,9 +134,8 @@ def counted_text(question: str, memories: Sequence[dict[str, Any]]) -> str | Non
     n = sum(m["told"] for m in memories)
     if n == 0:
         return None
-    m = _THINGS.match(question)
-    if m and m.group(1).lower() not in ("times", "people"):
-        noun = m.group(1).lower()
+    noun = things_counted(question)
+    if noun:
         return f"{n} {singular(noun) if n == 1 else noun}"
     return f"{n} time" if n == 1 else f"{n} times"
 
