@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 
 from conftest import load_tool
+from edge_agent.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT = ROOT / "models" / "default"
@@ -774,6 +775,25 @@ def test_clips_are_cut_at_the_recipes_keyframe_count_and_cached_apart(tmp_path, 
     assert sorted(f.name for f in (tmp_path / "data").iterdir()) == [
         f"v2-s9001-0.5-f{rec.FRAME_SIZE}-k8-synth{rec.FORMAT_VERSION}.pkl",
         f"v2-s9001-0.5-f{rec.FRAME_SIZE}-synth{rec.FORMAT_VERSION}.pkl"]
+
+
+def test_eval_cuts_a_folders_clips_as_its_profile_does_unless_told():
+    """`train_default.py eval --out D` measures D's writer on segments cut as the runtime cuts them for D (the
+    shipped profile: 8 keyframes), not at the recipe's 4; a flag still wins, and a bad one is a one-line error."""
+    import argparse
+
+    rec = _recipe()
+
+    def cut(**kw):
+        return rec.cut_settings(argparse.Namespace(**{"what": "eval", "out": DEFAULT, "frame_size": None,
+                                                       "keyframes": None, **kw}))
+
+    profile = _profile_capture()
+    assert cut() == (profile.frame_size, profile.keyframes_per_segment) == (128, 8)
+    assert cut(keyframes=4) == (128, 4)
+    assert cut(what="stage") == (rec.FRAME_SIZE, rec.KEYFRAMES) == (128, 4)  # the recipe's own data
+    with pytest.raises(ConfigError, match="keyframes_per_segment=0"):
+        cut(keyframes=0)
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,8 @@
     .venv/bin/python tools/train_default.py own --own-clips 500   # the writer's own memories of fresh clips (--own-share)
     .venv/bin/python tools/train_default.py judge               # Phase Two's judge on held-out pairs, as adapt asks
     .venv/bin/python tools/train_default.py parity              # transformers vs llama.cpp logits, one prompt
-    .venv/bin/python tools/train_default.py eval                # held-out metrics through llama.cpp
+    .venv/bin/python tools/train_default.py eval                # held-out metrics through llama.cpp (clips cut as
+                                      # the --out folder's profile cuts them, unless --keyframes/--frame-size)
     .venv/bin/python tools/train_default.py read-dev --from-dir D   # dev multiple choice over ground-truth memories
     .venv/bin/python tools/train_default.py read-gt --dev-worlds 9000-9011   # ... retrieved as `ask` retrieves them
     .venv/bin/python tools/train_default.py pixels              # which caption words the writer takes from the frames
@@ -2544,6 +2545,25 @@ def share(text: str) -> float:
     return v
 
 
+def cut_settings(args) -> tuple[int, int]:
+    """(frame size, keyframes a segment) the clips are cut at: `--frame-size` / `--keyframes` where given, else for
+    `eval` the `--out` folder's profile (a folder is measured as the runtime cuts segments for it), else the
+    recipe's own (FRAME_SIZE, KEYFRAMES). Raises ConfigError naming the flag or the folder."""
+    frame_size, keyframes = FRAME_SIZE, KEYFRAMES
+    if args.what == "eval":
+        try:
+            capture = folder_config(args.out).capture
+        except ConfigError as e:
+            raise ConfigError(f"--out {args.out}: {e}") from None
+        frame_size, keyframes = capture.frame_size, capture.keyframes_per_segment
+    try:  # the config's own checks
+        capture = CaptureConfig(frame_size=frame_size if args.frame_size is None else args.frame_size,
+                                keyframes_per_segment=keyframes if args.keyframes is None else args.keyframes)
+    except ConfigError as e:
+        raise ConfigError(f"--frame-size / --keyframes: {e}") from None
+    return capture.frame_size, capture.keyframes_per_segment
+
+
 def main() -> None:
     global FRAME_SIZE, KEYFRAMES
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -2644,18 +2664,19 @@ def main() -> None:
     ap.add_argument("--verbose", action="store_true")
     ap.add_argument("--recipe", default="tools/train_default.py run",
                     help="manifest: the commands that made the model (starting with tools/train_default.py)")
-    ap.add_argument("--frame-size", type=int, default=FRAME_SIZE,
-                    help="keyframe longest side (capture.frame_size) the model is trained and profiled at")
-    ap.add_argument("--keyframes", type=int, default=KEYFRAMES,
-                    help="keyframes a segment is cut to (capture.keyframes_per_segment) for training and the profile")
+    ap.add_argument("--frame-size", type=int, default=None,
+                    help=f"keyframe longest side (capture.frame_size) the model is trained and profiled at (default "
+                         f"{FRAME_SIZE}; eval: the --out folder's profile)")
+    ap.add_argument("--keyframes", type=int, default=None,
+                    help=f"keyframes a segment is cut to (capture.keyframes_per_segment) for training and the profile "
+                         f"(default {KEYFRAMES}; eval: the --out folder's profile)")
     ap.add_argument("--out", type=Path, default=OUT, help="model folder (hf/, model.gguf, mmproj.gguf)")
     args = ap.parse_args()
     WORK.mkdir(parents=True, exist_ok=True)  # every command may save its results there
-    FRAME_SIZE = args.frame_size
-    try:  # the config's own check of capture.keyframes_per_segment
-        KEYFRAMES = CaptureConfig(keyframes_per_segment=args.keyframes).keyframes_per_segment
+    try:
+        FRAME_SIZE, KEYFRAMES = cut_settings(args)
     except ConfigError as e:
-        sys.exit(f"--keyframes: {e}")
+        sys.exit(str(e))
     if args.recall_colour:
         RECALL_KINDS.extend(["colour", "colour"])
     JUDGE_SAME_MOMENT[0] = args.judge_same_moment
