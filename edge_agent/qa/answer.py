@@ -6,6 +6,10 @@ backend): for multiple choice one of the option letters or E = "not in memory"; 
 short answer or "not in memory". Citations are kept only if they name memories that were shown. Every
 question and answer is stored, with the shown and cited memories, so feedback can be traced to memories.
 
+Before the model, the settings' rules are tried in one ordered table (`RULES_FINDING_MEMORIES`, then
+`RULES_OVER_RETRIEVED`): each answers only the questions it reads as its own, from the memories alone, and says so
+in the answer's reason; the model reads the memories where none does.
+
 Multiple choice is answered one of two ways (`qa.choice`): "generate" lets the model write the letter;
 "score" asks the open question, ranks each option by the model's mean token log-probability as that
 answer, abstains when the model would answer exactly "not in memory" with probability at least
@@ -20,6 +24,7 @@ import json
 import math
 import re
 import time
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, Sequence
 
@@ -323,87 +328,163 @@ def where_reply(backend: Backend, question: str, opts: list[str], memories: list
     return said_without_model(sentence_naming(latest["text"], left_thing(question) or ""), [latest["id"]], WHERE_SAID)
 
 
-def memories_and_reply(store: Store, backend: Backend | None, question: str, opts: list[str], asked_at: float,
-                       cfg: QAConfig, since: float | None = None, until: float | None = None,
-                       embedder: Embedder | None = None) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """(the memories shown for `question`, the parsed reply): the options' memories and the one whose memory comes
-    first or last when cfg.order_by_time reads the question as asking that (`qa.order`); the memories telling the
-    event a "how many ...?" question counts and the option that is their number (or, for an open question, the
-    number) when cfg.count_by_memories and one is (`qa.count`); for an open "what did I do right after I X?" the
-    sentence after X's when cfg.next_by_memories and one is (`qa.after`); else the memories `retrieve` finds, then:
-    for an open "what was I doing at <time>?" the memory of that moment when cfg.doing_at_moment (`qa.when`); for an
-    open "what colour was the X?" the word before X in the memory most like it when cfg.colour_by_memory
-    (`qa.colour`); for "where did I leave X?" the place the latest memory naming X gives, or the one option it names,
-    when cfg.where_from_memory (`qa.where`); for a question asking for the words something said, the one option they
-    quote or "not in memory" when cfg.quoted_text (`qa.quote`; for an open one, the model's words only when a memory
-    quotes them); the one option the latest of them names when cfg.who_named
-    and they are the latest naming a person where a "who" question asks about (`qa.who`); the option most like
-    them when cfg.match_options and their route allow (`qa.match`); or the model's reply over them, never an
-    abstention when cfg.where_answered and they are the latest naming what a "where" question asks after. An
-    abstention without a model call when none is found."""
-    embedder = question_embedder(cfg, embedder)
-    word = order_asked(question) if opts and cfg.order_by_time else None
-    if word:
-        found = option_matches(store, opts, embedder, since, until)
-        i = ordered_choice(word, found)
-        if i is not None:
-            shown = list({m.memory["id"]: m.memory for m in found if m is not None}.values())
-            return shown, chosen_without_model(opts, i, [found[i].memory["id"]], BY_TIME)
-    told = memories_telling(store, question, since, until) if cfg.count_by_memories else None
-    if told and opts:
-        i = counted_option(opts, told)
-        if i is not None:
-            return told, chosen_without_model(opts, i, [m["id"] for m in told], BY_COUNT)
-    elif told:
-        return told, said_without_model(counted_text(question, told), [m["id"] for m in told], BY_COUNT)
-    event = after_asked(question) if not opts and cfg.next_by_memories and embedder is not None else None
-    after = next_sentence(store, event, embedder, since, until) if event else None
-    if after is not None:
-        sentence, memory = after
-        return [memory], said_without_model(sentence, [memory["id"]], BY_NEXT)
-    memories = retrieve(store, question, cfg, since=since, until=until, embedder=embedder, asked_at=asked_at)
-    if not memories:
-        return [], not_in_memory(bool(opts), "no memories match the question")
-    if not opts and cfg.doing_at_moment and memories[0]["route"] == "moment" and doing_asked(question):
-        return memories, said_without_model(memories[0]["text"], [memories[0]["id"]], BY_MOMENT)
-    coloured = (colour_said(question, memories, embedder) if not opts and cfg.colour_by_memory
-                and memories[0]["route"] == "colour" and embedder is not None else None)
-    if coloured is not None:
-        word, memory = coloured
-        return memories, said_without_model(word, [memory["id"]], BY_COLOUR)
-    thing = left_thing(question) if cfg.where_from_memory and memories[0]["route"] == "where" else None
-    if thing:
-        latest = max(memories, key=lambda m: (m["t_start"], m["id"]))
-        place = place_after(sentence_naming(latest["text"], thing), thing)
-        if place is not None and not opts:
-            return memories, said_without_model(place, [latest["id"]], BY_PLACE)
-        i = option_placed(place, opts) if place is not None else None
-        if i is not None:
-            return memories, chosen_without_model(opts, i, [latest["id"]], BY_PLACE)
-    quoted = quoted_options(opts, memories) if opts and cfg.quoted_text and words_asked(question) else None
-    if quoted is not None and len(quoted) < 2:  # several quoted: the model tells which
-        if not quoted:
-            return memories, not_in_memory(True, NOT_QUOTED)
-        (i, memory), = quoted.items()
-        return memories, chosen_without_model(opts, i, [memory["id"]], BY_QUOTE)
-    named = named_option(opts, memories) if opts and cfg.who_named and memories[0]["route"] == "who" else None
-    if named is not None:
-        i, memory = named
-        return memories, chosen_without_model(opts, i, [memory["id"]], BY_NAME)
-    matched = matched_memories(memories) if opts and cfg.match_options else []
-    picked = likeliest_option(embedder, opts, matched) if matched and embedder is not None else None
-    if picked is not None:
-        i, memory = picked
-        return memories, chosen_without_model(opts, i, [memory["id"]], BY_LIKENESS)
+@dataclass(frozen=True)
+class Asked:
+    """One question as the answering rules see it: the store and range it is asked over, its options (none: an open
+    question), the settings, and the embedder (None where MiniLM is not installed)."""
+
+    store: Store
+    question: str
+    opts: list[str]
+    cfg: QAConfig
+    embedder: Embedder | None
+    since: float | None
+    until: float | None
+
+
+Found = tuple[list[dict[str, Any]], dict[str, Any]]  # (the memories shown, the reply)
+
+
+def by_time_order(q: Asked) -> Found | None:
+    """qa.order_by_time: "which of these did I do first / last?" -> the option whose memory comes first / last."""
+    word = order_asked(q.question) if q.opts and q.cfg.order_by_time else None
+    found = option_matches(q.store, q.opts, q.embedder, q.since, q.until) if word else []
+    i = ordered_choice(word, found) if word else None
+    if i is None:
+        return None
+    shown = list({m.memory["id"]: m.memory for m in found if m is not None}.values())
+    return shown, chosen_without_model(q.opts, i, [found[i].memory["id"]], BY_TIME)
+
+
+def by_count(q: Asked) -> Found | None:
+    """qa.count_by_memories: "how many ...?" -> the memories telling the event, and the option that is their number
+    (open: the number, "3 times")."""
+    told = memories_telling(q.store, q.question, q.since, q.until) if q.cfg.count_by_memories else None
+    if not told:
+        return None
+    ids = [m["id"] for m in told]
+    if not q.opts:
+        return told, said_without_model(counted_text(q.question, told), ids, BY_COUNT)
+    i = counted_option(q.opts, told)
+    return (told, chosen_without_model(q.opts, i, ids, BY_COUNT)) if i is not None else None
+
+
+def by_next(q: Asked) -> Found | None:
+    """qa.next_by_memories, open: "what did I do right after I X?" -> the sentence after X's in the memories."""
+    event = after_asked(q.question) if not q.opts and q.cfg.next_by_memories and q.embedder is not None else None
+    after = next_sentence(q.store, event, q.embedder, q.since, q.until) if event else None
+    if after is None:
+        return None
+    sentence, memory = after
+    return [memory], said_without_model(sentence, [memory["id"]], BY_NEXT)
+
+
+def by_moment(q: Asked, memories: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """qa.doing_at_moment, open: "what was I doing at <time>?" -> the memory of that moment."""
+    if q.opts or not q.cfg.doing_at_moment or memories[0]["route"] != "moment" or not doing_asked(q.question):
+        return None
+    return said_without_model(memories[0]["text"], [memories[0]["id"]], BY_MOMENT)
+
+
+def by_colour(q: Asked, memories: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """qa.colour_by_memory, open: "what colour was the X?" -> the word before X in the memory most like it."""
+    if q.opts or not q.cfg.colour_by_memory or memories[0]["route"] != "colour" or q.embedder is None:
+        return None
+    coloured = colour_said(q.question, memories, q.embedder)
+    if coloured is None:
+        return None
+    word, memory = coloured
+    return said_without_model(word, [memory["id"]], BY_COLOUR)
+
+
+def by_place(q: Asked, memories: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """qa.where_from_memory: "where did I leave X?" -> the place the latest memory naming X gives (multiple choice:
+    the one option naming it)."""
+    thing = left_thing(q.question) if q.cfg.where_from_memory and memories[0]["route"] == "where" else None
+    if not thing:
+        return None
+    latest = max(memories, key=lambda m: (m["t_start"], m["id"]))
+    place = place_after(sentence_naming(latest["text"], thing), thing)
+    if place is None:
+        return None
+    if not q.opts:
+        return said_without_model(place, [latest["id"]], BY_PLACE)
+    i = option_placed(place, q.opts)
+    return chosen_without_model(q.opts, i, [latest["id"]], BY_PLACE) if i is not None else None
+
+
+def by_quote(q: Asked, memories: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """qa.quoted_text, multiple choice asking for words something said: the one option a memory quotes, or "not in
+    memory" when none is (several: the model tells which)."""
+    quoted = quoted_options(q.opts, memories) if q.opts and q.cfg.quoted_text and words_asked(q.question) else None
+    if quoted is None or len(quoted) > 1:
+        return None
+    if not quoted:
+        return not_in_memory(True, NOT_QUOTED)
+    (i, memory), = quoted.items()
+    return chosen_without_model(q.opts, i, [memory["id"]], BY_QUOTE)
+
+
+def by_name(q: Asked, memories: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """qa.who_named, multiple choice "who ...?": the one option the latest memory naming a person there names."""
+    named = named_option(q.opts, memories) if q.opts and q.cfg.who_named and memories[0]["route"] == "who" else None
+    if named is None:
+        return None
+    i, memory = named
+    return chosen_without_model(q.opts, i, [memory["id"]], BY_NAME)
+
+
+def by_likeness(q: Asked, memories: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """qa.match_options, multiple choice: the option most like the memories, where their route allows."""
+    matched = matched_memories(memories) if q.opts and q.cfg.match_options else []
+    picked = likeliest_option(q.embedder, q.opts, matched) if matched and q.embedder is not None else None
+    if picked is None:
+        return None
+    i, memory = picked
+    return chosen_without_model(q.opts, i, [memory["id"]], BY_LIKENESS)
+
+
+# The answers the memories decide without the model, tried in this order; each rule is off unless its setting is on
+# and answers only the questions it reads as its own (None: the next rule is tried). The first find their own
+# memories; the rest read the ones `retrieve` found.
+RULES_FINDING_MEMORIES = (by_time_order, by_count, by_next)
+RULES_OVER_RETRIEVED = (by_moment, by_colour, by_place, by_quote, by_name, by_likeness)
+
+
+def model_reply(backend: Backend | None, q: Asked, memories: list[dict[str, Any]], asked_at: float) -> dict[str, Any]:
+    """The model's reply over `memories` where no rule answered: never an abstention when cfg.where_answered and
+    they are the latest naming what a "where" question asks after; an open answer quoting words no memory quotes
+    is "not in memory" when cfg.quoted_text."""
     if backend is None:
         raise ValueError("answer: a backend is needed when there are memories to read")
-    if cfg.where_answered and memories[0]["route"] == "where":
-        return memories, where_reply(backend, question, opts, memories, asked_at, cfg)
-    reply = reply_from_memories(backend, question, opts, memories, asked_at, cfg)
-    if (not opts and cfg.quoted_text and words_asked(question) and not reply["abstained"]
+    if q.cfg.where_answered and memories[0]["route"] == "where":
+        return where_reply(backend, q.question, q.opts, memories, asked_at, q.cfg)
+    reply = reply_from_memories(backend, q.question, q.opts, memories, asked_at, q.cfg)
+    if (not q.opts and q.cfg.quoted_text and words_asked(q.question) and not reply["abstained"]
             and not quoted_options([reply["text"]], memories)):  # words are in a memory or not: no guess
-        return memories, not_in_memory(False, NOT_QUOTED)
-    return memories, reply
+        return not_in_memory(False, NOT_QUOTED)
+    return reply
+
+
+def memories_and_reply(store: Store, backend: Backend | None, question: str, opts: list[str], asked_at: float,
+                       cfg: QAConfig, since: float | None = None, until: float | None = None,
+                       embedder: Embedder | None = None) -> Found:
+    """(the memories shown for `question`, the parsed reply): the first of the rules that answers it
+    (RULES_FINDING_MEMORIES, then over the memories `retrieve` finds, RULES_OVER_RETRIEVED), else the model's reply
+    over the retrieved memories (`model_reply`); an abstention without a model call when none is found."""
+    q = Asked(store, question, opts, cfg, question_embedder(cfg, embedder), since, until)
+    for rule in RULES_FINDING_MEMORIES:
+        found = rule(q)
+        if found is not None:
+            return found
+    memories = retrieve(store, question, cfg, since=since, until=until, embedder=q.embedder, asked_at=asked_at)
+    if not memories:
+        return [], not_in_memory(bool(opts), "no memories match the question")
+    for over in RULES_OVER_RETRIEVED:
+        reply = over(q, memories)
+        if reply is not None:
+            return memories, reply
+    return memories, model_reply(backend, q, memories, asked_at)
 
 
 def answer(store: Store, backend: Backend | None, question: str, options: Sequence[str] | None, *,
