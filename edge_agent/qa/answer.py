@@ -348,8 +348,10 @@ Found = tuple[list[dict[str, Any]], dict[str, Any]]  # (the memories shown, the 
 def by_time_order(q: Asked) -> Found | None:
     """qa.order_by_time: "which of these did I do first / last?" -> the option whose memory comes first / last."""
     word = order_asked(q.question) if q.opts and q.cfg.order_by_time else None
-    found = option_matches(q.store, q.opts, q.embedder, q.since, q.until) if word else []
-    i = ordered_choice(word, found) if word else None
+    if not word:
+        return None
+    found = option_matches(q.store, q.opts, q.embedder, q.since, q.until)
+    i = ordered_choice(word, found)
     if i is None:
         return None
     shown = list({m.memory["id"]: m.memory for m in found if m is not None}.values())
